@@ -1,0 +1,236 @@
+"""Analyse one plate image: read, detect, crop, classify. No database: the caller records the result.
+
+This is the science half of the flow in DESIGN.md; :mod:`labpipe.pipeline` adds the database
+half. Crops are written to a *staging* folder here and only moved to their final names inside
+the transaction that records them (see :mod:`labpipe.record`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from labpipe.classify.base import Classification, FamilyClassifier
+from labpipe.crops import margin_box, pad_to_square, save_crop
+from labpipe.detect.base import Detection, Detector
+from labpipe.imaging import PlateImage, open_image
+from labpipe.logs import get_logger
+
+__all__ = [
+    "ImageAnalysis",
+    "SpecimenAnalysis",
+    "analyse_image",
+    "boxes_to_full_resolution",
+    "file_sha256",
+]
+
+log = get_logger(__name__)
+
+
+@dataclass
+class SpecimenAnalysis:
+    """One detected specimen before it has a database id."""
+
+    index_in_image: int
+    """1-based, in reading order (top to bottom, then left to right)."""
+    bbox: tuple[int, int, int, int]
+    """x, y, w, h in full-resolution pixels."""
+    score: float
+    crop_size: int
+    staged_crop: Path
+    classification: Classification
+    length_mm: float | None
+    width_mm: float | None
+
+
+@dataclass
+class ImageAnalysis:
+    path: Path
+    content_hash: str
+    size_bytes: int
+    format: str
+    width: int
+    height: int
+    source_channels: int
+    bit_depth: int
+    um_per_px: float | None
+    detector_version: str
+    classifier_version: str
+    specimens: list[SpecimenAnalysis]
+    staging_dir: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.stage_seconds.values())
+
+    def discard(self) -> None:
+        """Remove staged crops (after a failure, or once they have been moved)."""
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB chunks (the image's identity)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def boxes_to_full_resolution(
+    detections: list[Detection], factor: float, width: int, height: int
+) -> list[tuple[tuple[int, int, int, int], float]]:
+    """Scale overview boxes by ``factor``, round outwards to whole pixels, clip to the image,
+    and sort them in reading order (top to bottom, then left to right).
+
+    >>> boxes_to_full_resolution([Detection(1.2, 1.0, 2.0, 2.5, 0.9)], 2.0, 5, 100)
+    [((2, 2, 3, 5), 0.9)]
+    """
+    out: list[tuple[tuple[int, int, int, int], float]] = []
+    for det in detections:
+        x0 = max(0, int(np.floor(det.x * factor)))
+        y0 = max(0, int(np.floor(det.y * factor)))
+        x1 = min(width, int(np.ceil((det.x + det.w) * factor)))
+        y1 = min(height, int(np.ceil((det.y + det.h) * factor)))
+        if x1 > x0 and y1 > y0:
+            out.append(((x0, y0, x1 - x0, y1 - y0), float(det.score)))
+    out.sort(key=lambda item: (item[0][1], item[0][0]))
+    return out
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def analyse_image(
+    path: Path,
+    *,
+    detector: Detector,
+    classifier: FamilyClassifier,
+    staging_root: Path,
+    overview_max_side: int = 4096,
+    margin: float = 0.4,
+    batch_size: int = 16,
+    um_per_px_fallback: float | None = None,
+    max_pixels: int = 4_000_000_000,
+    max_decoded_pixels: int = 600_000_000,
+    content_hash: str | None = None,
+) -> ImageAnalysis:
+    """Run read -> overview -> detect -> crop (full resolution, margin, pad) -> classify.
+
+    Crops are saved losslessly under ``staging_root/<random>/``; the caller moves them to their
+    final paths when it records the result, or calls :meth:`ImageAnalysis.discard`.
+    Raises :class:`labpipe.errors.ImageReadError` for unreadable input.
+    """
+    stages: dict[str, float] = {}
+    bound = log.bind(image=str(path))
+    t0 = time.perf_counter()
+    digest = content_hash or file_sha256(path)
+    stages["hash"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with open_image(
+        path,
+        um_per_px_fallback=um_per_px_fallback,
+        max_pixels=max_pixels,
+        max_decoded_pixels=max_decoded_pixels,
+    ) as plate:
+        overview, factor = plate.overview(overview_max_side)
+        stages["read_overview"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        overview_scale = plate.um_per_px * factor if plate.um_per_px else None
+        detections = detector.detect(overview, overview_scale)
+        del overview
+        boxes = boxes_to_full_resolution(detections, factor, plate.width, plate.height)
+        stages["detect"] = time.perf_counter() - t0
+        bound.info("detected", specimens=len(boxes), factor=round(factor, 3), detector=detector.version)
+
+        staging_dir = staging_root / f".staging-{uuid.uuid4().hex}"
+        staging_dir.mkdir(parents=True, exist_ok=False)
+        try:
+            specimens = _crop_and_classify(
+                plate, boxes, classifier, staging_dir, margin, batch_size, stages, bound
+            )
+        except BaseException:
+            shutil.rmtree(staging_dir, ignore_errors=True)
+            raise
+        analysis = ImageAnalysis(
+            path=path,
+            content_hash=digest,
+            size_bytes=path.stat().st_size,
+            format=plate.format,
+            width=plate.width,
+            height=plate.height,
+            source_channels=plate.source_channels,
+            bit_depth=plate.bit_depth,
+            um_per_px=plate.um_per_px,
+            detector_version=detector.version,
+            classifier_version=classifier.version,
+            specimens=specimens,
+            staging_dir=staging_dir,
+            stage_seconds=stages,
+        )
+    return analysis
+
+
+def _crop_and_classify(
+    plate: PlateImage,
+    boxes: list[tuple[tuple[int, int, int, int], float]],
+    classifier: FamilyClassifier,
+    staging_dir: Path,
+    margin: float,
+    batch_size: int,
+    stages: dict[str, float],
+    bound,
+) -> list[SpecimenAnalysis]:
+    """Crop and classify in batches, so at most ``batch_size`` full-resolution crops are in memory."""
+    stages.setdefault("crop", 0.0)
+    stages.setdefault("classify", 0.0)
+    scale_mm = plate.um_per_px / 1000.0 if plate.um_per_px else None
+    specimens: list[SpecimenAnalysis] = []
+    numbered = list(enumerate(boxes, start=1))
+    for batch in _batches(numbered, max(1, batch_size)):
+        t0 = time.perf_counter()
+        crops: list[np.ndarray] = []
+        for index, ((x, y, w, h), _score) in batch:
+            x0, y0, x1, y1 = margin_box(x, y, w, h, margin, plate.width, plate.height)
+            square = pad_to_square(plate.read_region(x0, y0, x1 - x0, y1 - y0))
+            save_crop(square, staging_dir / f"{index:06d}.png")
+            crops.append(square)
+        stages["crop"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        results = classifier.classify(crops)
+        stages["classify"] += time.perf_counter() - t0
+        for (index, (bbox, score)), square, result in zip(batch, crops, results, strict=True):
+            _, _, w, h = bbox
+            specimens.append(
+                SpecimenAnalysis(
+                    index_in_image=index,
+                    bbox=bbox,
+                    score=score,
+                    crop_size=int(square.shape[0]),
+                    staged_crop=staging_dir / f"{index:06d}.png",
+                    classification=result,
+                    length_mm=max(w, h) * scale_mm if scale_mm else None,
+                    width_mm=min(w, h) * scale_mm if scale_mm else None,
+                )
+            )
+            bound.debug(
+                "classified",
+                specimen=index,
+                family=result.family,
+                probability=round(result.probability, 3),
+                rejected=result.rejected,
+            )
+    return specimens

@@ -1,0 +1,42 @@
+"""What every family classifier returns, and the interface it implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["Classification", "FamilyClassifier"]
+
+REJECT_LOW_CONFIDENCE = "low_confidence"
+REJECT_NOT_ARTHROPOD = "not_arthropod"
+REJECT_FAMILY_UNRESOLVED = "family_unresolved"
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One specimen's result. ``family`` is the best family even when rejected (for review);
+    ``rejected`` says whether it counts."""
+
+    family: str | None
+    probability: float
+    rejected: bool
+    reason: str | None
+    top: list[tuple[str, float]] = field(default_factory=list)
+    """Top-k families with probabilities, best first."""
+    model_version: str = ""
+
+
+class FamilyClassifier(Protocol):
+    version: str
+    """name + weights hash + label-list hash."""
+    name: str
+    weights_hash: str
+    labels_hash: str
+    families: list[str]
+
+    def classify(self, crops: Sequence[np.ndarray]) -> list[Classification]:
+        """Classify square RGB ``uint8`` crops (any size; resized inside), batched internally."""
+        ...

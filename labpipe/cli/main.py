@@ -1,0 +1,302 @@
+"""The ``labpipe`` command line. Thin: it parses options, calls the stages and prints results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from labpipe.config import Settings, load_settings
+from labpipe.errors import LabpipeError
+
+__all__ = ["main"]
+
+
+class _Context:
+    def __init__(self, config: Path | None, overrides: dict[str, Any]) -> None:
+        self.config = config
+        self.overrides = overrides
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from labpipe.logs import configure_logging
+
+            self._settings = load_settings(self.config, self.overrides)
+            configure_logging(self._settings.logging.level, self._settings.logging.format)
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Configuration file (default: $LABPIPE_CONFIG, else ./config.toml if present).",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Storage root folder.")
+@click.option("--db", "db_url", help="Database URL (SQLAlchemy), e.g. postgresql+psycopg://host/labpipe.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", type=click.Choice(["text", "json"]))
+@click.version_option(package_name="labpipe")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config: Path | None,
+    data_dir: Path | None,
+    db_url: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """labpipe: find, crop, classify and count insect specimens on Petri-dish images.
+
+    Images go in, specimens with square crops and taxonomic families come out, recorded in a
+    SQL database (SQLite by default, PostgreSQL in production). Settings come from config.toml,
+    LABPIPE_<SECTION>_<KEY> environment variables and the options below.
+    """
+    ctx.obj = _Context(
+        config,
+        {
+            "storage.root": data_dir,
+            "database.url": db_url,
+            "logging.level": log_level,
+            "logging.format": log_format,
+        },
+    )
+
+
+def _fail(exc: LabpipeError) -> None:
+    click.echo(f"error: {exc.message}", err=True)
+    sys.exit(2)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--sample", "sample_id", help="Sample id the images belong to (created if new).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image (a JSON list).")
+@click.option("--threshold", type=float, help="Classifier rejection threshold (overrides config).")
+@click.option("--detector", "detector_kind", help="'classical' or a DETR model directory.")
+@click.option("--classifier", "classifier_model", help="Classifier model (builtin:... or a directory).")
+@pass_ctx
+def process(
+    obj: _Context,
+    images: tuple[Path, ...],
+    sample_id: str | None,
+    as_json: bool,
+    threshold: float | None,
+    detector_kind: str | None,
+    classifier_model: str | None,
+) -> None:
+    """Process IMAGES now (TIFF/BigTIFF, JPEG, PNG) and record the results in the database.
+
+    Each image is read lazily, specimens are detected on an overview, cropped from full
+    resolution with a margin, padded to squares, classified to family, and recorded in one
+    transaction. Re-processing the same file replaces its earlier results. Exit status 1 when
+    any image could not be read (the others are still processed).
+    """
+    obj.overrides.update(
+        {
+            "classifier.threshold": threshold,
+            "detector.kind": detector_kind,
+            "classifier.model": classifier_model,
+        }
+    )
+    from labpipe.pipeline import Pipeline
+
+    try:
+        pipeline = Pipeline.from_settings(obj.settings)
+    except LabpipeError as exc:
+        _fail(exc)
+        return
+    results: list[dict[str, Any]] = []
+    failures = 0
+    with pipeline:
+        for path in images:
+            try:
+                result = pipeline.process_file(path, sample_id=sample_id)
+            except LabpipeError as exc:
+                failures += 1
+                click.echo(f"error: {exc.message}", err=True)
+                results.append({"path": str(path), "error": exc.message, "reason": exc.reason_code})
+                continue
+            results.append(result)
+            if not as_json:
+                click.echo(_format_image_result(result))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    sys.exit(1 if failures else 0)
+
+
+def _format_image_result(result: dict[str, Any]) -> str:
+    scale = f"{result['um_per_px']:.2f} µm/px" if result["um_per_px"] else "scale unknown"
+    lines = [
+        f"{result['path']}: {result['width']}x{result['height']} px, {scale}, "
+        f"sample {result['sample'] or '-'}, {len(result['specimens'])} specimens "
+        f"in {result['seconds']:.1f} s"
+    ]
+    counts = result["counts"]
+    families = sorted((k for k in counts if k != "rejected"), key=lambda k: (-counts[k], k))
+    for family in families:
+        lines.append(f"  {family:<20} {counts[family]:>5}")
+    lines.append(f"  {'rejected':<20} {counts.get('rejected', 0):>5}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--sample", "sample_id", help="Only this sample.")
+@click.option("--model", "model_version", help="Classifier model version (default: latest per specimen).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (sample, family, count).")
+@pass_ctx
+def counts(
+    obj: _Context, sample_id: str | None, model_version: str | None, as_json: bool, as_csv: bool
+) -> None:
+    """Print per-sample family counts from the database.
+
+    Accepted specimens are counted per family; rejected ones (uncertain, not an arthropod,
+    family unresolved) are counted separately as 'rejected'.
+    """
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    from labpipe.db.database import open_database
+    from labpipe.reports.counts import count_families, counts_to_csv, counts_to_table
+
+    try:
+        factory = open_database(obj.settings.database_url)
+    except LabpipeError as exc:
+        _fail(exc)
+        return
+    with factory() as session:
+        table = count_families(session, sample_id=sample_id, model_version=model_version)
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+    elif as_csv:
+        click.echo(counts_to_csv(table), nl=False)
+    else:
+        click.echo(counts_to_table(table))
+
+
+@cli.command()
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True
+)
+@click.option("--size", type=int, default=6000, show_default=True, help="Plate width and height in px.")
+@click.option("--specimens", type=int, default=40, show_default=True, help="Separated specimens.")
+@click.option("--touching-pairs", type=int, default=4, show_default=True)
+@click.option("--debris", type=int, default=40, show_default=True)
+@click.option("--um-per-px", type=float, default=5.0, show_default=True)
+@click.option(
+    "--real-cutouts",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of real specimen crops to paste (default: ../shared/data/carabidae-crops if present).",
+)
+@click.option("--procedural-only", is_flag=True, help="Draw every specimen procedurally.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(
+    out: Path,
+    size: int,
+    specimens: int,
+    touching_pairs: int,
+    debris: int,
+    um_per_px: float,
+    real_cutouts: Path | None,
+    procedural_only: bool,
+    seed: int,
+) -> None:
+    """Write a synthetic plate (tiled BigTIFF) and its COCO ground truth into a folder.
+
+    The plate is a rendered filter-paper Petri dish with specimens at known positions (some
+    touching) and debris; with real cut-outs available, half the specimens are real ground
+    beetles. Drop it into the inbox, or run `labpipe process OUT/plate.tif`.
+    """
+    from labpipe.synth.coco import write_coco
+    from labpipe.synth.plate import PlateSpec, write_plate
+
+    if real_cutouts is None and not procedural_only:
+        default = Path("../shared/data/carabidae-crops")
+        real_cutouts = default if default.is_dir() else None
+    if procedural_only:
+        real_cutouts = None
+    spec = PlateSpec(
+        width=size,
+        height=size,
+        n_specimens=specimens,
+        n_touching_pairs=touching_pairs,
+        n_debris=debris,
+        um_per_px=um_per_px,
+        real_cutouts=real_cutouts,
+        seed=seed,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    plate_path = out / "plate.tif"
+    truth = write_plate(spec, plate_path)
+    write_coco(truth, plate_path.name, out / "plate.coco.json")
+    n_touching = sum(1 for o in truth.specimens if o.touching)
+    n_real = sum(1 for o in truth.specimens if o.source != "procedural")
+    click.echo(
+        f"wrote {plate_path}: {truth.width}x{truth.height} px at {um_per_px} µm/px, "
+        f"{len(truth.specimens)} specimens ({n_touching} touching, {n_real} real cut-outs), "
+        f"{len(truth.objects) - len(truth.specimens)} debris particles"
+    )
+    click.echo(f"wrote {out / 'plate.coco.json'}: ground-truth boxes (COCO)")
+
+
+@cli.group()
+def db() -> None:
+    """Database schema management (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_ctx
+def db_upgrade(obj: _Context, revision: str) -> None:
+    """Create or migrate the database schema to REVISION."""
+    from labpipe.db.migrate import current_revision, upgrade
+
+    url = obj.settings.database_url
+    upgrade(url, revision)
+    click.echo(f"database {_redact(url)} at revision {current_revision(url)}")
+
+
+@db.command("current")
+@pass_ctx
+def db_current(obj: _Context) -> None:
+    """Print the database's current schema revision."""
+    from labpipe.db.migrate import current_revision
+
+    click.echo(current_revision(obj.settings.database_url) or "empty (run: labpipe db upgrade)")
+
+
+@cli.command("config")
+@pass_ctx
+def show_config(obj: _Context) -> None:
+    """Print the effective configuration (after file, environment and flags) as TOML."""
+    settings = obj.settings
+    click.echo(f"# source: {settings.source}")
+    for section, values in settings.as_dict().items():
+        click.echo(f"\n[{section}]")
+        for key, value in values.items():
+            click.echo(f"{key} = {json.dumps(value)}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    try:
+        cli(prog_name="labpipe")
+    except LabpipeError as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    main()

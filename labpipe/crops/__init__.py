@@ -1,0 +1,14 @@
+"""Cutting specimens from full resolution: margin, clipping, pad to square, storage."""
+
+from labpipe.crops.padding import border_mean_colour, margin_box, pad_to_square
+from labpipe.crops.store import crop_relpath, image_crop_dir, read_crop, save_crop
+
+__all__ = [
+    "border_mean_colour",
+    "crop_relpath",
+    "image_crop_dir",
+    "margin_box",
+    "pad_to_square",
+    "read_crop",
+    "save_crop",
+]

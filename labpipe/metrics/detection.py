@@ -1,0 +1,110 @@
+"""Detection metrics: IoU, one-to-one matching at an IoU threshold, precision/recall/F1.
+
+Boxes are ``[x, y, w, h]`` in pixels. Matching follows the PASCAL VOC / COCO convention:
+detections are taken in descending score order and each is matched to the unmatched
+ground-truth box with which it has the highest IoU, if that IoU is at least the threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MatchResult", "iou_matrix", "match_detections"]
+
+Box = Sequence[float]
+
+
+def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
+    """Pairwise intersection-over-union of ``a`` (N boxes) and ``b`` (M boxes): an N x M array.
+
+    >>> iou_matrix([[0, 0, 2, 2]], [[1, 0, 2, 2]]).round(3).tolist()
+    [[0.333]]
+    """
+    aa = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    bb = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    if (aa[:, 2:] < 0).any() or (bb[:, 2:] < 0).any():
+        raise ValueError("box widths and heights must be >= 0")
+    ax0, ay0, ax1, ay1 = aa[:, 0:1], aa[:, 1:2], aa[:, 0:1] + aa[:, 2:3], aa[:, 1:2] + aa[:, 3:4]
+    bx0, by0, bx1, by1 = bb[:, 0], bb[:, 1], bb[:, 0] + bb[:, 2], bb[:, 1] + bb[:, 3]
+    iw = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None)
+    ih = np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
+    inter = iw * ih
+    union = aa[:, 2:3] * aa[:, 3:4] + bb[:, 2] * bb[:, 3] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Outcome of matching detections to ground truth at one IoU threshold."""
+
+    matches: list[tuple[int, int, float]]
+    """(detection index, truth index, IoU) for every true positive."""
+    n_detections: int
+    n_truth: int
+
+    @property
+    def true_positives(self) -> int:
+        return len(self.matches)
+
+    @property
+    def false_positives(self) -> int:
+        return self.n_detections - self.true_positives
+
+    @property
+    def false_negatives(self) -> int:
+        return self.n_truth - self.true_positives
+
+    @property
+    def precision(self) -> float:
+        """TP / detections; 1.0 when nothing was detected (no false claims were made)."""
+        return self.true_positives / self.n_detections if self.n_detections else 1.0
+
+    @property
+    def recall(self) -> float:
+        """TP / truth; 1.0 when there was nothing to find."""
+        return self.true_positives / self.n_truth if self.n_truth else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def matched_truth(self) -> set[int]:
+        return {t for _, t, _ in self.matches}
+
+
+def match_detections(
+    detections: Sequence[Box],
+    truth: Sequence[Box],
+    scores: Sequence[float] | None = None,
+    iou_threshold: float = 0.5,
+) -> MatchResult:
+    """Greedy one-to-one matching of detections to truth boxes, best score first.
+
+    >>> r = match_detections([[0, 0, 10, 10], [50, 50, 5, 5]], [[1, 1, 10, 10]])
+    >>> (r.true_positives, r.false_positives, r.false_negatives)
+    (1, 1, 0)
+    """
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], given {iou_threshold}")
+    n_det, n_truth = len(detections), len(truth)
+    if scores is not None and len(scores) != n_det:
+        raise ValueError(f"{len(scores)} scores given for {n_det} detections")
+    if n_det == 0 or n_truth == 0:
+        return MatchResult([], n_det, n_truth)
+    ious = iou_matrix(detections, truth)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable") if scores else range(n_det)
+    taken = np.zeros(n_truth, dtype=bool)
+    matches: list[tuple[int, int, float]] = []
+    for d in order:
+        row = np.where(taken, -1.0, ious[d])
+        t = int(np.argmax(row))
+        if row[t] >= iou_threshold:
+            taken[t] = True
+            matches.append((int(d), t, float(row[t])))
+    return MatchResult(matches, n_det, n_truth)
