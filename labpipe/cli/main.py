@@ -247,6 +247,70 @@ def demo(
     click.echo(f"wrote {out / 'plate.coco.json'}: ground-truth boxes (COCO)")
 
 
+@cli.group("eval")
+def evaluate() -> None:
+    """Measure the detector and classifier on folders of real, labelled images."""
+
+
+@evaluate.command("counts")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--expected", type=int, required=True, help="Specimens in every image (e.g. 1 or 0).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def eval_counts(obj: _Context, folders: tuple[Path, ...], expected: int, as_json: bool) -> None:
+    """Share of images in FOLDERS where the detector finds exactly --expected specimens.
+
+    For wells or dishes photographed one specimen at a time (expected 1) and empty ones
+    (expected 0): the detector's false positives and misses, without box annotations.
+    """
+    from labpipe.evaluation.folders import evaluate_counts
+    from labpipe.pipeline import build_detector
+
+    detector = build_detector(obj.settings)
+    reports = [
+        evaluate_counts(f, expected, detector, obj.settings.imaging.overview_max_side, progress=not as_json)
+        for f in folders
+    ]
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in reports], indent=2))
+        return
+    for r in reports:
+        click.echo(
+            f"{r.folder}: {r.share_exact:.3f} of {r.n_images} images have exactly {expected} "
+            f"(detections per image: {r.histogram})"
+        )
+
+
+@evaluate.command("family")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--family", required=True, help="The family every crop in FOLDERS belongs to.")
+@click.option("--threshold", type=float, help="Rejection threshold (default: config).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def eval_family(
+    obj: _Context, folders: tuple[Path, ...], family: str, threshold: float | None, as_json: bool
+) -> None:
+    """Share of crops in FOLDERS whose top family is --family, and accepted as it."""
+    from labpipe.classify.loader import load_classifier
+    from labpipe.evaluation.folders import evaluate_family
+
+    cfg = obj.settings.classifier
+    threshold = cfg.threshold if threshold is None else threshold
+    classifier = load_classifier(
+        cfg.model, threshold=threshold, batch_size=cfg.batch_size, threads=cfg.threads, top_k=cfg.top_k
+    )
+    reports = [evaluate_family(f, family, classifier, threshold, progress=not as_json) for f in folders]
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in reports], indent=2))
+        return
+    for r in reports:
+        click.echo(
+            f"{r.folder}: top family {family} {r.share_top:.3f}, accepted as {family} "
+            f"{r.share_accepted:.3f}, rejected {r.share_rejected:.3f} of {r.n_images} "
+            f"(threshold {threshold})"
+        )
+
+
 @cli.group()
 def db() -> None:
     """Database schema management (Alembic migrations)."""

@@ -1,0 +1,1 @@
+"""Evaluations on folders of real images: counting and family accuracy."""
