@@ -20,7 +20,9 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=12000)
     parser.add_argument("--specimens", type=int, default=200)
     parser.add_argument("--bit-depth", type=int, default=8, choices=[8, 16])
@@ -48,7 +50,16 @@ def main() -> None:
     truth = write_plate(spec, plate)
     generate_s = time.perf_counter() - t0
 
-    cmd = [sys.executable, "-m", "labpipe.cli.main", "--data-dir", str(folder / "data"), "process", str(plate), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "labpipe.cli.main",
+        "--data-dir",
+        str(folder / "data"),
+        "process",
+        str(plate),
+        "--json",
+    ]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
