@@ -1,5 +1,5 @@
 """Reading plate images: lazy, region-based, never more than one full-resolution copy."""
 
-from labpipe.imaging.reader import PlateImage, open_image
+from labpipe.imaging.reader import PlateImage, open_image, verify_readable
 
-__all__ = ["PlateImage", "open_image"]
+__all__ = ["PlateImage", "open_image", "verify_readable"]
