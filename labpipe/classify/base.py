@@ -8,11 +8,33 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["Classification", "FamilyClassifier"]
+__all__ = [
+    "REJECT_FAMILY_UNRESOLVED",
+    "REJECT_LOW_CONFIDENCE",
+    "REJECT_NOT_ARTHROPOD",
+    "REJECT_REASONS",
+    "Classification",
+    "FamilyClassifier",
+    "reason_code",
+]
 
 REJECT_LOW_CONFIDENCE = "low_confidence"
 REJECT_NOT_ARTHROPOD = "not_arthropod"
 REJECT_FAMILY_UNRESOLVED = "family_unresolved"
+REJECT_REASONS = (REJECT_LOW_CONFIDENCE, REJECT_NOT_ARTHROPOD, REJECT_FAMILY_UNRESOLVED)
+"""Stable codes. A ``Classification.reason`` starts with one of them, then ``": "`` and a
+human-readable explanation, e.g. ``"not_arthropod: top class 'dishrag' 0.41"``."""
+
+
+def reason_code(reason: str | None) -> str | None:
+    """The stable code of a rejection reason (the part before the first ``":"``); ``None`` stays ``None``.
+
+    >>> reason_code("low_confidence: Carabidae 0.42 < threshold 0.50")
+    'low_confidence'
+    """
+    if reason is None:
+        return None
+    return reason.split(":", 1)[0].strip()
 
 
 @dataclass(frozen=True)

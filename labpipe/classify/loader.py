@@ -1,0 +1,101 @@
+"""The single entry point that turns a configured model spec into a family classifier.
+
+``ClassifierConfig.model`` is either ``builtin:<name>`` (a classifier that ships with labpipe and
+needs no model directory) or the path of a trained model directory. Trained directories carry a
+``config.json`` whose ``"format"`` names how to load them; formats are registered with
+:func:`register_directory_format` by the module that implements them (none yet: trained model
+directories arrive with the models issue).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from labpipe.classify.base import FamilyClassifier
+from labpipe.errors import ModelLoadError
+
+__all__ = ["BUILTIN_PREFIX", "builtin_specs", "load_classifier", "register_directory_format"]
+
+BUILTIN_PREFIX = "builtin:"
+
+DirectoryLoader = Callable[..., FamilyClassifier]
+"""``loader(directory, config, *, threshold, batch_size, threads, top_k) -> FamilyClassifier``."""
+
+
+def _imagenet_efficientnet_lite0(*, threshold: float, batch_size: int, threads: int, top_k: int) -> Any:
+    from labpipe.classify.imagenet_family import ImageNetFamilyClassifier
+
+    return ImageNetFamilyClassifier(threshold=threshold, batch_size=batch_size, threads=threads, top_k=top_k)
+
+
+_BUILTINS: dict[str, Callable[..., FamilyClassifier]] = {
+    "imagenet-efficientnet-lite0": _imagenet_efficientnet_lite0,
+}
+_DIRECTORY_FORMATS: dict[str, DirectoryLoader] = {}
+
+
+def builtin_specs() -> list[str]:
+    """Specs of the built-in classifiers, e.g. ``["builtin:imagenet-efficientnet-lite0"]``."""
+    return [BUILTIN_PREFIX + name for name in sorted(_BUILTINS)]
+
+
+def register_directory_format(format_name: str, loader: DirectoryLoader) -> None:
+    """Let :func:`load_classifier` open directories whose ``config.json`` says ``"format": format_name``."""
+    _DIRECTORY_FORMATS[format_name] = loader
+
+
+def _valid_specs_hint() -> str:
+    return f"valid: {', '.join(builtin_specs())}, or the path of a trained model directory"
+
+
+def load_classifier(
+    spec: str, *, threshold: float, batch_size: int = 16, threads: int = 0, top_k: int = 3
+) -> FamilyClassifier:
+    """Load the family classifier named by ``spec`` (``ClassifierConfig.model``).
+
+    Parameters
+    ----------
+    spec:
+        ``builtin:imagenet-efficientnet-lite0`` or a model directory path.
+    threshold, batch_size, threads, top_k:
+        As in ``ClassifierConfig``.
+
+    Raises
+    ------
+    ModelLoadError
+        Unknown built-in (the message lists the valid ones), a path that does not exist, a
+        directory without a recognised ``config.json``, or weights that fail to load.
+    """
+    spec = spec.strip()
+    options = {"threshold": threshold, "batch_size": batch_size, "threads": threads, "top_k": top_k}
+    if spec.startswith(BUILTIN_PREFIX):
+        factory = _BUILTINS.get(spec[len(BUILTIN_PREFIX) :])
+        if factory is None:
+            raise ModelLoadError(spec, "unknown built-in classifier", _valid_specs_hint())
+        return factory(**options)
+    if not spec:
+        raise ModelLoadError(None, "no classifier model configured", _valid_specs_hint())
+    directory = Path(spec).expanduser()
+    if not directory.exists():
+        problem = "neither a built-in classifier nor an existing model directory"
+        raise ModelLoadError(spec, problem, _valid_specs_hint())
+    config_path = directory / "config.json"
+    config: dict[str, Any] = {}
+    if directory.is_dir() and config_path.is_file():
+        try:
+            loaded = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(config_path, f"unreadable config.json: {exc}") from exc
+        if isinstance(loaded, dict):
+            config = loaded
+    loader = _DIRECTORY_FORMATS.get(str(config.get("format", "")))
+    if loader is None:
+        raise ModelLoadError(
+            spec,
+            "trained model directories arrive with the models issue",
+            f"no recognised config.json here; use {', '.join(builtin_specs())} for now",
+        )
+    return loader(directory, config, **options)
