@@ -2,24 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
 import time
 from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from labpipe.analysis import ImageAnalysis, analyse_image, file_sha256
-from labpipe.classify.base import FamilyClassifier
+from labpipe.analysis import (
+    ImageAnalysis,
+    SpecimenAnalysis,
+    analyse_image,
+    boxes_to_full_resolution,
+    file_sha256,
+)
+from labpipe.classify.base import Classification, FamilyClassifier
 from labpipe.config import Settings
+from labpipe.crops import margin_box, pad_to_square, read_crop, save_crop
 from labpipe.db.models import Image, ImageStatus, Specimen
 from labpipe.detect.base import Detector
 from labpipe.errors import ConfigError, ImageReadError
+from labpipe.imaging import open_image
 from labpipe.logs import get_logger
 from labpipe.record import ensure_sample, record_analysis
 
-__all__ = ["Pipeline", "build_detector", "image_result"]
+__all__ = [
+    "Pipeline",
+    "StagedImage",
+    "StagedSpecimen",
+    "build_detector",
+    "image_result",
+    "stage_directory",
+]
 
 log = get_logger(__name__)
 
@@ -85,6 +105,128 @@ def image_result(image: Image, analysis: ImageAnalysis | None, specimens: list[S
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# Task-sized stages for the daemon: detect (read, detect, crop) -> classify (in batches) -> record.
+# Between stages the detections and crops wait on the shared storage, in a stage directory below the
+# crops folder; only ids travel through the broker.
+
+STAGE_DIR_PREFIX = ".stage-"
+_MANIFEST = "manifest.json"
+
+
+def stage_directory(crops_dir: Path, image_id: int, attempt: str) -> Path:
+    """``<crops>/.stage-<image id>-<attempt>``: one attempt's detections, crops and batch results."""
+    return crops_dir / f"{STAGE_DIR_PREFIX}{image_id:06d}-{attempt}"
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class StagedSpecimen:
+    """One detection of a staged image; its square crop is ``<stage dir>/<index:06d>.png``."""
+
+    index_in_image: int
+    bbox: tuple[int, int, int, int]
+    score: float
+    crop_size: int
+    length_mm: float | None
+    width_mm: float | None
+
+
+@dataclass
+class StagedImage:
+    """What the detect stage found in one image, kept on shared storage for the classify stage."""
+
+    directory: Path
+    image_id: int
+    attempt: str
+    path: str
+    content_hash: str
+    size_bytes: int
+    format: str
+    width: int
+    height: int
+    source_channels: int
+    bit_depth: int
+    um_per_px: float | None
+    detector_version: str
+    per_batch: int
+    """Specimens per classification task, fixed at staging so every worker splits alike."""
+    specimens: list[StagedSpecimen] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def crop_file(self, index_in_image: int) -> Path:
+        return self.directory / f"{index_in_image:06d}.png"
+
+    def results_file(self, batch: int) -> Path:
+        return self.directory / f"classified-{batch:05d}.json"
+
+    @property
+    def n_batches(self) -> int:
+        return -(-len(self.specimens) // self.per_batch)
+
+    def batch(self, batch: int) -> list[StagedSpecimen]:
+        if not 0 <= batch < self.n_batches:
+            raise ValueError(f"batch must be in [0, {self.n_batches}), given {batch}")
+        return self.specimens[batch * self.per_batch : (batch + 1) * self.per_batch]
+
+    def save(self) -> None:
+        """Write the manifest (last, atomically: a stage directory without one is incomplete)."""
+        data = asdict(self)
+        data["directory"] = str(self.directory)
+        _write_json_atomic(self.directory / _MANIFEST, data)
+
+    @classmethod
+    def load(cls, directory: Path) -> StagedImage | None:
+        """The staged image in ``directory``; ``None`` when it is gone or was never completed."""
+        try:
+            data = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        data["directory"] = directory
+        data["specimens"] = [
+            StagedSpecimen(**{**s, "bbox": tuple(s["bbox"])}) for s in data.get("specimens", [])
+        ]
+        return cls(**data)
+
+    def load_results(self) -> list[Classification] | None:
+        """Every specimen's classification once all batches are done, else ``None``."""
+        results: list[Classification] = []
+        for batch in range(self.n_batches):
+            try:
+                rows = json.loads(self.results_file(batch).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            results.extend(_classification_from_json(row) for row in rows)
+        return results
+
+
+def _classification_to_json(c: Classification) -> dict[str, Any]:
+    return {
+        "family": c.family,
+        "probability": c.probability,
+        "rejected": c.rejected,
+        "reason": c.reason,
+        "top": [[f, p] for f, p in c.top],
+        "model_version": c.model_version,
+    }
+
+
+def _classification_from_json(d: dict[str, Any]) -> Classification:
+    return Classification(
+        family=d["family"],
+        probability=float(d["probability"]),
+        rejected=bool(d["rejected"]),
+        reason=d["reason"],
+        top=[(str(f), float(p)) for f, p in d["top"]],
+        model_version=d.get("model_version", ""),
+    )
+
+
 class Pipeline:
     """Holds the loaded models and the database; processes one file at a time."""
 
@@ -113,6 +255,7 @@ class Pipeline:
             batch_size=cfg.batch_size,
             threads=cfg.threads,
             top_k=cfg.top_k,
+            database_url=settings.database_url,
         )
         return cls(settings, build_detector(settings), classifier, open_database(settings.database_url))
 
@@ -144,6 +287,166 @@ class Pipeline:
         image.error = None
         session.commit()
         return image
+
+    # ----------------------------------------------------------------------------------------------
+    # The same work as process_file, split into task-sized stages (used by the daemon's workers).
+
+    def stage_detections(self, image: Image, attempt: str, per_batch: int) -> StagedImage:
+        """Read, detect and crop ``image`` into its stage directory (crops as lossless PNG).
+
+        The same steps and parameters as :func:`labpipe.analysis.analyse_image`, without the
+        classification: the classify stage reads the crops back bit for bit. Raises
+        :class:`ImageReadError` for unreadable input (the caller quarantines the file).
+        """
+        cfg = self.settings
+        path = Path(image.source_path)
+        bound = log.bind(image=str(path), image_id=image.id)
+        if not path.is_file():
+            raise ImageReadError(path, "file not found", "it was moved or deleted before it was processed")
+        size = path.stat().st_size
+        if size != image.size_bytes:
+            raise ImageReadError(
+                path,
+                f"the file changed after it was registered ({image.size_bytes} -> {size} bytes)",
+                "never edit files in the inbox; drop the new version as a new file",
+            )
+        directory = stage_directory(self.crops_dir, image.id, attempt)
+        directory.mkdir(parents=True, exist_ok=True)
+        stages: dict[str, float] = {"hash": 0.0}
+        t0 = time.perf_counter()
+        try:
+            with open_image(
+                path,
+                um_per_px_fallback=cfg.um_per_px_fallback,
+                max_pixels=cfg.imaging.max_pixels,
+                max_decoded_pixels=cfg.imaging.max_decoded_pixels,
+            ) as plate:
+                overview, factor = plate.overview(cfg.imaging.overview_max_side)
+                stages["read_overview"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                overview_scale = plate.um_per_px * factor if plate.um_per_px else None
+                detections = self.detector.detect(overview, overview_scale)
+                del overview
+                boxes = boxes_to_full_resolution(detections, factor, plate.width, plate.height)
+                stages["detect"] = time.perf_counter() - t0
+                bound.info("detected", specimens=len(boxes), detector=self.detector.version)
+
+                t0 = time.perf_counter()
+                scale_mm = plate.um_per_px / 1000.0 if plate.um_per_px else None
+                staged = StagedImage(
+                    directory=directory,
+                    image_id=image.id,
+                    attempt=attempt,
+                    path=str(path),
+                    content_hash=image.content_hash,
+                    size_bytes=size,
+                    format=plate.format,
+                    width=plate.width,
+                    height=plate.height,
+                    source_channels=plate.source_channels,
+                    bit_depth=plate.bit_depth,
+                    um_per_px=plate.um_per_px,
+                    detector_version=self.detector.version,
+                    per_batch=max(1, per_batch),
+                )
+                for index, ((x, y, w, h), score) in enumerate(boxes, start=1):
+                    x0, y0, x1, y1 = margin_box(x, y, w, h, cfg.crops.margin, plate.width, plate.height)
+                    square = pad_to_square(plate.read_region(x0, y0, x1 - x0, y1 - y0))
+                    save_crop(square, staged.crop_file(index))
+                    staged.specimens.append(
+                        StagedSpecimen(
+                            index_in_image=index,
+                            bbox=(x, y, w, h),
+                            score=score,
+                            crop_size=int(square.shape[0]),
+                            length_mm=max(w, h) * scale_mm if scale_mm else None,
+                            width_mm=min(w, h) * scale_mm if scale_mm else None,
+                        )
+                    )
+                stages["crop"] = time.perf_counter() - t0
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        staged.stage_seconds = stages
+        staged.save()
+        return staged
+
+    def classify_staged(self, staged: StagedImage, batch: int) -> list[Classification]:
+        """Classify one batch of a staged image's crops and store the results beside them.
+
+        Idempotent: a batch whose results are already stored is not classified again. Crops are
+        read ``classifier.batch_size`` at a time, so memory stays as in :meth:`process_file`.
+        """
+        target = staged.results_file(batch)
+        if target.is_file():
+            try:
+                return [_classification_from_json(r) for r in json.loads(target.read_text(encoding="utf-8"))]
+            except ValueError:
+                pass
+        t0 = time.perf_counter()
+        results: list[Classification] = []
+        members = staged.batch(batch)
+        step = max(1, self.settings.classifier.batch_size)
+        for start in range(0, len(members), step):
+            crops = [read_crop(staged.crop_file(s.index_in_image)) for s in members[start : start + step]]
+            results.extend(self.classifier.classify(crops))
+        seconds = time.perf_counter() - t0
+        _write_json_atomic(target, [_classification_to_json(r) for r in results])
+        _write_json_atomic(staged.directory / f"seconds-{batch:05d}.json", seconds)
+        return results
+
+    def record_staged(
+        self, session: Session, image: Image, staged: StagedImage, results: list[Classification]
+    ) -> list[Specimen]:
+        """Record a fully classified staged image in one transaction (as :meth:`process_file` does).
+
+        Consumes the stage directory: its crops move to their final paths and the rest is removed,
+        whether the commit succeeds or not.
+        """
+        if len(results) != len(staged.specimens):
+            raise ValueError(f"{len(staged.specimens)} staged specimens but {len(results)} results")
+        stray = {r.model_version for r in results} - {self.classifier.version, ""}
+        if stray:
+            raise ConfigError(
+                "[classifier] model",
+                f"image {image.id} was classified by {sorted(stray)}, this worker records "
+                f"{self.classifier.version}",
+                "give every worker the same classifier model",
+            )
+        stages = dict(staged.stage_seconds)
+        stages["classify"] = 0.0
+        for seconds_file in staged.directory.glob("seconds-*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                stages["classify"] += float(json.loads(seconds_file.read_text()))
+        analysis = ImageAnalysis(
+            path=Path(staged.path),
+            content_hash=staged.content_hash,
+            size_bytes=staged.size_bytes,
+            format=staged.format,
+            width=staged.width,
+            height=staged.height,
+            source_channels=staged.source_channels,
+            bit_depth=staged.bit_depth,
+            um_per_px=staged.um_per_px,
+            detector_version=staged.detector_version,
+            classifier_version=self.classifier.version,
+            specimens=[
+                SpecimenAnalysis(
+                    index_in_image=s.index_in_image,
+                    bbox=s.bbox,
+                    score=s.score,
+                    crop_size=s.crop_size,
+                    staged_crop=staged.crop_file(s.index_in_image),
+                    classification=result,
+                    length_mm=s.length_mm,
+                    width_mm=s.width_mm,
+                )
+                for s, result in zip(staged.specimens, results, strict=True)
+            ],
+            staging_dir=staged.directory,
+            stage_seconds=stages,
+        )
+        return record_analysis(session, image, analysis, self.classifier, self.crops_dir)
 
     def process_file(self, path: Path, sample_id: str | None = None) -> dict[str, Any]:
         """Analyse ``path`` and record the result; returns the JSON-ready result.

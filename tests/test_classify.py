@@ -306,11 +306,11 @@ def test_missing_model_directory_is_refused(tmp_path: Path) -> None:
         load_classifier(str(tmp_path / "nope"), threshold=0.5)
 
 
-def test_model_directory_without_recognised_config_waits_for_the_models_issue(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="trained model directories arrive with the models issue"):
+def test_model_directory_without_recognised_config_is_refused_naming_known_formats(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"no config\.json with a known format .*labpipe-classifier-v1"):
         load_classifier(str(tmp_path), threshold=0.5)
     (tmp_path / "config.json").write_text(json.dumps({"format": "something-else"}), encoding="utf-8")
-    with pytest.raises(ModelLoadError, match="trained model directories arrive with the models issue"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json with a known format"):
         load_classifier(str(tmp_path), threshold=0.5)
 
 

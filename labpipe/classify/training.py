@@ -1,0 +1,567 @@
+"""Train a family classifier from a folder per family: ``labpipe train classifier``.
+
+Default (frozen backbone): the ImageNet EfficientNet-Lite0 backbone is kept fixed; its pooled
+1280-d features of every image (and of ``views`` augmented copies of each training image) are
+computed once and cached (:mod:`labpipe.classify.features`), and a small head of two fully
+connected layers with dropout (:class:`~labpipe.classify.trained.FamilyHead`, the Cyprus study's
+recipe) is trained on them. This takes minutes on a CPU. ``finetune=True`` then trains the whole
+network, starting from that head, with fresh augmentations every epoch.
+
+Steps, each recorded in the model directory:
+
+1. stratified 70/10/20 train/validation/test split with a fixed seed
+   (:func:`~labpipe.classify.dataset.stratified_split`);
+2. class imbalance: class-weighted cross-entropy (:func:`class_weights`, the "balanced" weights
+   ``n / (K n_c)`` of King and Zeng, "Logistic Regression in Rare Events Data", Political Analysis
+   9(2), 2001) or, with ``balance="sampler"``, balanced sampling of training examples;
+3. the epoch with the lowest validation loss is kept (early stopping);
+4. temperature scaling on the validation split (Guo et al. 2017), then the rejection threshold
+   chosen on validation for the target accuracy of accepted predictions
+   (:func:`~labpipe.classify.calibration.select_threshold`);
+5. evaluation on the test split: ``metrics.json`` and the plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import labpipe
+from labpipe.classify.augment import AugmentSpec, augment_square, view_rng
+from labpipe.classify.calibration import fit_temperature, negative_log_likelihood, select_threshold, softmax
+from labpipe.classify.dataset import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    FamilyImages,
+    file_sha256,
+    load_square,
+    scan_family_folders,
+    split_counts,
+    stratified_split,
+)
+from labpipe.classify.efficientnet_lite import INPUT_SIZE, MEAN, STD, load_efficientnet_lite0
+from labpipe.classify.features import FeatureCache, FeatureRecipe, extract_features
+from labpipe.classify.imagenet_family import _torch_threads, to_model_input
+from labpipe.classify.trained import (
+    ARCHITECTURE,
+    CONFIG_FILE,
+    FORMAT,
+    INTERPOLATIONS,
+    METRICS_FILE,
+    SPLIT_FILE,
+    WEIGHTS_FILE,
+    FamilyHead,
+    FamilyNet,
+    backbone_record,
+    model_identity,
+)
+from labpipe.errors import ConfigError
+
+__all__ = [
+    "TrainOptions",
+    "TrainResult",
+    "balanced_sample",
+    "class_weights",
+    "train_classifier",
+    "train_head",
+]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Settings of one training run (all recorded in ``config.json``)."""
+
+    name: str = "families"
+    """Model name: the part of the version before ``@``."""
+    hidden: int = 256
+    dropout: float = 0.5
+    epochs: int = 60
+    """Head epochs (one epoch = every training image, every view)."""
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    views: int = 4
+    """Augmented views per training image, besides the unaugmented one."""
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    balance: str = "weights"
+    """``weights`` (class-weighted loss) or ``sampler`` (balanced sampling)."""
+    seed: int = 0
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    target: float = 0.95
+    """Accuracy of accepted predictions the threshold is chosen for, on validation."""
+    finetune: bool = False
+    finetune_epochs: int = 5
+    finetune_lr: float = 1e-4
+    finetune_batch_size: int = 16
+    threads: int = 0
+    """Torch CPU threads (0: torch's setting)."""
+
+    def __post_init__(self) -> None:
+        if self.balance not in ("weights", "sampler"):
+            raise ValueError(f"balance must be 'weights' or 'sampler', given balance {self.balance!r}")
+        if self.views < 0 or self.epochs < 1 or self.batch_size < 1 or self.finetune_epochs < 1:
+            raise ValueError("views must be >= 0 and epochs, batch sizes >= 1")
+        if not 0.0 < self.target <= 1.0:
+            raise ValueError(f"target must be in (0, 1], given target {self.target}")
+        if not self.name or "@" in self.name or "/" in self.name:
+            raise ValueError(f"name must be non-empty without '@' or '/', given name {self.name!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["fractions"] = list(self.fractions)
+        return out
+
+
+@dataclass
+class TrainResult:
+    directory: Path
+    version: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    seconds: dict[str, float]
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure pieces
+
+
+def class_weights(labels: npt.ArrayLike, n_classes: int) -> np.ndarray:
+    """ "Balanced" class weights ``n / (K * n_c)`` (King and Zeng 2001; scikit-learn's ``balanced``).
+
+    Every class then contributes the same total weight to the loss. Classes absent from ``labels``
+    get weight 0.
+
+    Example
+    -------
+    >>> class_weights([0, 0, 0, 1], 2).tolist()
+    [0.6666666666666666, 2.0]
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    if len(counts) > n_classes:
+        raise ValueError(f"labels reach {len(counts) - 1}, but n_classes is {n_classes}")
+    present = counts > 0
+    weights = np.zeros(n_classes, dtype=np.float64)
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return weights
+
+
+def balanced_sample(labels: npt.ArrayLike, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` indices drawn with replacement so that every class is equally likely.
+
+    Example
+    -------
+    >>> idx = balanced_sample([0] * 90 + [1] * 10, 10_000, np.random.default_rng(0))
+    >>> bool(0.45 < (np.array([0] * 90 + [1] * 10)[idx] == 1).mean() < 0.55)
+    True
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(y)
+    p = 1.0 / counts[y]
+    return rng.choice(len(y), size=size, replace=True, p=p / p.sum())
+
+
+def train_head(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    n_classes: int,
+    options: TrainOptions,
+    *,
+    progress: bool = True,
+) -> tuple[FamilyHead, list[dict[str, float]]]:
+    """Train a :class:`FamilyHead` on feature vectors; keep the epoch with the lowest validation loss.
+
+    Parameters
+    ----------
+    train_x:
+        ``(N, V, D)`` features of ``N`` training images in ``V`` views (or ``(N, D)``).
+    train_y:
+        ``(N,)`` labels.
+    val_x, val_y:
+        ``(M, D)`` unaugmented validation features and labels (model selection only).
+
+    Returns
+    -------
+    The head (eval mode) and the per-epoch history (train loss, validation loss and accuracy).
+    """
+    torch.manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    x = train_x if train_x.ndim == 3 else train_x[:, None, :]
+    n, v, d = x.shape
+    flat_x = torch.from_numpy(np.ascontiguousarray(x.reshape(n * v, d), dtype=np.float32))
+    flat_y_np = np.repeat(np.asarray(train_y, dtype=np.int64), v)
+    flat_y = torch.from_numpy(flat_y_np)
+    vx = torch.from_numpy(np.ascontiguousarray(val_x, dtype=np.float32))
+    vy = torch.from_numpy(np.asarray(val_y, dtype=np.int64))
+    weight = None
+    if options.balance == "weights":
+        weight = torch.from_numpy(class_weights(flat_y_np, n_classes).astype(np.float32))
+    head = FamilyHead(n_classes, hidden=options.hidden, dropout=options.dropout, in_features=d)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.epochs)
+    best_loss, best_state = math.inf, copy.deepcopy(head.state_dict())
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(options.epochs), desc="train head", unit="epoch", disable=not progress)
+    for epoch in bar:
+        head.train()
+        if options.balance == "sampler":
+            order = balanced_sample(flat_y_np, len(flat_y_np), rng)
+        else:
+            order = rng.permutation(len(flat_y_np))
+        total = 0.0
+        for start in range(0, len(order), options.batch_size):
+            idx = torch.from_numpy(order[start : start + options.batch_size])
+            loss = F.cross_entropy(head(flat_x[idx]), flat_y[idx], weight=weight)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(idx)
+        schedule.step()
+        head.eval()
+        with torch.no_grad():
+            val_logits = head(vx)
+            val_loss = float(F.cross_entropy(val_logits, vy, weight=weight)) if len(vy) else math.nan
+            val_acc = float((val_logits.argmax(1) == vy).float().mean()) if len(vy) else math.nan
+        history.append(
+            {"epoch": epoch + 1, "train_loss": total / len(order), "val_loss": val_loss, "val_acc": val_acc}
+        )
+        bar.set_postfix(
+            loss=f"{total / len(order):.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}"
+        )
+        if val_loss < best_loss:
+            best_loss, best_state = val_loss, copy.deepcopy(head.state_dict())
+    head.load_state_dict(best_state)
+    return head.eval(), history
+
+
+# --------------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def _data_summary(data: FamilyImages, hashes: list[str]) -> dict[str, Any]:
+    folders: dict[str, Any] = {}
+    for i, family in enumerate(data.families):
+        members = [item for item in data.items if item.label == i]
+        folder = members[0].path.parent if members else data.root / family
+        folders[family] = {"folder": str(folder.resolve()), "images": len(members)}
+    return {
+        "root": str(data.root.resolve()),
+        "families": folders,
+        "images": len(data.items),
+        "content_sha256": hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest(),
+    }
+
+
+def _split_manifest(
+    data: FamilyImages, split: np.ndarray, hashes: list[str]
+) -> dict[str, list[dict[str, str]]]:
+    manifest: dict[str, list[dict[str, str]]] = {name: [] for name in SPLITS}
+    for item, which, digest in zip(data.items, split, hashes, strict=True):
+        manifest[str(which)].append(
+            {"family": data.families[item.label], "file": item.path.name, "sha256": digest}
+        )
+    return manifest
+
+
+def _logits(head: FamilyHead, features: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return (
+            head.eval()(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).double().numpy()
+        )
+
+
+def _net_logits(net: FamilyNet, paths: list[Path], batch_size: int, progress: bool, desc: str) -> np.ndarray:
+    net.eval()
+    out = []
+    with torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            x = to_model_input([load_square(p) for p in chunk], INPUT_SIZE, MEAN, STD)
+            out.append(net(x.contiguous(memory_format=torch.channels_last)).double().numpy())
+            bar.update(len(chunk))
+    return np.concatenate(out) if out else np.empty((0, net.head.fc2.out_features))
+
+
+def _freeze_batchnorm(net: FamilyNet) -> None:
+    """Batch-norm layers keep their ImageNet statistics while fine-tuning (small CPU batches)."""
+    for module in net.backbone.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+
+
+def finetune_network(
+    net: FamilyNet,
+    train_paths: list[Path],
+    train_y: np.ndarray,
+    val_paths: list[Path],
+    val_y: np.ndarray,
+    options: TrainOptions,
+    *,
+    progress: bool = True,
+    loader: Callable[[Path], np.ndarray] = load_square,
+) -> list[dict[str, float]]:
+    """Train every layer (batch-norm statistics frozen), fresh augmentations each epoch; keep the
+    epoch with the lowest validation loss. ``net``'s head should already be trained (frozen stage)."""
+    n_classes = net.head.fc2.out_features
+    weight = None
+    if options.balance == "weights":
+        weight = torch.from_numpy(class_weights(train_y, n_classes).astype(np.float32))
+    optimiser = torch.optim.AdamW(
+        [
+            {"params": net.backbone.parameters(), "lr": options.finetune_lr},
+            {"params": net.head.parameters(), "lr": options.finetune_lr * 10},
+        ],
+        weight_decay=options.weight_decay,
+    )
+    rng = np.random.default_rng(options.seed + 1)
+    best_loss, best_state = math.inf, copy.deepcopy(net.state_dict())
+    history: list[dict[str, float]] = []
+    for epoch in range(options.finetune_epochs):
+        net.train()
+        _freeze_batchnorm(net)
+        if options.balance == "sampler":
+            order = balanced_sample(train_y, len(train_y), rng)
+        else:
+            order = rng.permutation(len(train_y))
+        total = 0.0
+        desc = f"finetune {epoch + 1}/{options.finetune_epochs}"
+        with tqdm(total=len(order), desc=desc, unit="img", disable=not progress) as bar:
+            for start in range(0, len(order), options.finetune_batch_size):
+                idx = order[start : start + options.finetune_batch_size]
+                views = [
+                    augment_square(
+                        loader(train_paths[i]),
+                        view_rng(str(train_paths[i]), 1000 + epoch, options.seed),
+                        options.augment,
+                    )
+                    for i in idx
+                ]
+                x = to_model_input(views, INPUT_SIZE, MEAN, STD).contiguous(memory_format=torch.channels_last)
+                loss = F.cross_entropy(net(x), torch.from_numpy(train_y[idx]), weight=weight)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                total += loss.item() * len(idx)
+                bar.update(len(idx))
+        val_logits = torch.from_numpy(_net_logits(net, val_paths, options.finetune_batch_size, False, "val"))
+        vy = torch.from_numpy(val_y)
+        val_loss = float(F.cross_entropy(val_logits.float(), vy, weight=weight))
+        val_acc = float((val_logits.argmax(1) == vy).float().mean())
+        history.append(
+            {"epoch": epoch + 1, "train_loss": total / len(order), "val_loss": val_loss, "val_acc": val_acc}
+        )
+        if val_loss < best_loss:
+            best_loss, best_state = val_loss, copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+    net.eval()
+    return history
+
+
+def train_classifier(
+    data_dir: Path,
+    out_dir: Path,
+    options: TrainOptions | None = None,
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train, calibrate, evaluate and write a ``labpipe-classifier-v1`` model directory.
+
+    Parameters
+    ----------
+    data_dir:
+        One folder per family (``DATA_DIR/<Family>/*.jpg``).
+    out_dir:
+        The model directory to write (must not hold a model unless ``overwrite``).
+    options:
+        :class:`TrainOptions`.
+    cache_dir:
+        Where backbone features are cached (``None``: not cached).
+
+    Raises
+    ------
+    ConfigError
+        Fewer than two families, a family with fewer than 3 images, or an existing model at ``out_dir``.
+    """
+    from labpipe.evaluation.classifier import classifier_report, write_report_files
+
+    options = options or TrainOptions()
+    out_dir = Path(out_dir)
+    if (out_dir / CONFIG_FILE).exists() and not overwrite:
+        raise ConfigError(out_dir, "already holds a model", "choose another --out, or pass --overwrite")
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    with _torch_threads(options.threads):
+        data = scan_family_folders(data_dir)
+        if len(data.families) < 2:
+            raise ConfigError(
+                data_dir, f"only one family folder ({data.families[0]})", "a classifier needs two or more"
+            )
+        labels = data.labels
+        try:
+            split = stratified_split(labels, options.fractions, options.seed, names=data.families)
+        except ValueError as exc:
+            raise ConfigError(data_dir, str(exc), "every family needs at least 3 images") from exc
+        hashes = [file_sha256(p) for p in data.paths]
+        paths = np.array(data.paths, dtype=object)
+        idx = {name: np.flatnonzero(split == name) for name in SPLITS}
+
+        # 1. Frozen backbone features, cached.
+        t0 = time.perf_counter()
+        backbone = load_efficientnet_lite0().to(memory_format=torch.channels_last)
+        record = backbone_record()
+        recipe = FeatureRecipe(backbone_sha256=record["sha256"], augment=options.augment, seed=options.seed)
+        cache = FeatureCache(cache_dir)
+        views = list(range(options.views + 1))
+        feats = {
+            "train": extract_features(
+                list(paths[idx["train"]]),
+                views,
+                backbone,
+                recipe,
+                cache,
+                progress=progress,
+                desc="features train",
+            ),
+            "val": extract_features(
+                list(paths[idx["val"]]), [0], backbone, recipe, cache, progress=progress, desc="features val"
+            )[:, 0],
+            "test": extract_features(
+                list(paths[idx["test"]]),
+                [0],
+                backbone,
+                recipe,
+                cache,
+                progress=progress,
+                desc="features test",
+            )[:, 0],
+        }
+        seconds["features"] = time.perf_counter() - t0
+
+        # 2. Head on frozen features.
+        t0 = time.perf_counter()
+        y = {name: labels[idx[name]] for name in SPLITS}
+        head, history = train_head(
+            feats["train"], y["train"], feats["val"], y["val"], len(data.families), options, progress=progress
+        )
+        seconds["head"] = time.perf_counter() - t0
+        net = FamilyNet(backbone, head)
+
+        # 3. Optional fine-tuning of the whole network.
+        finetune_history: list[dict[str, float]] = []
+        if options.finetune:
+            t0 = time.perf_counter()
+            finetune_history = finetune_network(
+                net,
+                list(paths[idx["train"]]),
+                y["train"],
+                list(paths[idx["val"]]),
+                y["val"],
+                options,
+                progress=progress,
+            )
+            val_logits = _net_logits(net, list(paths[idx["val"]]), 16, progress, "val")
+            test_logits = _net_logits(net, list(paths[idx["test"]]), 16, progress, "test")
+            seconds["finetune"] = time.perf_counter() - t0
+        else:
+            val_logits = _logits(head, feats["val"])
+            test_logits = _logits(head, feats["test"])
+
+        # 4. Calibration and threshold, on validation.
+        temperature = fit_temperature(val_logits, y["val"])
+        temperature_fit = {
+            "method": "temperature scaling, NLL on validation (Guo et al. 2017)",
+            "val_n": len(y["val"]),
+            "val_nll_before": negative_log_likelihood(val_logits, y["val"], 1.0),
+            "val_nll_after": negative_log_likelihood(val_logits, y["val"], temperature),
+            "separated": bool(np.all(val_logits.argmax(axis=1) == y["val"])),
+        }
+        val_probs = softmax(val_logits, temperature)
+        choice = select_threshold(val_probs.max(axis=1), val_probs.argmax(axis=1) == y["val"], options.target)
+
+        # 5. Write the directory.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save
+
+        full = options.finetune
+        # save() + write_bytes rather than save_file(), which creates the file readable by its owner only.
+        (out_dir / WEIGHTS_FILE).write_bytes(save(net.trainable_state(full), metadata={"format": FORMAT}))
+        weights: dict[str, Any] = {"file": WEIGHTS_FILE, "contains": "full" if full else "head"}
+        if not full:
+            weights["backbone"] = record
+        seconds["total"] = time.perf_counter() - started
+        config: dict[str, Any] = {
+            "format": FORMAT,
+            "name": options.name,
+            "architecture": ARCHITECTURE,
+            "head": {
+                "type": "mlp",
+                "in_features": int(feats["train"].shape[-1]),
+                "hidden": options.hidden,
+                "dropout": options.dropout,
+            },
+            "labels": list(data.families),
+            "input_size": INPUT_SIZE,
+            "mean": list(MEAN),
+            "std": list(STD),
+            "pad_rule": "border_mean",
+            "interpolation": INTERPOLATIONS[0],
+            "temperature": temperature,
+            "temperature_fit": temperature_fit,
+            "threshold": choice.threshold,
+            "threshold_target": options.target,
+            "threshold_selection": choice.as_dict(),
+            "weights": weights,
+            "split": {
+                "seed": options.seed,
+                "fractions": list(options.fractions),
+                "counts": split_counts(labels, split, data.families),
+                "file": SPLIT_FILE,
+            },
+            "training": {
+                "mode": "finetune" if full else "frozen-backbone head",
+                "options": options.as_dict(),
+                "history": history,
+                "finetune_history": finetune_history,
+                "feature_cache": {
+                    "dir": str(cache_dir) if cache_dir else None,
+                    "hits": cache.hits,
+                    "misses": cache.misses,
+                },
+                "seconds": {k: round(v, 2) for k, v in seconds.items()},
+                "threads": torch.get_num_threads(),
+            },
+            "data": _data_summary(data, hashes),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "labpipe_version": labpipe.__version__,
+        }
+        (out_dir / SPLIT_FILE).write_text(
+            json.dumps(_split_manifest(data, split, hashes), indent=1) + "\n", encoding="utf-8"
+        )
+        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        identity = model_identity(out_dir)
+
+        # 6. Test-split evaluation.
+        report = classifier_report(
+            test_logits, y["test"], data.families, temperature, choice.threshold, target=options.target
+        )
+        report.summary = {"model": {"version": identity.version}, "data": {"split": "test"}, **report.summary}
+        write_report_files(report, out_dir, title=f"{identity.version}\ntest split", json_name=METRICS_FILE)
+    return TrainResult(out_dir, identity.version, config, report.as_dict(), seconds)

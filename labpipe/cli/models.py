@@ -1,0 +1,518 @@
+"""``labpipe train``, ``labpipe eval classifier``, ``labpipe models`` and ``labpipe reclassify``.
+
+Thin click commands over :mod:`labpipe.classify.training`, :mod:`labpipe.evaluation.classifier`,
+:mod:`labpipe.registry` and :mod:`labpipe.reclassify`. They are registered on the main group in
+:mod:`labpipe.cli.main`; the settings object comes through ``click.pass_obj`` (the main group's
+context object), so this module does not import the main module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from labpipe.errors import LabpipeError
+
+__all__ = ["eval_classifier", "models", "reclassify", "train"]
+
+
+def _fail(exc: LabpipeError | str) -> None:
+    click.echo(f"error: {exc.message if isinstance(exc, LabpipeError) else exc}", err=True)
+    sys.exit(2)
+
+
+def _dispose(factory: Any) -> None:
+    bind = factory.kw.get("bind")
+    if bind is not None:
+        bind.dispose()
+
+
+def _load_trained(obj: Any, model: str, threshold: float | None = None) -> Any:
+    """A trained classifier from a directory, a registered version or ``registry:default``."""
+    from labpipe.classify.loader import BUILTIN_PREFIX, load_classifier
+    from labpipe.classify.trained import TrainedFamilyClassifier
+
+    spec = model
+    if not Path(model).expanduser().is_dir() and not model.startswith(BUILTIN_PREFIX):
+        spec = _resolve_with_database(obj, model)
+    cfg = obj.settings.classifier
+    classifier = load_classifier(
+        spec,
+        threshold=cfg.threshold if threshold is None else threshold,
+        batch_size=cfg.batch_size,
+        threads=cfg.threads,
+        top_k=cfg.top_k,
+    )
+    if not isinstance(classifier, TrainedFamilyClassifier):
+        _fail(f"{model}: `eval classifier` needs a trained model directory (see `labpipe train classifier`)")
+    return classifier
+
+
+def _resolve_with_database(obj: Any, model: str) -> str:
+    from labpipe.db.database import open_database
+    from labpipe.registry import resolve_model_argument
+
+    factory = open_database(obj.settings.database_url)
+    try:
+        with factory() as session:
+            return resolve_model_argument(model, session)
+    finally:
+        _dispose(factory)
+
+
+# --------------------------------------------------------------------------------------------------
+# labpipe train
+
+
+@click.group()
+def train() -> None:
+    """Train models from the lab's own labelled images (classifier; detector to come)."""
+
+
+@train.command("classifier")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--name", help="Model name, the part of the version before '@' (default: the --out folder's name)."
+)
+@click.option("--finetune", is_flag=True, help="After the head, train the whole network (slow on CPU).")
+@click.option("--epochs", type=int, default=60, show_default=True, help="Head epochs.")
+@click.option("--finetune-epochs", type=int, default=5, show_default=True)
+@click.option("--views", type=int, default=4, show_default=True, help="Augmented views per training image.")
+@click.option(
+    "--hidden", type=int, default=256, show_default=True, help="Hidden units of the head (0: linear)."
+)
+@click.option("--dropout", type=float, default=0.5, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option(
+    "--balance",
+    type=click.Choice(["weights", "sampler"]),
+    default="weights",
+    show_default=True,
+    help="Class imbalance: class-weighted loss or balanced sampling.",
+)
+@click.option(
+    "--target",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Accuracy of accepted predictions the threshold is chosen for, on validation.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Split and augmentation seed.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Feature cache (default: <storage root>/cache/features).",
+)
+@click.option("--no-cache", is_flag=True, help="Compute every feature afresh and store none.")
+@click.option("--threads", type=int, help="Torch CPU threads (default: [classifier] threads).")
+@click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
+@click.option("--register", is_flag=True, help="Add the model to the registry afterwards.")
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+@click.pass_obj
+def train_classifier_command(
+    obj: Any,
+    data_dir: Path,
+    out_dir: Path,
+    name: str | None,
+    finetune: bool,
+    epochs: int,
+    finetune_epochs: int,
+    views: int,
+    hidden: int,
+    dropout: float,
+    lr: float,
+    balance: str,
+    target: float,
+    seed: int,
+    cache_dir: Path | None,
+    no_cache: bool,
+    threads: int | None,
+    overwrite: bool,
+    register: bool,
+    as_json: bool,
+) -> None:
+    """Train a family classifier on DATA_DIR (one folder per family) into the model folder --out.
+
+    Stratified 70/10/20 train/validation/test split (fixed --seed). A head of two fully connected
+    layers with dropout is trained on frozen EfficientNet-Lite0 features of the crops (padded to
+    squares as in production) and of --views augmented copies (rotation, flips, colour jitter),
+    cached so a second run is fast; --finetune then trains the whole network. Probabilities are
+    calibrated by temperature scaling on validation, and the rejection threshold is the lowest one
+    whose accepted validation predictions are at least --target correct. The test split is
+    evaluated into metrics.json, confusion.csv/png and risk_coverage.png in --out.
+    """
+    from labpipe.classify.augment import AugmentSpec
+    from labpipe.classify.training import TrainOptions, train_classifier
+
+    settings = obj.settings
+    try:
+        options = TrainOptions(
+            name=name or out_dir.resolve().name,
+            hidden=hidden,
+            dropout=dropout,
+            epochs=epochs,
+            lr=lr,
+            views=views,
+            augment=AugmentSpec(),
+            balance=balance,
+            seed=seed,
+            target=target,
+            finetune=finetune,
+            finetune_epochs=finetune_epochs,
+            threads=settings.classifier.threads if threads is None else threads,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    cache = None if no_cache else (cache_dir or settings.storage.root / "cache" / "features")
+    try:
+        result = train_classifier(
+            data_dir, out_dir, options, cache_dir=cache, progress=not as_json, overwrite=overwrite
+        )
+    except LabpipeError as exc:
+        _fail(exc)
+        return
+    summary = _train_summary(result)
+    if register:
+        from labpipe.db.database import open_database
+        from labpipe.registry import add_model
+
+        factory = open_database(settings.database_url)
+        try:
+            with factory() as session:
+                add_model(session, str(result.directory))
+                session.commit()
+        finally:
+            _dispose(factory)
+        summary["registered"] = True
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(_format_train_summary(summary))
+
+
+def _train_summary(result: Any) -> dict[str, Any]:
+    config, metrics = result.config, result.metrics
+    return {
+        "directory": str(result.directory),
+        "version": result.version,
+        "labels": config["labels"],
+        "split_counts": config["split"]["counts"],
+        "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+        "feature_cache": config["training"]["feature_cache"],
+        "temperature": round(config["temperature"], 4),
+        "threshold": config["threshold_selection"],
+        "test": metrics,
+    }
+
+
+def _format_train_summary(s: dict[str, Any]) -> str:
+    test = s["test"]
+    sel = s["threshold"]
+    lines = [
+        f"wrote {s['directory']}",
+        f"version {s['version']}",
+        "images per family (train/val/test): "
+        + ", ".join(f"{f} {c['train']}/{c['val']}/{c['test']}" for f, c in s["split_counts"].items()),
+        "seconds: " + ", ".join(f"{k} {v}" for k, v in s["seconds"].items()),
+        f"temperature {s['temperature']}; threshold {sel['threshold']:.3f} for target {sel['target']} "
+        f"(validation: {'reached' if sel['reachable'] else 'NOT reached'}, "
+        f"accepted accuracy {sel['val_accepted_accuracy']:.3f}, coverage {sel['val_coverage']:.3f})",
+        *_format_report_lines(test),
+    ]
+    return "\n".join(lines)
+
+
+def _format_report_lines(r: dict[str, Any]) -> list[str]:
+    acc, cal, at = r["accuracy"], r["calibration"], r["at_threshold"]
+    lines = [
+        f"{r['images']} test images: "
+        + ", ".join(
+            f"top-{k[3:]} {v['micro']:.3f} micro / {v['macro']:.3f} macro"
+            + (" (trivial)" if v["trivial"] else "")
+            for k, v in acc.items()
+        ),
+        "per family (precision / recall / F1, n): "
+        + "; ".join(
+            f"{f} {v['precision']:.3f}/{v['recall']:.3f}/{v['f1']:.3f}, {v['support']}"
+            for f, v in r["per_family"].items()
+        ),
+        f"ECE (15 bins) {cal['ece_before']} before, {cal['ece_after']} after "
+        f"temperature {cal['temperature']}",
+        f"at threshold {at['threshold']}: coverage {at['coverage']}, "
+        f"accepted accuracy {at['accepted_accuracy']}, "
+        f"correct kept {at['correct_kept']}, wrong rejected {at['wrong_rejected']} "
+        f"({at['n_correct']} correct, {at['n_wrong']} wrong)",
+    ]
+    for name, o in r.get("out_of_distribution", {}).items():
+        lines.append(f"OOD {name}: {o['rejected']} of {o['images']} rejected; accepted as {o['accepted_as']}")
+    for key, path in r.get("files", {}).items():
+        lines.append(f"{key}: {path}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# labpipe eval classifier
+
+
+@click.command("classifier")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    help="Model directory, registered version (or unique prefix), or registry:default.",
+)
+@click.option(
+    "--ood",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of out-of-distribution images (of no family of the model); repeatable.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the report, CSV and plots go (default: <model>/eval).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["auto", "all"]),
+    default="auto",
+    show_default=True,
+    help="auto: leave out images the model was trained or calibrated on (content hash).",
+)
+@click.option("--threshold", type=float, help="Rejection threshold (default: the model's own).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def eval_classifier(
+    obj: Any,
+    data_dir: Path,
+    model: str,
+    ood: tuple[Path, ...],
+    out_dir: Path | None,
+    split: str,
+    threshold: float | None,
+    as_json: bool,
+) -> None:
+    """Evaluate a trained classifier on DATA_DIR (one folder per family).
+
+    Reports micro and macro top-1/3/5 accuracy, per-family precision/recall/F1, the confusion
+    matrix (CSV and PNG), expected calibration error before and after temperature scaling, the
+    risk-coverage curve (PNG), and at the threshold: the share of correct predictions kept, of
+    wrong ones rejected, and of each --ood folder's images rejected.
+    """
+    from labpipe.evaluation.classifier import evaluate_classifier_folder
+
+    try:
+        classifier = _load_trained(obj, model)
+        report = evaluate_classifier_folder(
+            data_dir,
+            classifier,
+            out_dir or classifier.directory / "eval",
+            ood=ood,
+            split=split,
+            threshold=threshold,
+            progress=not as_json,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    except LabpipeError as exc:
+        _fail(exc)
+        return
+    data = report.as_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"model {classifier.version}")
+    click.echo(f"{data_dir}: {data['data']['excluded_seen_in_training']} images left out (seen in training)")
+    click.echo("\n".join(_format_report_lines(data)))
+
+
+# --------------------------------------------------------------------------------------------------
+# labpipe models
+
+
+@click.group()
+def models() -> None:
+    """The model registry: every classification names the model version that made it."""
+
+
+def _model_row(row: Any, n_classifications: int | None = None) -> dict[str, Any]:
+    out = {
+        "version": row.version,
+        "name": row.name,
+        "kind": row.kind,
+        "default": bool(row.is_default),
+        "labels": list(row.labels or []),
+        "path": row.path,
+        "weights_hash": row.weights_hash,
+        "labels_hash": row.labels_hash,
+        "created_at": row.created_at.isoformat(timespec="seconds") if row.created_at else None,
+    }
+    if n_classifications is not None:
+        out["classifications"] = n_classifications
+    return out
+
+
+def _labels_text(labels: list[str], most: int = 6) -> str:
+    return ", ".join(labels[:most]) + (", ..." if len(labels) > most else "")
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def models_list(obj: Any, as_json: bool) -> None:
+    """List registered classifier versions ('*' marks the default) and how many results each made."""
+    from sqlalchemy import func, select
+
+    from labpipe.db.database import open_database
+    from labpipe.db.models import Classification
+    from labpipe.registry import list_models
+
+    factory = open_database(obj.settings.database_url)
+    try:
+        with factory() as session:
+            used = dict(
+                session.execute(
+                    select(Classification.model_id, func.count()).group_by(Classification.model_id)
+                ).all()
+            )
+            rows = [_model_row(m, used.get(m.id, 0)) for m in list_models(session)]
+    finally:
+        _dispose(factory)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no models registered (labpipe models add PATH)")
+    for r in rows:
+        mark = "*" if r["default"] else " "
+        click.echo(
+            f"{mark} {r['version']}  [{_labels_text(r['labels'])}]  "
+            f"{r['classifications']} classifications  {r['path'] or '(built-in)'}"
+        )
+
+
+@models.command("add")
+@click.argument("path")
+@click.option("--name", help="Display name (the version still comes from the model itself).")
+@click.option("--default", "make_default", is_flag=True, help="Also make it the default.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def models_add(obj: Any, path: str, name: str | None, make_default: bool, as_json: bool) -> None:
+    """Register the model directory PATH (or a builtin:<name> spec); idempotent."""
+    from labpipe.db.database import open_database
+    from labpipe.registry import add_model
+
+    factory = open_database(obj.settings.database_url)
+    try:
+        with factory() as session:
+            row, created = add_model(session, path, name=name, default=make_default)
+            session.commit()
+            info = _model_row(row)
+    except LabpipeError as exc:
+        _fail(exc)
+        return
+    finally:
+        _dispose(factory)
+    if as_json:
+        click.echo(json.dumps({**info, "created": created}, indent=2))
+        return
+    click.echo(
+        f"{'registered' if created else 'already registered'}: {info['version']} "
+        f"({info['path'] or 'built-in'})"
+    )
+
+
+@models.command("set-default")
+@click.argument("version")
+@click.pass_obj
+def models_set_default(obj: Any, version: str) -> None:
+    """Make VERSION (or a unique prefix of it) the default classifier.
+
+    The pipeline uses it where the configuration says [classifier] model = "registry:default".
+    """
+    from labpipe.db.database import open_database
+    from labpipe.registry import set_default
+
+    factory = open_database(obj.settings.database_url)
+    try:
+        with factory() as session:
+            row = set_default(session, version)
+            session.commit()
+            click.echo(f"default classifier: {row.version}")
+    except LabpipeError as exc:
+        _fail(exc)
+    finally:
+        _dispose(factory)
+
+
+# --------------------------------------------------------------------------------------------------
+# labpipe reclassify
+
+
+@click.command()
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    help="Model directory, builtin:<name>, registered version (or prefix), registry:default.",
+)
+@click.option("--sample", "sample_id", help="Only this sample's specimens.")
+@click.option("--threshold", type=float, help="Rejection threshold (default: the model's own / config).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def reclassify(obj: Any, model: str, sample_id: str | None, threshold: float | None, as_json: bool) -> None:
+    """Classify stored crops again with --model, without re-detecting; earlier results are kept.
+
+    Adds one classification per specimen for the model's version (specimens that already have one
+    are skipped, so it is safe to run twice); one transaction per image. Compare versions with
+    `labpipe counts --model VERSION`.
+    """
+    from labpipe.classify.loader import load_classifier
+    from labpipe.db.database import open_database
+    from labpipe.reclassify import reclassify_stored
+    from labpipe.registry import resolve_model_argument
+
+    settings = obj.settings
+    cfg = settings.classifier
+    try:
+        factory = open_database(settings.database_url)
+        with factory() as session:
+            spec = resolve_model_argument(model, session)
+        classifier = load_classifier(
+            spec,
+            threshold=cfg.threshold if threshold is None else threshold,
+            batch_size=cfg.batch_size,
+            threads=cfg.threads,
+            top_k=cfg.top_k,
+        )
+        try:
+            result = reclassify_stored(
+                factory,
+                classifier,
+                settings.storage.crops_dir,
+                sample_id=sample_id,
+                batch_size=cfg.batch_size,
+                progress=not as_json,
+            )
+        finally:
+            _dispose(factory)
+    except LabpipeError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    click.echo(
+        f"{result.model_version}: classified {result.classified} specimens on {result.images} images "
+        f"({result.already_done} already done, {len(result.missing_crops)} crops missing)"
+    )
+    for family, n in result.counts.items():
+        click.echo(f"  {family:<22}{n:>6}")
