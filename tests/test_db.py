@@ -188,14 +188,14 @@ def _count(session: Session, model: type[Base]) -> int:
 def test_migrations_reach_head_on_a_fresh_database(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
-    assert current_revision(db_url) == head_revision() == "0001"
+    assert current_revision(db_url) == head_revision() is not None
     engine = make_engine(db_url)
     try:
         assert set(sa.inspect(engine).get_table_names()) >= TABLES
     finally:
         engine.dispose()
     upgrade(db_url)  # running it again is harmless
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == head_revision()
 
 
 def test_models_match_the_migrated_schema(engine: Engine) -> None:

@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "NAMING_CONVENTION",
+    "Agreement",
     "BarcodeLink",
     "Base",
     "Classification",
@@ -350,19 +351,33 @@ class Verification(Base):
         return f"Verification(id={self.id!r}, specimen_id={self.specimen_id!r}, status={self.status!r})"
 
 
+class Agreement(StrEnum):
+    """Image-based family against DNA-based family (``barcode_links.agreement``)."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    IMAGE_REJECTED = "image_rejected"
+    """The DNA names a family; the image classifier rejected the specimen."""
+
+
 class BarcodeLink(Base):
     """A DNA-barcoding record (96-well plate and well, BOLD sampleid/processid, BIN) for a specimen."""
 
     __tablename__ = "barcode_links"
+    __table_args__ = (
+        sa.UniqueConstraint("plate", "well"),
+        sa.CheckConstraint(_in("agreement", Agreement), name="agreement"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     specimen_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("specimens.id", ondelete="CASCADE"), index=True
     )
     """``None`` while the record is not matched to a specimen."""
-    plate: Mapped[str] = mapped_column(sa.String(64))
-    well: Mapped[str] = mapped_column(sa.String(3))
-    """``A01`` .. ``H12``."""
+    plate: Mapped[str | None] = mapped_column(sa.String(64))
+    """``None`` for results of specimens not laid out on a plate by labpipe."""
+    well: Mapped[str | None] = mapped_column(sa.String(3))
+    """``A01`` .. ``H12``; ``(plate, well)`` is unique."""
     sampleid: Mapped[str] = mapped_column(sa.String(_NAME), index=True)
     processid: Mapped[str | None] = mapped_column(sa.String(64))
     bin_uri: Mapped[str | None] = mapped_column(sa.String(64))
@@ -372,6 +387,10 @@ class BarcodeLink(Base):
     """Family assigned from the sequence."""
     taxonomy: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     """Full taxonomy as imported (rank -> name)."""
+    agreement: Mapped[str | None] = mapped_column(sa.String(16))
+    """One of :class:`Agreement`; ``None`` while not compared (or no DNA family)."""
+    needs_review: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    """Image and DNA disagree and no person has verified the specimen yet."""
     imported_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     specimen: Mapped[Specimen | None] = relationship(back_populates="barcode_links")

@@ -1,92 +1,708 @@
-"""Per-sample family counts from the database, and their text/CSV renderings."""
+"""Per-sample x family counts: accepted, rejected, human-verified, and expected counts with intervals.
+
+What a specimen counts as is decided at query time, from the stored rows, without reprocessing
+(:func:`resolve`):
+
+1. **A person's verification wins.** The latest verification of a specimen (by ``verified_at``,
+   then id) decides: ``confirmed`` counts it as the verified family (or, when the verification names
+   none, the classified family); ``corrected`` as the verification's family; ``not_specimen``
+   excludes it from every count (it is debris, not a specimen: it is in neither ``specimens`` nor
+   ``rejected`` but in ``excluded``); ``multiple`` (the box holds more than one specimen) counts it
+   **once**, as the verification's family or else the prediction, and adds it to ``multiple``, so
+   a sample's counts are lower bounds where ``multiple`` is not zero. A verification without a
+   family (other than ``not_specimen``) and without a usable prediction counts as rejected.
+2. **Otherwise the chosen classification decides**: the specimen's newest classification, or the
+   one of the model version asked for. Specimens with none are ``unclassified`` and left out of
+   ``specimens`` (with a model version given, that is every specimen that model has not seen).
+3. **Rejection at a query-time threshold.** Without a threshold the stored decision stands. With one,
+   a specimen is accepted as its best family when that family's calibrated probability is at least
+   the threshold, unless it was rejected for a reason no threshold changes: ``not_arthropod``,
+   ``family_unresolved`` or any other reason code except ``low_confidence``
+   (see :mod:`labpipe.classify.base`).
+
+So ``specimens == sum(families.values()) + rejected`` for every sample.
+
+**Expected counts** are the sum over specimens of the calibrated probability of each family
+(``Classification.top_k``, ``[[family, p], ...]``), a verified specimen contributing probability 1
+to its family. The mass a classification leaves outside its top-k (other families, non-arthropods,
+debris) is not attributed to any family: it is summed as ``expected_other``. The 95 % interval of a
+family's count is the equal-tailed interval of the Poisson-binomial distribution of the number of
+successes among independent Bernoulli trials with those probabilities
+(:func:`poisson_binomial_interval`: exact by dynamic programming, normal approximation beyond
+20 000 uncertain specimens). Expected counts ignore the threshold: they are what the calibrated
+probabilities say.
+"""
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
+import math
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from statistics import NormalDist
 from typing import Any
 
-from sqlalchemy import func, select
+import numpy as np
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from labpipe.db.models import Classification, Image, ImageStatus, Model, Specimen
+from labpipe.classify.base import REJECT_LOW_CONFIDENCE, reason_code
+from labpipe.db.models import (
+    Classification,
+    Image,
+    ImageStatus,
+    Model,
+    Sample,
+    Specimen,
+    Verification,
+    VerificationStatus,
+)
 
-__all__ = ["count_families", "counts_to_csv", "counts_to_table"]
+__all__ = [
+    "OTHER",
+    "REJECTED",
+    "UNASSIGNED",
+    "CountFilter",
+    "Expected",
+    "Outcome",
+    "Resolution",
+    "SampleCounts",
+    "SpecimenCall",
+    "aggregate",
+    "community_matrix",
+    "compute_counts",
+    "count_families",
+    "counts_to_csv",
+    "counts_to_table",
+    "load_calls",
+    "matrix_to_csv",
+    "poisson_binomial_interval",
+    "poisson_binomial_pmf",
+    "resolve",
+]
 
 REJECTED = "rejected"
+OTHER = "other"
+UNASSIGNED = "_unassigned"
+"""Row name of specimens whose image belongs to no sample (community matrix)."""
+
+EXACT_LIMIT = 20_000
+"""Above this many uncertain specimens, intervals use the normal approximation."""
+
+
+class Outcome(StrEnum):
+    """How one specimen counts."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    EXCLUDED = "excluded"
+    """Verified as not a specimen."""
+    UNCLASSIFIED = "unclassified"
+
+
+@dataclass(frozen=True)
+class SpecimenCall:
+    """Everything the counts need to know about one specimen (one row of :func:`load_calls`)."""
+
+    specimen_id: int
+    sample_id: str | None
+    family: str | None = None
+    """The classification's best family (kept even when rejected); ``None`` when unclassified."""
+    probability: float | None = None
+    """Calibrated probability of ``family``; ``None`` when unclassified."""
+    rejected: bool = True
+    reason: str | None = None
+    top_k: tuple[tuple[str, float], ...] = ()
+    model_version: str | None = None
+    verification: str | None = None
+    """Status of the latest verification (:class:`VerificationStatus`), if any."""
+    verified_family: str | None = None
+
+    @property
+    def classified(self) -> bool:
+        return self.probability is not None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What :func:`resolve` decides for one specimen."""
+
+    outcome: Outcome
+    family: str | None = None
+    """The family it counts as (accepted only)."""
+    verified: bool = False
+    """The family (or the exclusion) was decided by a person, not by the classifier."""
+    multiple: bool = False
+    distribution: tuple[tuple[str, float], ...] = ()
+    """Family probabilities for the expected counts (sum <= 1)."""
+    other: float = 0.0
+    """Probability mass on no listed family."""
+
+
+def _distribution(top_k: Sequence[tuple[str, float]]) -> tuple[tuple[tuple[str, float], ...], float]:
+    """Clean top-k pairs (clipped to [0, 1], rescaled when they sum above 1) and the mass left over."""
+    pairs = [(str(f), min(max(float(p), 0.0), 1.0)) for f, p in top_k if f and math.isfinite(float(p))]
+    total = sum(p for _, p in pairs)
+    if total > 1.0:
+        pairs = [(f, p / total) for f, p in pairs]
+        total = 1.0
+    return tuple(pairs), max(0.0, 1.0 - total)
+
+
+def _predicted(call: SpecimenCall, threshold: float | None) -> tuple[bool, str | None]:
+    """(accepted, best family) of the classification at ``threshold`` (``None``: as stored)."""
+    family = call.family or (call.top_k[0][0] if call.top_k else None)
+    if not call.classified or family is None:
+        return False, None
+    if threshold is None:
+        return (not call.rejected), family
+    code = reason_code(call.reason) if call.rejected else None
+    if code is not None and code != REJECT_LOW_CONFIDENCE:
+        return False, family  # not an arthropod, family unresolved, ...: no threshold changes that
+    return float(call.probability or 0.0) >= threshold, family
+
+
+def resolve(call: SpecimenCall, threshold: float | None = None) -> Resolution:
+    """How ``call`` counts at ``threshold`` (the rules are in the module docstring).
+
+    Parameters
+    ----------
+    call:
+        One specimen's chosen classification and latest verification.
+    threshold:
+        Least calibrated probability accepted, in [0, 1]; ``None`` keeps the stored decision.
+
+    Example
+    -------
+    >>> c = SpecimenCall(1, "S1", "Carabidae", 0.42, True, "low_confidence: ...", (("Carabidae", 0.42),))
+    >>> resolve(c).outcome, resolve(c, threshold=0.4).family
+    (<Outcome.REJECTED: 'rejected'>, 'Carabidae')
+    """
+    if threshold is not None and not (0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be in [0, 1], given threshold {threshold}")
+    status = call.verification
+    if status == VerificationStatus.NOT_SPECIMEN:
+        return Resolution(Outcome.EXCLUDED, verified=True)
+    if status in (VerificationStatus.CONFIRMED, VerificationStatus.CORRECTED):
+        family = call.verified_family
+        if family is None and status == VerificationStatus.CONFIRMED:
+            family = call.family or (call.top_k[0][0] if call.top_k else None)
+        if family is None:
+            return Resolution(Outcome.REJECTED, verified=True, other=1.0)
+        return Resolution(Outcome.ACCEPTED, family, verified=True, distribution=((family, 1.0),))
+    multiple = status == VerificationStatus.MULTIPLE
+    if multiple and call.verified_family:
+        family = call.verified_family
+        return Resolution(
+            Outcome.ACCEPTED, family, verified=True, multiple=True, distribution=((family, 1.0),)
+        )
+    if not call.classified:
+        if multiple:
+            return Resolution(Outcome.REJECTED, multiple=True, other=1.0)
+        return Resolution(Outcome.UNCLASSIFIED)
+    distribution, other = _distribution(call.top_k)
+    accepted, family = _predicted(call, threshold)
+    outcome = Outcome.ACCEPTED if accepted else Outcome.REJECTED
+    return Resolution(outcome, family if accepted else None, False, multiple, distribution, other)
+
+
+# --------------------------------------------------------------------------------------------------
+# Poisson-binomial intervals
+
+
+def poisson_binomial_pmf(probabilities: Iterable[float]) -> np.ndarray:
+    """Distribution of the number of successes of independent trials with ``probabilities``.
+
+    Exact, by the recursion ``P_i(k) = P_{i-1}(k) (1 - p_i) + P_{i-1}(k - 1) p_i`` (O(n^2)).
+
+    >>> poisson_binomial_pmf([0.5, 0.5]).tolist()
+    [0.25, 0.5, 0.25]
+    """
+    ps = _check_probabilities(probabilities)
+    pmf = np.zeros(ps.size + 1)
+    pmf[0] = 1.0
+    for i, p in enumerate(ps):
+        moved = pmf[: i + 1] * p
+        pmf[: i + 1] *= 1.0 - p
+        pmf[1 : i + 2] += moved
+    return pmf
+
+
+def _check_probabilities(probabilities: Iterable[float]) -> np.ndarray:
+    ps = np.asarray(list(probabilities), dtype=np.float64)
+    if ps.ndim != 1:
+        raise ValueError(f"probabilities must be a flat sequence, given shape {ps.shape}")
+    bad = ~np.isfinite(ps) | (ps < 0.0) | (ps > 1.0)
+    if bad.any():
+        raise ValueError(f"probabilities must be in [0, 1], given {ps[bad][:5].tolist()}")
+    return ps
+
+
+def poisson_binomial_interval(
+    probabilities: Iterable[float], level: float = 0.95, exact_limit: int = EXACT_LIMIT
+) -> tuple[float, int, int]:
+    """Mean and equal-tailed ``level`` interval of a Poisson-binomial count.
+
+    Parameters
+    ----------
+    probabilities:
+        Success probability of each independent trial (specimen), each in [0, 1].
+    level:
+        Coverage of the interval, in (0, 1).
+    exact_limit:
+        With more trials strictly between 0 and 1 than this, the normal approximation
+        ``mean +- z sqrt(sum p (1 - p))`` (rounded outwards, clipped to the possible range) is used.
+
+    Returns
+    -------
+    (mean, low, high)
+        ``low`` is the smallest ``k`` with ``P(X <= k) >= (1 - level) / 2`` and ``high`` the smallest
+        with ``P(X <= k) >= (1 + level) / 2``. Certain trials (p = 1) shift both; none gives (0, 0, 0).
+
+    Example
+    -------
+    >>> poisson_binomial_interval([0.5, 0.5])
+    (1.0, 0, 2)
+    >>> poisson_binomial_interval([1.0, 1.0, 0.0])
+    (2.0, 2, 2)
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), given level {level}")
+    ps = _check_probabilities(probabilities)
+    mean = float(ps.sum())
+    certain = int(np.count_nonzero(ps == 1.0))
+    uncertain = ps[(ps > 0.0) & (ps < 1.0)]
+    if uncertain.size == 0:
+        return mean, certain, certain
+    tail = (1.0 - level) / 2.0
+    if uncertain.size > exact_limit:
+        sd = math.sqrt(float((uncertain * (1.0 - uncertain)).sum()))
+        z = NormalDist().inv_cdf(1.0 - tail)
+        m = float(uncertain.sum())
+        low = max(0, math.floor(m - z * sd))
+        high = min(uncertain.size, math.ceil(m + z * sd))
+        return mean, certain + low, certain + high
+    cdf = np.cumsum(poisson_binomial_pmf(uncertain))
+    eps = 1e-12  # cumulative sums round; a quantile sitting exactly on a step must not move up
+    low = int(np.searchsorted(cdf, tail - eps, side="left"))
+    high = int(np.searchsorted(cdf, 1.0 - tail - eps, side="left"))
+    return mean, certain + low, certain + min(high, uncertain.size)
+
+
+# --------------------------------------------------------------------------------------------------
+# Aggregation (pure)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """An expected count and its interval."""
+
+    mean: float
+    low: int
+    high: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"mean": round(self.mean, 3), "low": self.low, "high": self.high}
+
+
+@dataclass
+class SampleCounts:
+    """One sample's counts (one row of ``labpipe counts``)."""
+
+    sample: str | None
+    site: str | None = None
+    collection_date: dt.date | None = None
+    images: int = 0
+    specimens: int = 0
+    rejected: int = 0
+    excluded: int = 0
+    unclassified: int = 0
+    multiple: int = 0
+    verified: int = 0
+    families: dict[str, int] = field(default_factory=dict)
+    expected: dict[str, Expected] = field(default_factory=dict)
+    expected_other: Expected = field(default_factory=lambda: Expected(0.0, 0, 0))
+    model_versions: list[str] = field(default_factory=list)
+    family_models: dict[str, list[str]] = field(default_factory=dict)
+    """Model versions behind each accepted family's predicted specimens (for exports)."""
+    family_verified: dict[str, int] = field(default_factory=dict)
+    """How many of each family's specimens a person verified (for exports)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the fields of ``labpipe counts --json``."""
+        return {
+            "sample": self.sample,
+            "site": self.site,
+            "collection_date": self.collection_date.isoformat() if self.collection_date else None,
+            "images": self.images,
+            "specimens": self.specimens,
+            REJECTED: self.rejected,
+            "excluded": self.excluded,
+            "unclassified": self.unclassified,
+            "multiple": self.multiple,
+            "verified": self.verified,
+            "families": dict(self.families),
+            "expected": {f: e.as_dict() for f, e in self.expected.items()},
+            "expected_other": self.expected_other.as_dict(),
+            "model_versions": list(self.model_versions),
+        }
+
+
+def aggregate(
+    calls: Iterable[SpecimenCall],
+    images: dict[str | None, int] | None = None,
+    *,
+    threshold: float | None = None,
+    level: float = 0.95,
+    samples: dict[str | None, Sample] | None = None,
+) -> list[SampleCounts]:
+    """Count ``calls`` per sample (pure: no database).
+
+    Parameters
+    ----------
+    calls:
+        One per specimen.
+    images:
+        Processed images per sample; samples listed here appear even with no specimens.
+    threshold, level:
+        See :func:`resolve` and :func:`poisson_binomial_interval`.
+    samples:
+        Sample rows, for the site and date columns.
+
+    Returns
+    -------
+    list[SampleCounts]
+        Sorted by sample id (unassigned last); families by count then name, expected by mean.
+    """
+    table: dict[str | None, SampleCounts] = {}
+    probs: dict[str | None, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    other: dict[str | None, list[float]] = defaultdict(list)
+    models: dict[str | None, set[str]] = defaultdict(set)
+    family_models: dict[str | None, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+
+    def entry(sample: str | None) -> SampleCounts:
+        if sample not in table:
+            row = (samples or {}).get(sample)
+            table[sample] = SampleCounts(
+                sample, site=row.site if row else None, collection_date=row.collection_date if row else None
+            )
+        return table[sample]
+
+    for sample, n in (images or {}).items():
+        entry(sample).images = n
+    for call in calls:
+        res = resolve(call, threshold)
+        counts = entry(call.sample_id)
+        if res.outcome is Outcome.EXCLUDED:
+            counts.excluded += 1
+            continue
+        if res.outcome is Outcome.UNCLASSIFIED:
+            counts.unclassified += 1
+            continue
+        counts.specimens += 1
+        counts.verified += res.verified
+        counts.multiple += res.multiple
+        if call.model_version and not res.verified:
+            models[call.sample_id].add(call.model_version)
+        if res.outcome is Outcome.ACCEPTED and res.family:
+            counts.families[res.family] = counts.families.get(res.family, 0) + 1
+            if res.verified:
+                counts.family_verified[res.family] = counts.family_verified.get(res.family, 0) + 1
+            elif call.model_version:
+                family_models[call.sample_id][res.family].add(call.model_version)
+        else:
+            counts.rejected += 1
+        for family, p in res.distribution:
+            probs[call.sample_id][family].append(p)
+        other[call.sample_id].append(res.other)
+    out = []
+    for sample in sorted(table, key=lambda s: (s is None, s or "")):
+        counts = table[sample]
+        counts.families = dict(sorted(counts.families.items(), key=lambda kv: (-kv[1], kv[0])))
+        expected = {f: Expected(*poisson_binomial_interval(ps, level)) for f, ps in probs[sample].items()}
+        counts.expected = dict(sorted(expected.items(), key=lambda kv: (-kv[1].mean, kv[0])))
+        counts.expected_other = Expected(*poisson_binomial_interval(other[sample], level))
+        counts.model_versions = sorted(models[sample])
+        counts.family_models = {f: sorted(v) for f, v in family_models[sample].items()}
+        out.append(counts)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# From the database
+
+
+@dataclass(frozen=True)
+class CountFilter:
+    """Which specimens to count: by sample ids, site, collection-date range and model version."""
+
+    samples: tuple[str, ...] = ()
+    site: str | None = None
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    model_version: str | None = None
+    """Only this classifier version's classifications (exact version string)."""
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        """Restrict a query that selects from ``images`` (outer-joined to ``samples`` here)."""
+        if self.site is not None or self.date_from is not None or self.date_to is not None:
+            query = query.join(Sample, Sample.id == Image.sample_id)
+        if self.samples:
+            query = query.where(Image.sample_id.in_(self.samples))
+        if self.site is not None:
+            query = query.where(Sample.site == self.site)
+        if self.date_from is not None:
+            query = query.where(Sample.collection_date >= self.date_from)
+        if self.date_to is not None:
+            query = query.where(Sample.collection_date <= self.date_to)
+        return query
+
+
+def _chosen_classifications(model_version: str | None) -> Any:
+    query = select(Classification.specimen_id, func.max(Classification.id).label("cid")).group_by(
+        Classification.specimen_id
+    )
+    if model_version is not None:
+        query = query.join(Model, Model.id == Classification.model_id).where(Model.version == model_version)
+    return query.subquery("chosen")
+
+
+def _latest_verifications() -> Any:
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=Verification.specimen_id,
+            order_by=(Verification.verified_at.desc(), Verification.id.desc()),
+        )
+        .label("rank")
+    )
+    return select(Verification.specimen_id, Verification.status, Verification.family, rank).subquery(
+        "latest_verification"
+    )
+
+
+def load_calls(
+    session: Session, flt: CountFilter | None = None, specimen_ids: Sequence[int] | None = None
+) -> list[SpecimenCall]:
+    """One :class:`SpecimenCall` per specimen matching ``flt`` (and among ``specimen_ids`` if given):
+    its chosen classification and its latest verification."""
+    flt = flt or CountFilter()
+    chosen = _chosen_classifications(flt.model_version)
+    ver = _latest_verifications()
+    query = (
+        select(
+            Specimen.id,
+            Image.sample_id,
+            Classification.family,
+            Classification.probability,
+            Classification.rejected,
+            Classification.reason,
+            Classification.top_k,
+            Model.version,
+            ver.c.status,
+            ver.c.family,
+        )
+        .select_from(Specimen)
+        .join(Image, Image.id == Specimen.image_id)
+        .outerjoin(chosen, chosen.c.specimen_id == Specimen.id)
+        .outerjoin(Classification, Classification.id == chosen.c.cid)
+        .outerjoin(Model, Model.id == Classification.model_id)
+        .outerjoin(ver, (ver.c.specimen_id == Specimen.id) & (ver.c.rank == 1))
+        .order_by(Specimen.id)
+    )
+    if specimen_ids is not None:
+        query = query.where(Specimen.id.in_(list(specimen_ids)))
+    calls = []
+    for sid, sample, family, prob, rejected, reason, top_k, version, status, vfamily in session.execute(
+        flt.apply(query)
+    ):
+        calls.append(
+            SpecimenCall(
+                specimen_id=sid,
+                sample_id=sample,
+                family=family,
+                probability=prob,
+                rejected=bool(rejected) if rejected is not None else True,
+                reason=reason,
+                top_k=tuple((str(f), float(p)) for f, p in (top_k or [])),
+                model_version=version,
+                verification=status,
+                verified_family=vfamily,
+            )
+        )
+    return calls
+
+
+def _image_totals(session: Session, flt: CountFilter) -> dict[str | None, int]:
+    query = (
+        select(Image.sample_id, func.count(Image.id))
+        .where(Image.status == ImageStatus.DONE.value)
+        .group_by(Image.sample_id)
+    )
+    return {sample: n for sample, n in session.execute(flt.apply(query))}
+
+
+def compute_counts(
+    session: Session,
+    flt: CountFilter | None = None,
+    *,
+    threshold: float | None = None,
+    level: float = 0.95,
+) -> list[SampleCounts]:
+    """Counts per sample from the database (see the module docstring for the rules)."""
+    flt = flt or CountFilter()
+    calls = load_calls(session, flt)
+    images = _image_totals(session, flt)
+    ids = {c.sample_id for c in calls} | set(images)
+    rows = session.scalars(select(Sample).where(Sample.id.in_([i for i in ids if i is not None]))).all()
+    samples: dict[str | None, Sample] = {row.id: row for row in rows}
+    return aggregate(calls, images, threshold=threshold, level=level, samples=samples)
 
 
 def count_families(
-    session: Session, sample_id: str | None = None, model_version: str | None = None
+    session: Session,
+    sample_id: str | None = None,
+    model_version: str | None = None,
+    *,
+    threshold: float | None = None,
+    samples: Sequence[str] = (),
+    site: str | None = None,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    level: float = 0.95,
 ) -> list[dict[str, Any]]:
-    """Accepted specimens per sample x family, rejected ones counted apart.
+    """Accepted specimens per sample x family, rejected ones counted apart, as JSON-ready dicts.
 
     With ``model_version`` only that model's classifications count; without it each specimen's
     most recent classification does. Returns one dict per sample, sorted by sample id::
 
         {"sample": "S1", "images": 2, "specimens": 57, "rejected": 6,
-         "families": {"Carabidae": 41, "Curculionidae": 10}}
+         "families": {"Carabidae": 41, "Curculionidae": 10}, "expected": {...}, ...}
     """
-    chosen = select(func.max(Classification.id).label("id")).group_by(Classification.specimen_id)
-    if model_version is not None:
-        chosen = chosen.join(Model, Model.id == Classification.model_id).where(Model.version == model_version)
-    rows = session.execute(
-        select(Image.sample_id, Classification.family, Classification.rejected, func.count())
-        .join(Specimen, Specimen.image_id == Image.id)
-        .join(Classification, Classification.specimen_id == Specimen.id)
-        .where(Classification.id.in_(chosen.scalar_subquery()))
-        .where(*([Image.sample_id == sample_id] if sample_id is not None else []))
-        .group_by(Image.sample_id, Classification.family, Classification.rejected)
-    ).all()
-    images = session.execute(
-        select(Image.sample_id, func.count())
-        .where(Image.status == ImageStatus.DONE.value)
-        .where(*([Image.sample_id == sample_id] if sample_id is not None else []))
-        .group_by(Image.sample_id)
-    ).all()
-    table: dict[str | None, dict[str, Any]] = defaultdict(
-        lambda: {"images": 0, "specimens": 0, REJECTED: 0, "families": {}}
+    ids = tuple(samples) + ((sample_id,) if sample_id is not None else ())
+    flt = CountFilter(
+        samples=ids, site=site, date_from=date_from, date_to=date_to, model_version=model_version
     )
-    for sample, n_images in images:
-        table[sample]["images"] = n_images
-    for sample, family, rejected, n in rows:
-        entry = table[sample]
-        entry["specimens"] += n
-        if rejected or not family:
-            entry[REJECTED] += n
-        else:
-            entry["families"][family] = entry["families"].get(family, 0) + n
-    out = []
-    for sample in sorted(table, key=lambda s: (s is None, s or "")):
-        entry = table[sample]
-        families = dict(sorted(entry["families"].items(), key=lambda kv: (-kv[1], kv[0])))
-        out.append({"sample": sample, **entry, "families": families})
-    return out
+    return [c.as_dict() for c in compute_counts(session, flt, threshold=threshold, level=level)]
 
 
-def counts_to_csv(table: list[dict[str, Any]]) -> str:
-    """Long format, one row per sample x family (``rejected`` as its own row)."""
+# --------------------------------------------------------------------------------------------------
+# Renderings
+
+
+def counts_to_csv(table: list[dict[str, Any]], expected: bool = False) -> str:
+    """Long format, one row per sample x family, with ``rejected`` as its own row.
+
+    Header ``sample,family,count``; with ``expected``, also ``expected,expected_low,expected_high``
+    for every family with a count or an expected count, and an ``other`` row (expected mass on no
+    listed family).
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["sample", "family", "count"])
+    header = ["sample", "family", "count"]
+    writer.writerow([*header, "expected", "expected_low", "expected_high"] if expected else header)
     for entry in table:
-        for family, n in entry["families"].items():
-            writer.writerow([entry["sample"] or "", family, n])
-        writer.writerow([entry["sample"] or "", REJECTED, entry[REJECTED]])
+        sample = entry["sample"] or ""
+        if not expected:
+            for family, n in entry["families"].items():
+                writer.writerow([sample, family, n])
+            writer.writerow([sample, REJECTED, entry[REJECTED]])
+            continue
+        exp = entry.get("expected", {})
+        families = list(entry["families"]) + sorted(set(exp) - set(entry["families"]))
+        for family in families:
+            e = exp.get(family, {"mean": 0.0, "low": 0, "high": 0})
+            writer.writerow(
+                [sample, family, entry["families"].get(family, 0), e["mean"], e["low"], e["high"]]
+            )
+        writer.writerow([sample, REJECTED, entry[REJECTED], "", "", ""])
+        o = entry.get("expected_other", {"mean": 0.0, "low": 0, "high": 0})
+        writer.writerow([sample, OTHER, "", o["mean"], o["low"], o["high"]])
     return buffer.getvalue()
 
 
-def counts_to_table(table: list[dict[str, Any]]) -> str:
-    """A plain-text table for people."""
+def counts_to_table(table: list[dict[str, Any]], expected: bool = True) -> str:
+    """A plain-text table for people (expected counts and their 95 % intervals beside the counts)."""
     if not table:
         return "no processed specimens yet"
     lines: list[str] = []
     for entry in table:
+        extra = []
+        for key in ("excluded", "multiple", "unclassified", "verified"):
+            if entry.get(key):
+                extra.append(f"{entry[key]} {key}")
+        tail = f" ({', '.join(extra)})" if extra else ""
         lines.append(
-            f"sample {entry['sample'] or '(none)'}: {entry['images']} images, {entry['specimens']} specimens"
+            f"sample {entry['sample'] or '(none)'}: {entry['images']} images, "
+            f"{entry['specimens']} specimens{tail}"
         )
-        for family, n in entry["families"].items():
-            lines.append(f"  {family:<22}{n:>6}")
+        exp = entry.get("expected", {}) if expected else {}
+        families = list(entry["families"]) + sorted(set(exp) - set(entry["families"]))
+        for family in families:
+            line = f"  {family:<22}{entry['families'].get(family, 0):>6}"
+            if family in exp:
+                e = exp[family]
+                line += f"   expected {e['mean']:>8.1f}  [{e['low']}, {e['high']}]"
+            lines.append(line)
         lines.append(f"  {REJECTED:<22}{entry[REJECTED]:>6}")
+        if expected and entry.get("expected_other"):
+            o = entry["expected_other"]
+            lines.append(f"  {OTHER:<22}{'':>6}   expected {o['mean']:>8.1f}  [{o['low']}, {o['high']}]")
     return "\n".join(lines)
+
+
+def community_matrix(
+    table: list[dict[str, Any]], value: str = "count"
+) -> tuple[list[str], list[str], list[list[float]]]:
+    """Samples x families, zero-filled: the layout of R's vegan and of a pandas DataFrame.
+
+    Parameters
+    ----------
+    table:
+        Rows of :func:`count_families`.
+    value:
+        ``count`` (accepted counts) or ``expected`` (expected counts).
+
+    Returns
+    -------
+    (samples, families, rows)
+        Row names (``_unassigned`` for images of no sample), column names sorted alphabetically
+        (every family with a non-zero value in some sample), and one row of values per sample.
+
+    Example
+    -------
+    >>> community_matrix([{"sample": "S1", "families": {"B": 2}}, {"sample": "S2", "families": {"A": 1}}])
+    (['S1', 'S2'], ['A', 'B'], [[0, 2], [1, 0]])
+    """
+    if value not in ("count", "expected"):
+        raise ValueError(f"value must be 'count' or 'expected', given value {value!r}")
+
+    def cells(entry: dict[str, Any]) -> dict[str, float]:
+        if value == "count":
+            return dict(entry["families"])
+        return {f: e["mean"] for f, e in entry.get("expected", {}).items() if e["mean"] > 0}
+
+    per_sample = [cells(entry) for entry in table]
+    families = sorted({f for c in per_sample for f, v in c.items() if v})
+    names = [entry["sample"] if entry["sample"] is not None else UNASSIGNED for entry in table]
+    zero: float = 0 if value == "count" else 0.0
+    rows = [[c.get(f, zero) for f in families] for c in per_sample]
+    return names, families, rows
+
+
+def matrix_to_csv(table: list[dict[str, Any]], value: str = "count") -> str:
+    """The community matrix as CSV: first column ``sample`` (row names), then one column per family.
+
+    Read it with ``read.csv(f, row.names = 1)`` in R or ``pandas.read_csv(f, index_col=0)``.
+    """
+    names, families, rows = community_matrix(table, value)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["sample", *families])
+    for name, row in zip(names, rows, strict=True):
+        writer.writerow([name, *row])
+    return buffer.getvalue()

@@ -1,0 +1,115 @@
+"""Request dependencies: the database session, the settings, and who may read and write.
+
+Access rules (``[api]`` in the configuration):
+
+- every write (POST) needs ``Authorization: Bearer <[api] token>``; with no token configured the API
+  refuses all writes (403);
+- reads follow ``read_access``: ``localhost`` (default) lets clients on this machine read without
+  the token and asks everyone else for it; ``anyone`` opens reads to all; ``token`` asks everyone.
+  Behind a reverse proxy every client looks local: use ``token`` there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from labpipe.config import Settings
+
+__all__ = [
+    "READ_ACCESS",
+    "SessionDep",
+    "SettingsDep",
+    "bearer",
+    "get_session",
+    "get_settings",
+    "is_local_client",
+    "require_read",
+    "require_write",
+]
+
+READ_ACCESS = ("localhost", "anyone", "token")
+
+bearer = HTTPBearer(auto_error=False, description="The API token of `[api] token` in the configuration.")
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request, closed afterwards (routes that write commit themselves)."""
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def is_local_client(host: str | None) -> bool:
+    """Whether ``host`` (the client address) is this machine.
+
+    >>> is_local_client("127.0.0.1"), is_local_client("::1"), is_local_client("192.168.1.4")
+    (True, True, False)
+    """
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _token_matches(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    token = settings.api.token
+    if not token or credentials is None:
+        return False
+    return secrets.compare_digest(credentials.credentials.encode("utf-8"), token.encode("utf-8"))
+
+
+def require_read(
+    request: Request,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """Allow the read, or answer 401 (see the module docstring)."""
+    mode = settings.api.read_access
+    if mode == "anyone":
+        return
+    if mode == "localhost" and is_local_client(request.client.host if request.client else None):
+        return
+    if _token_matches(settings, credentials):
+        return
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "reading needs the API token from this machine's [api] token (Authorization: Bearer <token>)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def require_write(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """Allow the write only with the configured token: 403 when none is configured, 401 when wrong."""
+    if not settings.api.token:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "writes are disabled: set [api] token in the configuration (or LABPIPE_API_TOKEN)",
+        )
+    if not _token_matches(settings, credentials):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "this write needs the API token (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

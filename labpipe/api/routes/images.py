@@ -1,0 +1,234 @@
+"""``/api/images`` and ``/api/specimens``: images with status, specimens with filters and paging, crops."""
+
+from __future__ import annotations
+
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi.responses import FileResponse
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from labpipe.api.deps import SessionDep, SettingsDep, require_read
+from labpipe.api.schemas import ErrorOut, ImageOut, Page, SpecimenDetailOut, SpecimenOut
+from labpipe.barcoding.ids import specimen_code
+from labpipe.db.models import Image, ImageStatus, Specimen
+from labpipe.reports.counts import SpecimenCall, load_calls, resolve
+from labpipe.samples import image_dict
+
+__all__ = ["router", "safe_path"]
+
+router = APIRouter(tags=["images and specimens"], dependencies=[Depends(require_read)])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut},
+    401: {"model": ErrorOut},
+    404: {"model": ErrorOut},
+}
+DbId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+Limit = Annotated[int, Query(ge=1, le=10_000)]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
+StatusName = Literal["queued", "processing", "done", "failed", "quarantined"]
+SpecimenStatus = Literal["accepted", "rejected", "excluded", "unclassified"]
+
+
+def safe_path(root: FilePath, relative: str) -> FilePath | None:
+    """``root / relative`` if that is an existing file inside ``root`` (links resolved), else ``None``.
+
+    >>> safe_path(FilePath("/tmp"), "../etc/passwd") is None
+    True
+    """
+    if not relative or "\x00" in relative:
+        return None
+    base = root.resolve()
+    try:
+        path = (base / relative).resolve()
+    except (OSError, RuntimeError):
+        return None
+    if not path.is_relative_to(base) or not path.is_file():
+        return None
+    return path
+
+
+@router.get("/images", response_model=Page[ImageOut], responses=_ERRORS)
+def get_images(
+    session: SessionDep,
+    settings: SettingsDep,
+    sample: Annotated[str | None, Query(max_length=64)] = None,
+    image_status: Annotated[StatusName | None, Query(alias="status")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """Plate images with their processing status (newest first)."""
+    limit = min(limit, settings.api.max_page_size)
+    query = select(Image)
+    if sample is not None:
+        query = query.where(Image.sample_id == sample)
+    if image_status is not None:
+        query = query.where(Image.status == ImageStatus(image_status).value)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Image.id.desc()).limit(limit).offset(offset)).all()
+    return {"total": total, "limit": limit, "offset": offset, "items": [image_dict(i) for i in rows]}
+
+
+@router.get("/images/{image_id}", response_model=ImageOut, responses=_ERRORS)
+def get_image(image_id: DbId, session: SessionDep) -> dict[str, Any]:
+    """One plate image."""
+    image = session.get(Image, image_id)
+    if image is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"image {image_id}: no such image")
+    return image_dict(image)
+
+
+def _specimen_out(
+    spec: Specimen, sample: str | None, call: SpecimenCall | None, pattern: str, threshold: float | None
+) -> dict[str, Any]:
+    res = resolve(call, threshold) if call is not None else None
+    best = None
+    if call is not None:
+        best = call.family or (call.top_k[0][0] if call.top_k else None)
+    return {
+        "specimen_id": spec.id,
+        "sample": sample,
+        "image_id": spec.image_id,
+        "index_in_image": spec.index_in_image,
+        "code": specimen_code(sample, spec.image_id, spec.index_in_image, spec.id, pattern),
+        "bbox": [spec.x, spec.y, spec.w, spec.h],
+        "score": spec.score,
+        "length_mm": spec.length_mm,
+        "width_mm": spec.width_mm,
+        "status": res.outcome.value if res is not None else "unclassified",
+        "family": res.family if res is not None else None,
+        "best_family": best,
+        "probability": call.probability if call is not None else None,
+        "reason": call.reason if call is not None else None,
+        "model_version": call.model_version if call is not None else None,
+        "top_k": [{"family": f, "probability": p} for f, p in (call.top_k if call else ())],
+        "verification": call.verification if call is not None else None,
+        "verified_family": call.verified_family if call is not None else None,
+        "crop_url": f"/api/specimens/{spec.id}/crop",
+    }
+
+
+def _calls(session: Session, ids: list[int]) -> dict[int, SpecimenCall]:
+    return {c.specimen_id: c for c in load_calls(session, specimen_ids=ids)} if ids else {}
+
+
+@router.get("/specimens", response_model=Page[SpecimenOut], responses=_ERRORS)
+def get_specimens(
+    session: SessionDep,
+    settings: SettingsDep,
+    sample: Annotated[str | None, Query(max_length=64)] = None,
+    image_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    family: Annotated[str | None, Query(max_length=128, description="Counted family (accepted).")] = None,
+    specimen_status: Annotated[SpecimenStatus | None, Query(alias="status")] = None,
+    min_probability: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    threshold: Annotated[
+        float | None, Query(ge=0.0, le=1.0, description="Query-time acceptance threshold.")
+    ] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """Specimens with their counted family and classification, filtered and paged (by specimen id)."""
+    limit = min(limit, settings.api.max_page_size)
+    pattern = settings.bold.sample_id_pattern
+    query = select(Specimen, Image.sample_id).join(Image, Image.id == Specimen.image_id)
+    if sample is not None:
+        query = query.where(Image.sample_id == sample)
+    if image_id is not None:
+        query = query.where(Specimen.image_id == image_id)
+    query = query.order_by(Specimen.id)
+    needs_resolution = family is not None or specimen_status is not None or min_probability is not None
+    if not needs_resolution:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.execute(query.limit(limit).offset(offset)).all()
+        calls = _calls(session, [s.id for s, _ in rows])
+        items = [_specimen_out(s, smp, calls.get(s.id), pattern, threshold) for s, smp in rows]
+        return {"total": total, "limit": limit, "offset": offset, "items": items}
+    rows = session.execute(query).all()
+    calls = _calls(session, [s.id for s, _ in rows])
+    items = []
+    for spec, smp in rows:
+        out = _specimen_out(spec, smp, calls.get(spec.id), pattern, threshold)
+        if family is not None and (out["family"] or "").lower() != family.strip().lower():
+            continue
+        if specimen_status is not None and out["status"] != specimen_status:
+            continue
+        if min_probability is not None and (
+            out["probability"] is None or out["probability"] < min_probability
+        ):
+            continue
+        items.append(out)
+    return {"total": len(items), "limit": limit, "offset": offset, "items": items[offset : offset + limit]}
+
+
+def _get_specimen(session: Session, specimen_id: int) -> Specimen:
+    spec = session.get(Specimen, specimen_id)
+    if spec is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"specimen {specimen_id}: no such specimen")
+    return spec
+
+
+@router.get("/specimens/{specimen_id}", response_model=SpecimenDetailOut, responses=_ERRORS)
+def get_specimen(
+    specimen_id: DbId,
+    session: SessionDep,
+    settings: SettingsDep,
+    threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+) -> dict[str, Any]:
+    """One specimen with every classification, verification and barcode record."""
+    spec = _get_specimen(session, specimen_id)
+    sample = spec.image.sample_id
+    out = _specimen_out(
+        spec, sample, _calls(session, [spec.id]).get(spec.id), settings.bold.sample_id_pattern, threshold
+    )
+    out["classifications"] = [
+        {
+            "model_version": c.model.version,
+            "family": c.family,
+            "probability": c.probability,
+            "rejected": c.rejected,
+            "reason": c.reason,
+            "top_k": [{"family": str(f), "probability": float(p)} for f, p in c.top_k],
+            "created_at": c.created_at,
+        }
+        for c in spec.classifications
+    ]
+    out["verifications"] = [
+        {
+            "status": v.status,
+            "family": v.family,
+            "verified_by": v.verified_by,
+            "verified_at": v.verified_at,
+            "note": v.note,
+        }
+        for v in spec.verifications
+    ]
+    out["barcodes"] = [
+        {
+            "sampleid": b.sampleid,
+            "plate": b.plate,
+            "well": b.well,
+            "processid": b.processid,
+            "bin_uri": b.bin_uri,
+            "dna_family": b.dna_family,
+            "agreement": b.agreement,
+            "needs_review": b.needs_review,
+        }
+        for b in spec.barcode_links
+    ]
+    return out
+
+
+@router.get(
+    "/specimens/{specimen_id}/crop",
+    response_class=FileResponse,
+    responses={**_ERRORS, 200: {"content": {"image/png": {}}, "description": "The square crop (PNG)."}},
+)
+def get_specimen_crop(specimen_id: DbId, session: SessionDep, settings: SettingsDep) -> FileResponse:
+    """The specimen's square crop. Only files inside the crops folder are ever served."""
+    spec = _get_specimen(session, specimen_id)
+    path = safe_path(settings.storage.crops_dir, spec.crop_path)
+    if path is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"specimen {specimen_id}: crop file is missing")
+    return FileResponse(path, media_type="image/png", filename=f"specimen-{specimen_id}.png")

@@ -1,0 +1,347 @@
+"""Response and request bodies of the HTTP API (pydantic models: they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AgreementOut",
+    "BarcodeImportOut",
+    "BarcodeOut",
+    "BarcodedSpecimenOut",
+    "ClassificationOut",
+    "CountsOut",
+    "ErrorOut",
+    "ExpectedOut",
+    "FamilyAgreementOut",
+    "HealthOut",
+    "ImageOut",
+    "LayoutOut",
+    "LayoutRequest",
+    "Page",
+    "PlateOut",
+    "RowErrorOut",
+    "SampleDetailOut",
+    "SampleImportOut",
+    "SampleOut",
+    "SpecimenDetailOut",
+    "SpecimenOut",
+    "TopKOut",
+    "VerificationOut",
+    "WellOut",
+]
+
+T = TypeVar("T")
+
+
+class ErrorOut(BaseModel):
+    """Every error: what was wrong and what to do, in one sentence."""
+
+    detail: str | list[dict[str, object]]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str
+    schema_revision: str | None
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing."""
+
+    total: int = Field(description="Items matching the filters, over all pages.")
+    limit: int
+    offset: int
+    items: list[T]
+
+
+class SampleOut(BaseModel):
+    sample_id: str
+    site: str | None
+    habitat: str | None
+    latitude: float | None
+    longitude: float | None
+    collection_date: dt.date | None
+    collector: str | None
+    method: str | None
+    fraction: str | None
+    notes: str | None
+    images: int = Field(description="Plate images of the sample, any status.")
+    image_status: dict[str, int] = Field(description="Images per status (queued, processing, done, ...).")
+    specimens: int
+
+
+class ImageOut(BaseModel):
+    image_id: int
+    sample_id: str | None
+    file_name: str
+    source_path: str
+    archived_path: str | None
+    content_hash: str
+    status: str = Field(description="queued, processing, done, failed or quarantined.")
+    error: str | None
+    width: int | None
+    height: int | None
+    um_per_px: float | None
+    n_specimens: int | None = Field(description="Specimens found; null: not processed yet.")
+    detector_version: str | None
+    processed_at: dt.datetime | None
+
+
+class ExpectedOut(BaseModel):
+    mean: float = Field(description="Sum of calibrated probabilities.")
+    low: int = Field(description="Lower end of the 95 % interval (Poisson-binomial).")
+    high: int
+
+
+class CountsOut(BaseModel):
+    """One sample's counts (see ``labpipe counts``)."""
+
+    sample: str | None
+    site: str | None
+    collection_date: dt.date | None
+    images: int
+    specimens: int = Field(description="Counted specimens: sum(families) + rejected.")
+    rejected: int
+    excluded: int = Field(description="Verified as not a specimen.")
+    unclassified: int
+    multiple: int = Field(description="Boxes verified as holding several specimens (each counted once).")
+    verified: int
+    families: dict[str, int]
+    expected: dict[str, ExpectedOut]
+    expected_other: ExpectedOut
+    model_versions: list[str]
+
+
+class SampleDetailOut(BaseModel):
+    sample_id: str
+    site: str | None
+    habitat: str | None
+    latitude: float | None
+    longitude: float | None
+    collection_date: dt.date | None
+    collector: str | None
+    method: str | None
+    fraction: str | None
+    notes: str | None
+    images: list[ImageOut]
+    counts: CountsOut | None
+
+
+class RowErrorOut(BaseModel):
+    row: int
+    column: str | None
+    problem: str
+    hint: str
+
+
+class SampleImportOut(BaseModel):
+    source: str
+    rows: int
+    created: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    skipped: list[RowErrorOut]
+    dry_run: bool
+
+
+class TopKOut(BaseModel):
+    family: str
+    probability: float
+
+
+class BarcodeOut(BaseModel):
+    sampleid: str
+    plate: str | None
+    well: str | None
+    processid: str | None
+    bin_uri: str | None
+    dna_family: str | None
+    agreement: str | None
+    needs_review: bool
+
+
+class SpecimenOut(BaseModel):
+    specimen_id: int
+    sample: str | None
+    image_id: int
+    index_in_image: int
+    code: str = Field(description="The specimen's Sample ID (plates, BOLD).")
+    bbox: list[int] = Field(description="[x, y, w, h] in full-resolution pixels.")
+    score: float
+    length_mm: float | None
+    width_mm: float | None
+    status: Literal["accepted", "rejected", "excluded", "unclassified"]
+    family: str | None = Field(description="The counted family (accepted only).")
+    best_family: str | None = Field(description="The classifier's best family, even when rejected.")
+    probability: float | None
+    reason: str | None
+    model_version: str | None
+    top_k: list[TopKOut]
+    verification: str | None
+    verified_family: str | None
+    crop_url: str
+
+
+class ClassificationOut(BaseModel):
+    model_version: str
+    family: str | None
+    probability: float
+    rejected: bool
+    reason: str | None
+    top_k: list[TopKOut]
+    created_at: dt.datetime
+
+
+class VerificationOut(BaseModel):
+    status: str
+    family: str | None
+    verified_by: str
+    verified_at: dt.datetime
+    note: str | None
+
+
+class SpecimenDetailOut(SpecimenOut):
+    classifications: list[ClassificationOut]
+    verifications: list[VerificationOut]
+    barcodes: list[BarcodeOut]
+
+
+class PlateOut(BaseModel):
+    plate: str
+    wells: int
+    samples: list[str]
+    processed: int = Field(description="Wells whose BOLD record has a processid.")
+    dna_family: int = Field(description="Wells with a DNA-based family.")
+
+
+class WellOut(BaseModel):
+    plate: str
+    well: str
+    content: Literal["specimen", "control"]
+    sample_id: str
+    specimen_id: int | None
+    sample: str | None
+    image_id: int | None
+    image_file: str
+    index_in_image: int | None
+    family: str | None
+    status: str
+    probability: float | None
+    bbox: list[int] | None
+    length_mm: float | None
+    crop_path: str
+
+
+class LayoutRequest(BaseModel):
+    """What ``POST /api/plates/layout`` lays out (the options of ``labpipe plates layout``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample: str = Field(min_length=1, max_length=64)
+    family: str | None = Field(default=None, max_length=128)
+    include_rejected: bool = False
+    order: Literal["column", "row"] | None = None
+    controls: str | None = Field(default=None, max_length=200, description="e.g. 'G12,H12'; '' for none.")
+    prefix: str | None = Field(default=None, max_length=61)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    dry_run: bool = False
+
+
+class AlreadyPlacedOut(BaseModel):
+    sample_id: str
+    plate: str | None
+    well: str | None
+
+
+class LayoutOut(BaseModel):
+    sample: str
+    plates: list[str]
+    placed: int
+    wells: list[WellOut]
+    already_on_plates: list[AlreadyPlacedOut]
+    dry_run: bool
+
+
+class UnknownOut(BaseModel):
+    sampleid: str
+    row: int
+
+
+class DuplicateOut(BaseModel):
+    sampleid: str
+    rows: list[int]
+    problem: str | None = None
+
+
+class InvalidOut(BaseModel):
+    sampleid: str
+    row: int
+    problem: str
+
+
+class ConflictOut(BaseModel):
+    sampleid: str
+    row: int
+    plate: str
+    well: str
+    holder: str
+
+
+class BarcodeImportOut(BaseModel):
+    source: str
+    rows: int
+    linked: int
+    created: list[str]
+    updated: list[str]
+    unknown: list[UnknownOut]
+    duplicates: list[DuplicateOut]
+    missing_sampleid: list[int]
+    other_marker: int
+    invalid: list[InvalidOut]
+    conflicts: list[ConflictOut]
+    columns: dict[str, str]
+    dry_run: bool
+
+
+class FamilyAgreementOut(BaseModel):
+    family: str
+    n_dna: int
+    n_image: int
+    n_agree: int
+    agreement: float | None
+    precision: float | None
+
+
+class OverallAgreementOut(BaseModel):
+    compared: int
+    agree: int
+    disagree: int
+    image_rejected: int
+    no_dna_family: int
+    agreement: float | None
+
+
+class BarcodedSpecimenOut(BaseModel):
+    sampleid: str
+    specimen_id: int
+    sample: str | None
+    image_family: str | None
+    image_source: str
+    probability: float | None
+    dna_family: str | None
+    bin_uri: str | None
+    processid: str | None
+    agreement: str | None
+    needs_review: bool
+
+
+class AgreementOut(BaseModel):
+    confusion: dict[str, dict[str, int]] = Field(description="DNA family -> image family -> specimens.")
+    families: list[FamilyAgreementOut]
+    overall: OverallAgreementOut
+    disagreements: list[BarcodedSpecimenOut]
+    needs_review: int

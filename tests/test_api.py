@@ -1,0 +1,321 @@
+"""The HTTP API: every endpoint answers from the database, access is guarded, files stay inside storage,
+and fuzzing every operation against the API's own OpenAPI schema finds no server error."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from records_fixtures import build_lab, lab_settings, open_lab_db
+from schemathesis import GenerationMode
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from labpipe.api import create_app
+from labpipe.config import Settings
+from labpipe.db.models import BarcodeLink, Sample, Specimen
+from labpipe.errors import ConfigError
+from labpipe.reports.counts import count_families
+
+TOKEN = "t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LOCAL = ("127.0.0.1", 50000)
+REMOTE = ("192.0.2.10", 50000)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[tuple[Settings, Any, Any]]:
+    settings = lab_settings(tmp_path / "data", **{"api.token": TOKEN})
+    factory = open_lab_db(settings)
+    with factory() as session:
+        build_lab(session, settings)
+    app = create_app(settings, session_factory=factory)
+    yield settings, factory, app
+    factory.kw["bind"].dispose()
+
+
+@pytest.fixture
+def local(lab) -> TestClient:
+    return TestClient(lab[2], client=LOCAL)
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def test_samples_images_and_specimens_are_listed_with_paging(local: TestClient) -> None:
+    samples = local.get("/api/samples", params={"limit": 2}).json()
+    assert samples["total"] == 3 and [s["sample_id"] for s in samples["items"]] == ["S1", "S2"]
+    assert samples["items"][0]["image_status"] == {"done": 1} and samples["items"][0]["specimens"] == 8
+    detail = local.get("/api/samples/S1").json()
+    assert detail["site"] == "Troodos" and detail["counts"]["families"]["Carabidae"] == 2
+    assert local.get("/api/samples/NOPE").status_code == 404
+    images = local.get("/api/images", params={"status": "done", "sample": "S2"}).json()
+    assert images["total"] == 1 and images["items"][0]["file_name"] == "s2-plate1.tif"
+    page = local.get("/api/specimens", params={"sample": "S1", "limit": 3, "offset": 3}).json()
+    assert page["total"] == 8 and [s["index_in_image"] for s in page["items"]] == [4, 5, 6]
+    accepted = local.get("/api/specimens", params={"sample": "S1", "status": "accepted"}).json()
+    assert [s["family"] for s in accepted["items"]] == [
+        "Carabidae",
+        "Carabidae",
+        "Curculionidae",
+        "Curculionidae",
+        "Formicidae",
+    ]
+    carabidae = local.get("/api/specimens", params={"family": "Carabidae", "threshold": 0.4}).json()
+    assert carabidae["total"] == 4  # three of S1 at this threshold, and the unassigned one
+    confident = local.get("/api/specimens", params={"min_probability": 0.9}).json()
+    assert {s["probability"] for s in confident["items"]} == {0.93, 0.9, 0.95}
+
+
+def test_a_specimen_shows_every_classification_verification_and_its_crop(lab, local: TestClient) -> None:
+    settings, factory, _ = lab
+    with factory() as session:
+        specimen = session.scalars(select(Specimen).order_by(Specimen.id)).all()[3]  # S1 #4, corrected
+        crop = (settings.storage.crops_dir / specimen.crop_path).read_bytes()
+    detail = local.get(f"/api/specimens/{specimen.id}").json()
+    assert detail["family"] == "Curculionidae" and detail["best_family"] == "Staphylinidae"
+    assert detail["verifications"][0]["status"] == "corrected" and len(detail["classifications"]) == 1
+    assert detail["code"] == f"S1-{specimen.image_id:05d}-004"
+    response = local.get(detail["crop_url"])
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.content == crop
+
+
+def test_crop_paths_cannot_escape_the_crops_folder(lab, local: TestClient, tmp_path: Path) -> None:
+    settings, factory, _ = lab
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG not yours")
+    outside = settings.storage.crops_dir / "link.png"
+    outside.symlink_to(secret)
+    with factory() as session:
+        specimens = session.scalars(select(Specimen).order_by(Specimen.id)).all()
+        specimens[0].crop_path = "../../secret.png"
+        specimens[1].crop_path = str(secret)  # absolute
+        specimens[2].crop_path = "link.png"  # a link inside that points outside
+        session.commit()
+        ids = [s.id for s in specimens[:3]]
+    for specimen_id in ids:
+        response = local.get(f"/api/specimens/{specimen_id}/crop")
+        assert response.status_code == 404 and b"not yours" not in response.content
+
+
+def test_counts_and_exports_match_the_database(lab, local: TestClient) -> None:
+    _, factory, _ = lab
+    with factory() as session:
+        expected = count_families(session, threshold=0.4)
+    counts = local.get("/api/counts", params={"threshold": 0.4}).json()
+    assert counts == json.loads(json.dumps(expected))
+    site = local.get("/api/counts", params={"site": "Troodos", "date_from": "2024-07-01"}).json()
+    assert [c["sample"] for c in site] == ["S3"]
+    long = pd.read_csv(io.StringIO(local.get("/api/exports/counts.csv").text), keep_default_na=False)
+    assert list(long.columns) == ["sample", "family", "count"]
+    matrix = pd.read_csv(io.StringIO(local.get("/api/exports/matrix.csv").text), index_col=0)
+    assert matrix.loc["S1", "Curculionidae"] == 2 and matrix.loc["S2", "Apidae"] == 1
+    archive = zipfile.ZipFile(io.BytesIO(local.get("/api/exports/dwca.zip").content))
+    assert set(archive.namelist()) == {"meta.xml", "eml.xml", "event.txt", "occurrence.txt"}
+    unknown = local.get("/api/counts", params={"model": "nope"})
+    assert unknown.status_code == 400 and "no registered model" in unknown.json()["detail"]
+
+
+def test_plate_layout_manifest_sheet_bold_and_barcode_import_over_http(lab, local: TestClient) -> None:
+    _, factory, _ = lab
+    layout = local.post("/api/plates/layout", json={"sample": "S2", "order": "row"}, headers=AUTH)
+    assert layout.status_code == 200, layout.text
+    body = layout.json()
+    assert body["plates"] == ["S2-P01"] and [w["well"] for w in body["wells"]] == ["A01", "A02", "A03"]
+    assert [p["plate"] for p in local.get("/api/plates").json()] == ["S2-P01"]
+    wells = local.get("/api/plates/S2-P01").json()
+    assert [w["content"] for w in wells] == ["specimen"] * 3 + ["control"] * 2
+    manifest = pd.read_csv(
+        io.StringIO(local.get("/api/plates/S2-P01/manifest.csv").text), keep_default_na=False
+    )
+    assert list(manifest["well"])[:3] == ["A01", "A02", "A03"]
+    sheet = local.get("/api/plates/S2-P01/sheet.html")
+    assert sheet.headers["content-type"].startswith("text/html") and "data:image/png;base64," in sheet.text
+    assert local.get("/api/plates/NOPE").status_code == 404
+    bold = zipfile.ZipFile(io.BytesIO(local.get("/api/exports/bold.zip", params={"plate": "S2-P01"}).content))
+    assert {"bold_specimens.xlsx", "bold_images.xlsx"} <= set(bold.namelist())
+    assert len([n for n in bold.namelist() if n.startswith("images/")]) == 3
+    codes = [w["sample_id"] for w in body["wells"]]
+    tsv = "sampleid\tprocessid\tfamily_name\n" + "".join(
+        f"{c}\tP{i}\tFormicidae\n" for i, c in enumerate(codes)
+    )
+    tsv += "UNKNOWN-1\tPX\tApidae\n"
+    imported = local.post("/api/barcodes/import", files={"file": ("r.tsv", tsv)}, headers=AUTH).json()
+    assert imported["linked"] == 3 and imported["unknown"] == [{"sampleid": "UNKNOWN-1", "row": 5}]
+    peek = local.get("/api/barcodes/agreement").json()
+    assert peek["needs_review"] == 1
+    with factory() as session:  # the GET marks nothing
+        assert session.scalar(select(BarcodeLink).where(BarcodeLink.needs_review.is_(True))) is None
+    marked = local.post("/api/barcodes/agreement", headers=AUTH).json()
+    assert marked["overall"]["disagree"] == 1
+    with factory() as session:
+        flagged = session.scalar(select(BarcodeLink).where(BarcodeLink.needs_review.is_(True)))
+        assert flagged.sampleid == codes[2]
+
+
+def test_samples_can_be_imported_over_http_and_row_errors_come_back(lab, local: TestClient) -> None:
+    _, factory, _ = lab
+    good = "sample_id,site,latitude,longitude\nS9,Akamas,35.0,32.3\n"
+    response = local.post("/api/samples/import", files={"file": ("s.csv", good)}, headers=AUTH)
+    assert response.status_code == 200 and response.json()["created"] == ["S9"]
+    bad = "sample_id,latitude,longitude\nS10,95,32\n"
+    response = local.post("/api/samples/import", files={"file": ("bad.csv", bad)}, headers=AUTH)
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert (error["row"], error["column"]) == (2, "latitude")
+    with factory() as session:
+        assert session.get(Sample, "S9").site == "Akamas" and session.get(Sample, "S10") is None
+
+
+# --- access -----------------------------------------------------------------------------------------
+
+
+def test_reads_are_open_on_localhost_and_need_the_token_from_elsewhere(lab) -> None:
+    app = lab[2]
+    remote = TestClient(app, client=REMOTE)
+    assert remote.get("/api/samples").status_code == 401
+    assert remote.get("/api/samples", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert remote.get("/api/samples", headers=AUTH).status_code == 200
+    assert TestClient(app, client=LOCAL).get("/api/samples").status_code == 200
+    assert TestClient(app, client=("::1", 1)).get("/api/samples").status_code == 200
+
+
+def test_every_write_needs_the_token(lab, local: TestClient) -> None:
+    writes = [
+        ("/api/plates/layout", {"json": {"sample": "S1"}}),
+        ("/api/barcodes/import", {"files": {"file": ("r.tsv", "sampleid\nX\n")}}),
+        ("/api/barcodes/agreement", {}),
+        ("/api/samples/import", {"files": {"file": ("s.csv", "sample_id\nS5\n")}}),
+    ]
+    for url, kwargs in writes:
+        assert local.post(url, **kwargs).status_code == 401, url  # even from this machine
+        assert local.post(url, headers={"Authorization": "Bearer nope"}, **kwargs).status_code == 401, url
+    _, factory, _ = lab
+    with factory() as session:
+        assert session.scalar(select(BarcodeLink.id)) is None and session.get(Sample, "S5") is None
+
+
+def test_without_a_configured_token_writes_are_disabled(tmp_path: Path) -> None:
+    settings = lab_settings(tmp_path / "data")
+    factory = open_lab_db(settings)
+    client = TestClient(create_app(settings, session_factory=factory), client=LOCAL)
+    response = client.post("/api/plates/layout", json={"sample": "S1"}, headers={"Authorization": "Bearer "})
+    assert response.status_code == 403 and "[api] token" in response.json()["detail"]
+    factory.kw["bind"].dispose()
+
+
+def test_read_access_settings(tmp_path: Path) -> None:
+    factory = open_lab_db(lab_settings(tmp_path / "d"))
+    anyone = lab_settings(tmp_path / "d", **{"api.read_access": "anyone"})
+    assert (
+        TestClient(create_app(anyone, session_factory=factory), client=REMOTE).get("/api/plates").status_code
+        == 200
+    )
+    strict = lab_settings(tmp_path / "d", **{"api.read_access": "token", "api.token": TOKEN})
+    client = TestClient(create_app(strict, session_factory=factory), client=LOCAL)
+    assert (
+        client.get("/api/plates").status_code == 401
+        and client.get("/api/plates", headers=AUTH).status_code == 200
+    )
+    with pytest.raises(ConfigError, match="read_access"):
+        create_app(lab_settings(tmp_path / "d", **{"api.read_access": "everyone"}), session_factory=factory)
+    factory.kw["bind"].dispose()
+
+
+def test_openapi_schema_lists_every_area_and_the_ui_can_join_the_app(tmp_path: Path) -> None:
+    from fastapi import APIRouter
+
+    ui = APIRouter()
+
+    @ui.get("/")
+    def index() -> dict[str, str]:
+        return {"ui": "here"}
+
+    factory = open_lab_db(lab_settings(tmp_path / "d"))
+    app = create_app(lab_settings(tmp_path / "d"), session_factory=factory, extra_routers=[ui])
+    client = TestClient(app, client=LOCAL)
+    paths = client.get("/api/openapi.json").json()["paths"]
+    for needed in (
+        "/api/samples",
+        "/api/images",
+        "/api/specimens",
+        "/api/specimens/{specimen_id}/crop",
+        "/api/counts",
+        "/api/exports/dwca.zip",
+        "/api/exports/bold.zip",
+        "/api/plates/layout",
+        "/api/barcodes/import",
+    ):
+        assert needed in paths, needed
+    assert client.get("/").json() == {"ui": "here"}
+    assert client.get("/api/health").json()["schema_revision"] is not None
+    factory.kw["bind"].dispose()
+
+
+# --- fuzzing ------------------------------------------------------------------------------------------
+
+_N = int(os.environ.get("LABPIPE_FUZZ_EXAMPLES", "25"))  # raise it for a deeper run
+EXAMPLES = {GenerationMode.POSITIVE: _N, GenerationMode.NEGATIVE: max(1, _N // 2)}
+LENIENT = [positive_data_acceptance, negative_data_rejection]
+
+
+def _operations() -> list[str]:
+    """Every operation of the API's schema, ``"METHOD path"``, found without a database."""
+    app = create_app(Settings(), session_factory=sessionmaker())
+    return [f"{m.upper()} {p}" for p, item in app.openapi()["paths"].items() for m in item]
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The schema of an app over the small lab, with one plate laid out and real ids to aim at."""
+    root = tmp_path_factory.mktemp("fuzz")
+    settings = lab_settings(root / "data", **{"api.token": TOKEN})
+    factory = open_lab_db(settings)
+    with factory() as session:
+        build_lab(session, settings)
+    app = create_app(settings, session_factory=factory)
+    TestClient(app, client=LOCAL).post("/api/plates/layout", json={"sample": "S1"}, headers=AUTH)
+    real = {"sample_id": "S1", "image_id": 1, "specimen_id": 2, "plate": "S1-P01"}
+    yield schemathesis.openapi.from_asgi("/api/openapi.json", app), real
+    factory.kw["bind"].dispose()
+
+
+@pytest.mark.parametrize("label", _operations())
+def test_fuzzing_the_openapi_schema_finds_no_server_errors(fuzz_target, label: str) -> None:
+    schema, real = fuzz_target
+    method, path = label.split(" ", 1)
+    operation = schema[path][method]
+    known = {k: v for k, v in real.items() if "{" + k + "}" in path}
+    runs = [(operation.as_strategy(mode), n, mode is GenerationMode.NEGATIVE) for mode, n in EXAMPLES.items()]
+    if known:  # also aim at objects that exist, not only at random ids
+        runs.append((operation.as_strategy(path_parameters=known), 10, False))
+    for strategy, examples, negative in runs:
+
+        @given(case=strategy)
+        @settings(
+            max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
+        def call(case: schemathesis.Case) -> None:
+            # Every check applies (no server error, documented status codes and content types,
+            # responses valid against their schemas) except two about validation strictness:
+            # schema-valid requests may be refused (400) for what a schema cannot say (a CSV row,
+            # an unknown sample), and FastAPI takes the last of repeated query parameters.
+            case.call_and_validate(headers=AUTH, excluded_checks=LENIENT)
+
+        try:
+            call()
+        except Unsatisfiable:
+            assert negative, "positive requests must be generated"  # nothing to break in this operation
