@@ -1,7 +1,7 @@
 # labpipe: the two commands a newcomer needs are `make run` and `make test`.
 #
 # `make run`  installs everything into .venv and runs the main job on the embedded default
-#             (SQLite, no Redis, default models): a demo plate is generated and processed.
+#             (SQLite, no Redis, default models): `labpipe serve` with a demo plate in its inbox.
 # `make test` installs everything into .venv and runs the whole test suite.
 
 PYTHON ?= python3
@@ -9,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean browser
 
 install: $(STAMP)
 
@@ -21,12 +21,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The demo plate goes into the inbox under the sample folder DEMO-1; `labpipe serve` then picks it
+# up, processes it and serves the web UI at http://127.0.0.1:8000/ (Ctrl-C stops it).
 run: install
 	$(BIN)/labpipe demo --out demo
-	$(BIN)/labpipe process demo/plate.tif --sample DEMO-1
-	$(BIN)/labpipe counts --sample DEMO-1
+	mkdir -p labpipe-data/inbox/DEMO-1
+	cp demo/plate.tif labpipe-data/inbox/DEMO-1/demo-plate.tif
+	$(BIN)/labpipe serve
 
-test: install
+# The browser tests drive Debian's chromium (never a browser downloaded by Playwright).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -28,6 +28,7 @@ __all__ = [
     "SpecimenAnalysis",
     "analyse_image",
     "boxes_to_full_resolution",
+    "detect_specimens",
     "file_sha256",
 ]
 
@@ -106,6 +107,27 @@ def boxes_to_full_resolution(
     return out
 
 
+def detect_specimens(
+    detector: Detector, plate: PlateImage, overview_max_side: int
+) -> tuple[list[tuple[tuple[int, int, int, int], float]], float]:
+    """Detect on ``plate``; full-resolution boxes in reading order, and the reduction factor used.
+
+    A detector with a ``detect_plate(plate, overview_max_side)`` method (a tiled learned detector,
+    which reads the plate at its own working scale) is given the plate and returns boxes in
+    full-resolution pixels (factor 1). Any other detector is given the overview (longer side at
+    most ``overview_max_side``) and its scale, and its boxes are scaled up by the overview's factor.
+    """
+    detect_plate = getattr(detector, "detect_plate", None)
+    if callable(detect_plate):
+        detections, factor = detect_plate(plate, overview_max_side), 1.0
+    else:
+        overview, factor = plate.overview(overview_max_side)
+        overview_scale = plate.um_per_px * factor if plate.um_per_px else None
+        detections = detector.detect(overview, overview_scale)
+        del overview
+    return boxes_to_full_resolution(detections, factor, plate.width, plate.height), factor
+
+
 def _batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -125,7 +147,8 @@ def analyse_image(
     max_decoded_pixels: int = 600_000_000,
     content_hash: str | None = None,
 ) -> ImageAnalysis:
-    """Run read -> overview -> detect -> crop (full resolution, margin, pad) -> classify.
+    """Run read -> detect (on the overview, or the detector's own tiles) -> crop (full resolution,
+    margin, pad) -> classify.
 
     Crops are saved losslessly under ``staging_root/<random>/``; the caller moves them to their
     final paths when it records the result, or calls :meth:`ImageAnalysis.discard`.
@@ -144,14 +167,10 @@ def analyse_image(
         max_pixels=max_pixels,
         max_decoded_pixels=max_decoded_pixels,
     ) as plate:
-        overview, factor = plate.overview(overview_max_side)
         stages["read_overview"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        overview_scale = plate.um_per_px * factor if plate.um_per_px else None
-        detections = detector.detect(overview, overview_scale)
-        del overview
-        boxes = boxes_to_full_resolution(detections, factor, plate.width, plate.height)
+        boxes, factor = detect_specimens(detector, plate, overview_max_side)
         stages["detect"] = time.perf_counter() - t0
         bound.info("detected", specimens=len(boxes), factor=round(factor, 3), detector=detector.version)
 

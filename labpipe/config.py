@@ -80,11 +80,19 @@ class DetectorConfig:
     min_size_um: float = 400.0
     """Objects whose longer side is shorter than this are debris (used when the scale is known)."""
     min_size_px: int = 24
-    """Same rule in full-resolution pixels, used when the scale is unknown."""
+    """Same rule in pixels of the detection overview, used when the scale is unknown."""
     score_threshold: float = 0.5
     """Detections scoring below this are dropped."""
     split_touching: bool = True
     """Separate touching specimens (distance transform + watershed)."""
+    tile_size: int = 0
+    """DETR models: side of square tiles, in pixels at the model's working scale (0: the model's own)."""
+    tile_overlap: int = 0
+    """DETR models: pixels shared by neighbouring tiles, more than the largest specimen (0: the model's)."""
+    batch_size: int = 8
+    """DETR models: tiles per inference batch."""
+    device: str = "auto"
+    """DETR models: ``auto`` (the GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
 
 
 @dataclass
@@ -106,10 +114,145 @@ class ClassifierConfig:
 
 
 @dataclass
+class QueueConfig:
+    broker_url: str = ""
+    """Celery broker. Empty: the embedded broker (SQLite file ``broker.sqlite`` in the storage root,
+    no server); ``redis://host:6379/0`` for the distributed deployment."""
+    visibility_timeout: int = 3600
+    """Seconds an unacknowledged task may run before the broker hands it to another worker (Redis, and
+    the embedded broker's sweeper). Must exceed the longest single task."""
+    poll_interval: float = 0.5
+    """Embedded broker: seconds between polls of an empty queue."""
+    worker_concurrency: int = 1
+    """Worker processes per ``labpipe worker`` (each loads the models once)."""
+    max_tasks_per_child: int = 200
+    """A worker process is replaced after this many tasks (0: never)."""
+    max_memory_per_child_mb: int = 3072
+    """A worker process is replaced after a task leaves it above this resident memory (0: never)."""
+    max_retries: int = 8
+    """Retries, with exponential backoff, of a task that hit a transient error (database locked or
+    unreachable, broker unavailable). Bad input is never retried."""
+    retry_backoff_max: int = 300
+    """Longest wait between two retries, in seconds."""
+    max_attempts: int = 3
+    """An image whose worker died (killed, out of memory) this many times is marked failed."""
+    classify_batch: int = 64
+    """Specimens per classification task (a plate with more specimens is classified by several)."""
+    requeue_after: int = 300
+    """A ``queued`` image is sent again after this many seconds when the broker holds fewer tasks than
+    there are queued images (a broker restart lost them)."""
+    stuck_after: int = 1800
+    """A ``processing`` image without progress for this many seconds is taken over by another worker."""
+    sweep_interval: int = 30
+    """Seconds between two sweeps (re-sending lost work, finishing interrupted moves)."""
+    serve_workers: int = 1
+    """``labpipe serve``: how many worker processes it starts."""
+    shutdown_timeout: int = 600
+    """Seconds a stopping worker may take to finish its current task before it is killed."""
+
+
+@dataclass
+class IngestConfig:
+    observer: str = "auto"
+    """``native`` (inotify and the like), ``poll`` (network shares, where native events do not
+    arrive), or ``auto`` (poll when the inbox is on NFS/SMB/CIFS/SSHFS, else native)."""
+    poll_interval: float = 2.0
+    """Seconds between directory polls with the polling observer, and between checks of files waiting
+    to be complete."""
+    rescan_interval: int = 300
+    """Seconds between full rescans of the inbox (a safety net for missed events; 0: only at start)."""
+    stable_seconds: float = 5.0
+    """A file is taken only after its size and modification time have not changed for this long."""
+    unreadable_grace: float = 120.0
+    """A stable file that is still not a complete, readable image after this many seconds is quarantined."""
+    extensions: str = ".tif,.tiff,.btf,.tf8,.jpg,.jpeg,.png"
+    """Comma-separated file name endings taken as images (case-insensitive); others are left alone."""
+    ignore: str = (
+        "*.part,*.partial,*.tmp,*.temp,*.crdownload,*.download,*.!ut,~$*,~*,.*,Thumbs.db,desktop.ini"
+    )
+    """Comma-separated glob patterns of names never taken (temporary, partial and hidden files)."""
+    sample_from: str = "sidecar,pattern,subfolder"
+    """Where an image's sample id comes from: the first of these rules that gives one wins.
+    ``sidecar``: ``<stem>.json`` beside the image with ``{"sample": "..."}``; ``pattern``: the
+    ``sample_pattern`` regular expression on the file name; ``subfolder``: ``inbox/<sample>/...``."""
+    sample_pattern: str = ""
+    """Regular expression searched in the file name; its group ``sample`` (or first group) is the
+    sample id, e.g. ``^(?P<sample>[A-Z]+-\\d+)_``. Empty: the rule is skipped."""
+
+
+@dataclass
 class LoggingConfig:
     level: str = "INFO"
     format: str = "text"
     """``text`` (key=value) or ``json`` (one object per line)."""
+
+
+@dataclass
+class ApiConfig:
+    host: str = "127.0.0.1"
+    """Address ``labpipe api`` listens on; ``0.0.0.0`` serves the whole network."""
+    port: int = 8000
+    token: str = ""
+    """Bearer token every write (POST) must carry; empty: the API refuses all writes."""
+    read_access: str = "localhost"
+    """Who may read without the token: ``localhost`` (clients on this machine), ``anyone`` or ``token``."""
+    max_page_size: int = 500
+    """Largest ``limit`` a listing endpoint accepts."""
+
+
+@dataclass
+class PlatesConfig:
+    order: str = "column"
+    """Fill order of 96-well plates: ``column`` (A1, B1, ..., H1, A2) or ``row`` (A1, A2, ..., A12, B1)."""
+    controls: str = "G12,H12"
+    """Wells left empty for controls, comma-separated (empty: none)."""
+    prefix: str = ""
+    """Plate names are ``<prefix><nn>``; empty: ``<sample>-P`` (``S1-P01``, ``S1-P02``, ...)."""
+    thumbnail_px: int = 160
+    """Side of the crop thumbnails on the picking sheet, in pixels."""
+
+
+@dataclass
+class BoldConfig:
+    sample_id_pattern: str = "{sample}-{image:05d}-{index:03d}"
+    """The specimen's Sample ID (plates, BOLD sheets, barcode import): fields ``sample``, ``image``
+    (image id), ``index`` (specimen number on its image) and ``specimen`` (specimen id)."""
+    institution: str = ""
+    """Institution Storing (the lab holding the vouchers)."""
+    collection_code: str = ""
+    identifier: str = ""
+    """Identifier of the taxonomy (a person, or empty: ``labpipe``)."""
+    identifier_email: str = ""
+    identification_method: str = "Image-based family classifier (labpipe)"
+    country: str = ""
+    """Country/Ocean of the collection data (BOLD requires it)."""
+    license_holder: str = ""
+    license: str = "CreativeCommons - Attribution Non-Commercial"
+    license_year: int = 0
+    """0: the year of the export."""
+    license_institution: str = ""
+    license_contact: str = ""
+    photographer: str = ""
+    view_metadata: str = "dorsal"
+    """View Metadata of every crop image."""
+
+
+@dataclass
+class DwcaConfig:
+    title: str = "Family counts of bulk arthropod samples (labpipe)"
+    """Dataset title in eml.xml."""
+    publisher: str = ""
+    """Organisation publishing the dataset (creator and publisher in eml.xml)."""
+    contact_name: str = ""
+    contact_email: str = ""
+    license: str = "http://creativecommons.org/licenses/by/4.0/legalcode"
+    """Licence URL of the dataset (GBIF accepts CC0, CC BY and CC BY-NC)."""
+    language: str = "en"
+    country_code: str = ""
+    """ISO 3166-1 alpha-2 country code of every event (empty: left out)."""
+    basis_of_record: str = "MaterialSample"
+    id_prefix: str = ""
+    """Prefixed to eventID and occurrenceID (for example ``urn:lab:``) to make them globally unique."""
 
 
 @dataclass
@@ -120,7 +263,13 @@ class Settings:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     crops: CropConfig = field(default_factory=CropConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    plates: PlatesConfig = field(default_factory=PlatesConfig)
+    bold: BoldConfig = field(default_factory=BoldConfig)
+    dwca: DwcaConfig = field(default_factory=DwcaConfig)
     source: str = "defaults"
     """Where the settings came from (for logs and error messages)."""
 

@@ -19,7 +19,7 @@ from labpipe.analysis import (
     ImageAnalysis,
     SpecimenAnalysis,
     analyse_image,
-    boxes_to_full_resolution,
+    detect_specimens,
     file_sha256,
 )
 from labpipe.classify.base import Classification, FamilyClassifier
@@ -56,10 +56,21 @@ def build_detector(settings: Settings) -> Detector:
             score_threshold=cfg.score_threshold,
             split_touching=cfg.split_touching,
         )
+    if Path(cfg.kind).expanduser().is_dir():
+        from labpipe.detect.detr import DetrDetector
+
+        return DetrDetector(
+            Path(cfg.kind).expanduser(),
+            score_threshold=cfg.score_threshold,
+            tile_size=cfg.tile_size,
+            tile_overlap=cfg.tile_overlap,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+        )
     raise ConfigError(
         "[detector] kind",
-        f"unknown detector {cfg.kind!r}",
-        "use 'classical'; trained DETR model directories arrive with the models issue",
+        f"unknown detector {cfg.kind!r}: neither 'classical' nor a model directory",
+        "use 'classical' or the path of a DETR model directory (see `labpipe train detector`)",
     )
 
 
@@ -321,13 +332,9 @@ class Pipeline:
                 max_pixels=cfg.imaging.max_pixels,
                 max_decoded_pixels=cfg.imaging.max_decoded_pixels,
             ) as plate:
-                overview, factor = plate.overview(cfg.imaging.overview_max_side)
                 stages["read_overview"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                overview_scale = plate.um_per_px * factor if plate.um_per_px else None
-                detections = self.detector.detect(overview, overview_scale)
-                del overview
-                boxes = boxes_to_full_resolution(detections, factor, plate.width, plate.height)
+                boxes, _ = detect_specimens(self.detector, plate, cfg.imaging.overview_max_side)
                 stages["detect"] = time.perf_counter() - t0
                 bound.info("detected", specimens=len(boxes), detector=self.detector.version)
 

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labpipe.analysis import ImageAnalysis
@@ -34,27 +35,40 @@ __all__ = ["ensure_classifier_model", "ensure_sample", "record_analysis"]
 def ensure_sample(session: Session, sample_id: str | None) -> None:
     """Create a bare sample row for ``sample_id`` if it does not exist yet."""
     if sample_id and session.get(Sample, sample_id) is None:
-        session.add(Sample(id=sample_id))
-        session.flush()
+        try:  # a concurrent worker may create the same sample: keep theirs
+            with session.begin_nested():
+                session.add(Sample(id=sample_id))
+        except IntegrityError:
+            pass
 
 
 def ensure_classifier_model(session: Session, classifier: FamilyClassifier) -> Model:
     """The registry row for ``classifier``'s version, created on first use."""
-    row = session.scalar(select(Model).where(Model.version == classifier.version))
+    query = select(Model).where(Model.version == classifier.version)
+    row = session.scalar(query)
     if row is None:
-        row = Model(
-            name=classifier.name,
-            kind=ModelKind.CLASSIFIER.value,
-            version=classifier.version,
-            weights_hash=classifier.weights_hash,
-            labels_hash=classifier.labels_hash,
-            path=getattr(classifier, "path", None),
-            labels=list(classifier.families),
-            is_default=False,
-        )
-        session.add(row)
-        session.flush()
+        # Another process may register the same version at the same moment: insert inside a
+        # savepoint and, if the unique constraint refuses it, use the row the other one made.
+        try:
+            with session.begin_nested():
+                session.add(_new_model_row(classifier))
+        except IntegrityError:
+            pass
+        row = session.scalars(query).one()
     return row
+
+
+def _new_model_row(classifier: FamilyClassifier) -> Model:
+    return Model(
+        name=classifier.name,
+        kind=ModelKind.CLASSIFIER.value,
+        version=classifier.version,
+        weights_hash=classifier.weights_hash,
+        labels_hash=classifier.labels_hash,
+        path=getattr(classifier, "path", None),
+        labels=list(classifier.families),
+        is_default=False,
+    )
 
 
 def record_analysis(

@@ -12,6 +12,7 @@ SHARED_DATA = Path(os.environ.get("LABPIPE_SHARED_DATA", PROJECT_ROOT.parent / "
 POSTGRES_URL = os.environ.get(
     "LABPIPE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("LABPIPE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
 def _require_shared() -> bool:
@@ -49,3 +50,20 @@ def postgres_url() -> str:
             pytest.fail(message + " (CI=true: services are required)")
         pytest.skip(message)
     return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis server (no database number); skipped where it is not running, a failure in CI."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client.ping()
+        client.close()
+    except Exception as exc:  # not installed, refused, timed out
+        message = f"Redis at {REDIS_URL} is not reachable: {exc}"
+        if _require_services():
+            pytest.fail(message + " (CI=true: services are required)")
+        pytest.skip(message)
+    return REDIS_URL

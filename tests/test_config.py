@@ -66,7 +66,9 @@ def test_broken_toml_is_reported_with_the_file(tmp_path: Path) -> None:
 
 
 def test_relative_storage_folders_live_under_the_root() -> None:
-    settings = load_settings(overrides={"storage.root": "/data/lp", "storage.crops": "/fast/crops"}, environ={})
+    settings = load_settings(
+        overrides={"storage.root": "/data/lp", "storage.crops": "/fast/crops"}, environ={}
+    )
     assert settings.storage.inbox_dir == Path("/data/lp/inbox")
     assert settings.storage.crops_dir == Path("/fast/crops")
     assert dataclasses.asdict(settings.storage)["quarantine"] == Path("quarantine")

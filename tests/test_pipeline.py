@@ -72,7 +72,9 @@ def test_plate_is_processed_into_specimens_with_square_crops_and_families(pipeli
     assert sum(counts.values()) == len(boxes)
 
 
-def test_reprocessing_the_same_file_replaces_its_results_without_duplicates(pipeline: Pipeline, plate) -> None:
+def test_reprocessing_the_same_file_replaces_its_results_without_duplicates(
+    pipeline: Pipeline, plate
+) -> None:
     path, _ = plate
     first = pipeline.process_file(path, sample_id="LL-01")
     second = pipeline.process_file(path, sample_id="LL-01")
@@ -85,7 +87,9 @@ def test_reprocessing_the_same_file_replaces_its_results_without_duplicates(pipe
     assert not [p for p in pipeline.crops_dir.rglob(".staging-*")]
 
 
-def test_a_crash_while_recording_leaves_the_previous_result_intact(pipeline: Pipeline, plate, monkeypatch) -> None:
+def test_a_crash_while_recording_leaves_the_previous_result_intact(
+    pipeline: Pipeline, plate, monkeypatch
+) -> None:
     path, _ = plate
     before = pipeline.process_file(path, sample_id="LL-01")
     calls = {"n": 0}
@@ -123,7 +127,9 @@ def test_unreadable_file_is_marked_failed_with_its_reason(pipeline: Pipeline, tm
 
 def test_plate_with_no_specimens_is_done_with_zero(pipeline: Pipeline, tmp_path: Path) -> None:
     empty = tmp_path / "empty.tif"
-    write_plate(PlateSpec(width=1500, height=1500, n_specimens=0, n_touching_pairs=0, n_debris=5, seed=3), empty)
+    write_plate(
+        PlateSpec(width=1500, height=1500, n_specimens=0, n_touching_pairs=0, n_debris=5, seed=3), empty
+    )
     result = pipeline.process_file(empty)
     assert result["specimens"] == [] and result["counts"] == {"rejected": 0}
     with pipeline.session_factory() as session:
@@ -132,7 +138,7 @@ def test_plate_with_no_specimens_is_done_with_zero(pipeline: Pipeline, tmp_path:
 
 
 def test_cli_process_json_and_counts(plate, tmp_path: Path) -> None:
-    path, truth = plate
+    path, _truth = plate
     runner = CliRunner()
     base = ["--data-dir", str(tmp_path / "data")]
     out = runner.invoke(cli, [*base, "process", str(path), "--sample", "S1", "--json"])
@@ -155,8 +161,10 @@ def test_cli_process_json_and_counts(plate, tmp_path: Path) -> None:
 def test_cli_reports_bad_files_and_still_processes_the_good_ones(plate, tmp_path: Path) -> None:
     path, _ = plate
     bad = tmp_path / "half.tif"
-    bad.write_bytes(path.read_bytes()[: 20000])
-    out = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "process", str(bad), str(path), "--json"])
+    bad.write_bytes(path.read_bytes()[:20000])
+    out = CliRunner().invoke(
+        cli, ["--data-dir", str(tmp_path / "d"), "process", str(bad), str(path), "--json"]
+    )
     assert out.exit_code == 1
     records = json.loads(out.stdout)
     assert "error" in records[0] and "half.tif" in records[0]["error"]

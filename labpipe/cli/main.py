@@ -149,40 +149,6 @@ def _format_image_result(result: dict[str, Any]) -> str:
 
 
 @cli.command()
-@click.option("--sample", "sample_id", help="Only this sample.")
-@click.option("--model", "model_version", help="Classifier model version (default: latest per specimen).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (sample, family, count).")
-@pass_ctx
-def counts(
-    obj: _Context, sample_id: str | None, model_version: str | None, as_json: bool, as_csv: bool
-) -> None:
-    """Print per-sample family counts from the database.
-
-    Accepted specimens are counted per family; rejected ones (uncertain, not an arthropod,
-    family unresolved) are counted separately as 'rejected'.
-    """
-    if as_json and as_csv:
-        raise click.UsageError("choose one of --json and --csv")
-    from labpipe.db.database import open_database
-    from labpipe.reports.counts import count_families, counts_to_csv, counts_to_table
-
-    try:
-        factory = open_database(obj.settings.database_url)
-    except LabpipeError as exc:
-        _fail(exc)
-        return
-    with factory() as session:
-        table = count_families(session, sample_id=sample_id, model_version=model_version)
-    if as_json:
-        click.echo(json.dumps(table, indent=2))
-    elif as_csv:
-        click.echo(counts_to_csv(table), nl=False)
-    else:
-        click.echo(counts_to_table(table))
-
-
-@cli.command()
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True
 )
@@ -255,9 +221,12 @@ def evaluate() -> None:
 @evaluate.command("counts")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--expected", type=int, required=True, help="Specimens in every image (e.g. 1 or 0).")
+@click.option("--detector", "detector_kind", help="'classical' or a DETR model directory (default: config).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def eval_counts(obj: _Context, folders: tuple[Path, ...], expected: int, as_json: bool) -> None:
+def eval_counts(
+    obj: _Context, folders: tuple[Path, ...], expected: int, detector_kind: str | None, as_json: bool
+) -> None:
     """Share of images in FOLDERS where the detector finds exactly --expected specimens.
 
     For wells or dishes photographed one specimen at a time (expected 1) and empty ones
@@ -266,6 +235,7 @@ def eval_counts(obj: _Context, folders: tuple[Path, ...], expected: int, as_json
     from labpipe.evaluation.folders import evaluate_counts
     from labpipe.pipeline import build_detector
 
+    obj.overrides["detector.kind"] = detector_kind
     detector = build_detector(obj.settings)
     reports = [
         evaluate_counts(f, expected, detector, obj.settings.imaging.overview_max_side, progress=not as_json)
@@ -361,6 +331,23 @@ cli.add_command(train)
 cli.add_command(models)
 cli.add_command(reclassify)
 evaluate.add_command(eval_classifier, "classifier")
+
+from labpipe.cli.detector import eval_detector, train_detector_command  # noqa: E402
+
+train.add_command(train_detector_command, "detector")
+evaluate.add_command(eval_detector, "detector")
+
+from labpipe.cli.records import api, barcodes, counts, export, plates, samples  # noqa: E402
+
+for _command in (samples, counts, export, plates, barcodes, api):
+    cli.add_command(_command)
+
+from labpipe.cli.daemon import serve, status, watch, worker  # noqa: E402
+
+cli.add_command(serve)
+cli.add_command(watch)
+cli.add_command(worker)
+cli.add_command(status)
 
 
 def main() -> None:

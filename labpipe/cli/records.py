@@ -680,15 +680,15 @@ def barcodes_agreement(
 @click.option("--port", type=int, help="Port (default: [api] port).")
 @click.pass_obj
 def api(obj: Any, host: str | None, port: int | None) -> None:
-    """Serve the HTTP API (OpenAPI schema at /api/openapi.json, docs at /api/docs).
+    """Serve the HTTP API (OpenAPI schema at /api/openapi.json, docs at /api/docs) and the web UI (/).
 
     Reads are open to this machine by default ([api] read_access); writes need the token of
-    [api] token as 'Authorization: Bearer <token>'.
+    [api] token as 'Authorization: Bearer <token>' (the web UI's login page sets it as a cookie).
     """
     import uvicorn
 
-    from labpipe.api import create_app
+    from labpipe.web import create_web_app
 
     settings = obj.settings
-    app = create_app(settings)
+    app = create_web_app(settings)
     uvicorn.run(app, host=host or settings.api.host, port=port or settings.api.port, log_level="info")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-__all__ = ["Detection", "Detector"]
+if TYPE_CHECKING:
+    from labpipe.imaging import PlateImage
+
+__all__ = ["Detection", "Detector", "PlateDetector"]
 
 
 @dataclass(frozen=True)
@@ -36,4 +39,17 @@ class Detector(Protocol):
 
     def detect(self, rgb: np.ndarray, um_per_px: float | None) -> list[Detection]:
         """Find specimens. ``um_per_px`` is the scale *of this array* (None when unknown)."""
+        ...
+
+
+class PlateDetector(Detector, Protocol):
+    """A detector that reads the plate itself (optional; see :func:`labpipe.analysis.detect_specimens`).
+
+    Tiled learned detectors need pixels at their own working scale, which the fixed-size overview
+    may not give; when a detector has this method it is called instead of :meth:`Detector.detect`.
+    """
+
+    def detect_plate(self, plate: PlateImage, overview_max_side: int) -> list[Detection]:
+        """Find specimens on ``plate``; boxes in *full-resolution* pixels. ``overview_max_side`` is
+        the configured overview size, for detectors that fall back to the overview (unknown scale)."""
         ...

@@ -73,12 +73,13 @@ class CountReport:
 def evaluate_counts(
     folder: Path, expected: int, detector: Detector, overview_max_side: int = 4096, progress: bool = True
 ) -> CountReport:
+    from labpipe.analysis import detect_specimens
+
     report = CountReport(str(folder), expected)
     for path in tqdm(image_files(folder), desc=f"detect {folder.name}", disable=not progress, unit="img"):
         with open_image(path) as plate:
-            overview, factor = plate.overview(overview_max_side)
-            scale = plate.um_per_px * factor if plate.um_per_px else None
-            report.counts[path.name] = len(detector.detect(overview, scale))
+            boxes, _ = detect_specimens(detector, plate, overview_max_side)
+            report.counts[path.name] = len(boxes)
     return report
 
 

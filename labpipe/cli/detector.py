@@ -1,0 +1,254 @@
+"""``labpipe train detector`` and ``labpipe eval detector``.
+
+Thin click commands over :mod:`labpipe.detect.detr_train` and :mod:`labpipe.evaluation.detector`,
+registered on the ``train`` and ``eval`` groups in :mod:`labpipe.cli.main`. Settings come through
+``click.pass_obj`` (the main group's context object), so this module does not import the main module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from labpipe.errors import LabpipeError
+
+__all__ = ["eval_detector", "train_detector_command"]
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def detector_from_kind(obj: Any, kind: str | None, score_threshold: float | None = None) -> Any:
+    """The detector named by ``kind`` (``classical`` or a model directory; default: the config's)."""
+    from labpipe.pipeline import build_detector
+
+    overrides: dict[str, Any] = {"detector.kind": kind, "detector.score_threshold": score_threshold}
+    settings = obj.settings
+    for dotted, value in overrides.items():
+        if value is not None:
+            section, _, key = dotted.partition(".")
+            setattr(getattr(settings, section), key, value)
+    return build_detector(settings)
+
+
+@click.command("detector")
+@click.option(
+    "--coco",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="COCO detection annotations of the training images (every box is a specimen).",
+)
+@click.option(
+    "--images",
+    "images_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding the images named in --coco (and, with --pseudo-labels, unlabelled plates).",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--val-coco", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Validation set."
+)
+@click.option(
+    "--val-images", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Its images."
+)
+@click.option(
+    "--init",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Fine-tune this local DETR-family model directory (default: a new Conditional DETR whose "
+    "EfficientNet-Lite0 backbone starts from the offline ImageNet weights).",
+)
+@click.option(
+    "--pseudo-labels",
+    is_flag=True,
+    help="Annotate the images in --images that --coco does not cover with the classical detector "
+    "and train on those boxes too (bootstrapping from unlabelled plates).",
+)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--lr-backbone", type=float, default=1e-4, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--tile-size", type=int, default=384, show_default=True, help="Tile side at the working scale.")
+@click.option("--tile-overlap", type=int, default=128, show_default=True)
+@click.option(
+    "--um-per-px",
+    type=float,
+    default=40.0,
+    show_default=True,
+    help="Working scale in micrometres per pixel (0: use images at their own scale).",
+)
+@click.option("--tiles-per-image", type=int, default=0, show_default=True, help="Per epoch; 0: cover once.")
+@click.option("--queries", "num_queries", type=int, default=100, show_default=True)
+@click.option("--max-minutes", type=float, default=0.0, show_default=True, help="Stop after this long.")
+@click.option("--threads", type=int, default=0, show_default=True, help="Torch CPU threads (0: default).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+@click.pass_obj
+def train_detector_command(
+    obj: Any,
+    coco: Path | None,
+    images_dir: Path,
+    out_dir: Path,
+    val_coco: Path | None,
+    val_images: Path | None,
+    init: Path | None,
+    pseudo_labels: bool,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    lr_backbone: float,
+    weight_decay: float,
+    tile_size: int,
+    tile_overlap: int,
+    um_per_px: float,
+    tiles_per_image: int,
+    num_queries: int,
+    max_minutes: float,
+    threads: int,
+    device: str,
+    seed: int,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Train a DETR specimen detector from COCO boxes into the model directory --out.
+
+    Defaults follow the BIOSCAN-5M cropping model (AdamW, learning rate 1e-4, weight decay 1e-4,
+    batch 8, 10 epochs). Images are read at the working scale (--um-per-px) and cut into random
+    tiles; after every epoch the tiled detector is validated (--val-coco, else 10 % of the images)
+    and the best checkpoint by AP50 is kept with its preprocessor config and a model card.
+    """
+    from labpipe.detect.detr_data import coco_document, read_coco_set, write_coco_document
+    from labpipe.detect.detr_train import DetrTrainOptions, pseudo_label, result_summary, train_detector
+    from labpipe.evaluation.folders import image_files
+
+    if coco is None and not pseudo_labels:
+        _fail("give --coco, or --pseudo-labels to annotate the images with the classical detector")
+        return
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        _fail(f"{out_dir} is not empty; pass --overwrite to replace it")
+        return
+    train_coco = coco
+    if pseudo_labels:
+        from labpipe.detect.classical import ClassicalDetector
+
+        cfg = obj.settings.detector
+        classical = ClassicalDetector(
+            min_size_um=cfg.min_size_um,
+            min_size_px=cfg.min_size_px,
+            score_threshold=cfg.score_threshold,
+            split_touching=cfg.split_touching,
+        )
+        labelled = read_coco_set(coco, category=None) if coco else []
+        known = {e.file_name for e in labelled}
+        todo = [p for p in image_files(images_dir) if p.name not in known]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pseudo_path = out_dir.parent / f"{out_dir.name}.pseudo-labels.coco.json"
+        max_side = obj.settings.imaging.overview_max_side
+        pseudo_label(todo, classical, pseudo_path, max_side, progress=not as_json)
+        entries = labelled + read_coco_set(pseudo_path, category=None)
+        train_coco = out_dir.parent / f"{out_dir.name}.train.coco.json"
+        write_coco_document(coco_document(entries, "labelled + pseudo-labels (classical)"), train_coco)
+        if not as_json:
+            click.echo(f"pseudo-labelled {len(todo)} images -> {pseudo_path}")
+    options = DetrTrainOptions(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_backbone=lr_backbone,
+        weight_decay=weight_decay,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        um_per_px=um_per_px or None,
+        tiles_per_image=tiles_per_image,
+        num_queries=num_queries,
+        init=str(init) if init else None,
+        max_minutes=max_minutes,
+        seed=seed,
+        threads=threads,
+        device=device,
+    )
+    assert train_coco is not None
+    try:
+        result = train_detector(
+            train_coco,
+            images_dir,
+            out_dir,
+            options,
+            val_coco=val_coco,
+            val_images_dir=val_images,
+            progress=not as_json,
+            overwrite=True,
+        )
+    except (ValueError, FileExistsError, LabpipeError) as exc:
+        _fail(str(getattr(exc, "message", exc)))
+        return
+    summary = result_summary(result)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    best = summary["best"]
+    click.echo(
+        f"wrote {out_dir}: best epoch {summary['best_epoch']} of {len(summary['history'])}, "
+        f"AP50 {best.get('ap50')}, AP50:95 {best.get('ap50_95')}, F1 {best.get('f1')} "
+        f"({summary['train_images']} training / {summary['val_images']} validation images, "
+        f"{summary['seconds'] / 60:.1f} min)"
+    )
+
+
+@click.command("detector")
+@click.option(
+    "--coco", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Truth."
+)
+@click.option(
+    "--images",
+    "images_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding the images named in --coco.",
+)
+@click.option("--detector", "kind", help="'classical' or a DETR model directory (default: [detector] kind).")
+@click.option("--score-threshold", type=float, help="Detections below this are dropped (default: config).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def eval_detector(
+    obj: Any, coco: Path, images_dir: Path, kind: str | None, score_threshold: float | None, as_json: bool
+) -> None:
+    """Precision, recall and F1 at IoU 0.5, AP50, AP50:95 and count error against COCO boxes.
+
+    Each image goes through the production path (reader, overview or the detector's own tiles);
+    every annotation counts as a specimen.
+    """
+    from labpipe.evaluation.detector import evaluate_detector
+
+    try:
+        detector = detector_from_kind(obj, kind, score_threshold)
+    except LabpipeError as exc:
+        _fail(exc.message)
+        return
+    report = evaluate_detector(
+        coco,
+        images_dir,
+        detector,
+        obj.settings.imaging.overview_max_side,
+        um_per_px_fallback=obj.settings.um_per_px_fallback,
+        progress=not as_json,
+    )
+    d = report.as_dict()
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(
+        f"{d['detector']}: {d['images']} images, {d['truth']} specimens, {d['detections']} detections\n"
+        f"  precision {d['precision']}  recall {d['recall']}  F1 {d['f1']}  (IoU 0.5)\n"
+        f"  AP50 {d['ap50']}  AP50:95 {d['ap50_95']}\n"
+        f"  count error per image: mean |error| {d['mean_abs_count_error']}, "
+        f"mean {d['mean_count_error']}; {d['seconds_per_image']} s per image"
+    )

@@ -1,0 +1,307 @@
+"""The work behind each worker task, free of Celery: detect an image, classify a batch, record.
+
+A task carries ids, never data: ``detect(image_id)`` and ``classify(image_id, attempt, batch)``.
+Every job is idempotent and safe to run twice:
+
+- :func:`detect_job` *claims* the image (one conditional UPDATE; a second delivery of the same task
+  finds it claimed and does nothing), reads, detects and crops into a stage directory on shared
+  storage, and asks for one classify task per batch of specimens. An image without specimens is
+  recorded at once: done, with zero.
+- :func:`classify_job` classifies its batch (a batch already classified is not redone) and, when
+  every batch of the attempt is classified, records the image in one transaction under the image's
+  row lock, so of two workers finishing the same image only one records it.
+- After the commit that says ``done``, the original moves to the archive. Bad input
+  (:class:`~labpipe.errors.ImageReadError`) is quarantined with its reason and never retried; an
+  internal error marks the image ``failed`` and quarantines the file with the reason. Transient
+  errors (database locked or unreachable, broker down) propagate: the task layer retries them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from labpipe.config import Settings
+from labpipe.db.models import Image, ImageStatus
+from labpipe.errors import ImageReadError, LabpipeError
+from labpipe.ingest.lifecycle import (
+    AttemptCounter,
+    claim_image,
+    finish_move,
+    lock_image,
+    mark_failed,
+    mark_quarantined,
+    touch_image,
+)
+from labpipe.logs import BoundLogger, get_logger
+from labpipe.pipeline import Pipeline, StagedImage, stage_directory
+from labpipe.record import ensure_classifier_model
+
+__all__ = ["DB_TRANSIENT_ERRORS", "Followups", "JobContext", "classify_job", "detect_job"]
+
+log = get_logger(__name__)
+
+DB_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,  # "database is locked", connection refused or dropped
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,  # connection pool exhausted
+)
+"""Database errors that go away by themselves: the task is retried with backoff."""
+
+
+class Followups(Protocol):
+    """How a job asks for the next tasks (Celery in :mod:`workers.tasks`)."""
+
+    def classify(self, image_id: int, attempt: str, batch: int) -> None: ...
+
+    def detect(
+        self, image_id: int, *, takeover: bool, resumed: bool, content_hash: str | None = None
+    ) -> None: ...
+
+
+@dataclass
+class JobContext:
+    """What a worker process holds: settings, the loaded pipeline, the attempt counter."""
+
+    settings: Settings
+    pipeline: Pipeline
+    attempts: AttemptCounter
+    transient: tuple[type[BaseException], ...] = field(default=DB_TRANSIENT_ERRORS)
+    """Exceptions the task layer retries (database errors, plus the broker's own)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, transient: tuple[type[BaseException], ...] = ()) -> JobContext:
+        pipeline = Pipeline.from_settings(settings)
+        attempts = AttemptCounter(settings.storage.root / "state" / "attempts")
+        ctx = cls(settings, pipeline, attempts, DB_TRANSIENT_ERRORS + tuple(transient))
+        ctx.register_model()
+        return ctx
+
+    def register_model(self) -> None:
+        """Create the classifier's registry row now, in its own transaction.
+
+        Recording creates it on first use too, but two workers starting together would both insert
+        it and one would fail on the unique version; here the loser simply finds the winner's row.
+        """
+        for _ in range(3):
+            with self.session() as session:
+                try:
+                    ensure_classifier_model(session, self.pipeline.classifier)
+                    session.commit()
+                    return
+                except sa_exc.IntegrityError:
+                    session.rollback()
+
+    def session(self) -> Session:
+        return self.pipeline.session_factory()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        return isinstance(exc, self.transient)
+
+
+def _finish(
+    ctx: JobContext, session: Session, image: Image, bound: BoundLogger, reason_code: str = ""
+) -> None:
+    """After the status commit: forget the attempts and move the original out of the inbox."""
+    ctx.attempts.clear(image.id)
+    try:
+        finish_move(session, image, ctx.settings.storage, reason_code=reason_code)
+    except OSError as exc:  # the sweeper finishes the move later
+        bound.error("cannot move the original yet", error=str(exc))
+
+
+def _quarantine(
+    ctx: JobContext, session: Session, image: Image, error: LabpipeError, bound: BoundLogger
+) -> str:
+    session.rollback()
+    mark_quarantined(session, image, error.message)
+    bound.error("quarantined: bad input, not retried", reason=error.reason_code, error=error.message)
+    _finish(ctx, session, image, bound, reason_code=error.reason_code)
+    return "quarantined"
+
+
+def _fail(ctx: JobContext, session: Session, image: Image, message: str, bound: BoundLogger) -> str:
+    session.rollback()
+    mark_failed(session, image, message)
+    bound.error("failed", error=message)
+    _finish(ctx, session, image, bound, reason_code="failed")
+    return "failed"
+
+
+def fail_image(ctx: JobContext, image_id: int, message: str) -> None:
+    """Mark an image failed from outside a job (the task layer, after the last retry)."""
+    bound = log.bind(image_id=image_id)
+    with ctx.session() as session:
+        image = session.get(Image, image_id)
+        if image is None or image.status in (ImageStatus.DONE.value, ImageStatus.QUARANTINED.value):
+            return
+        _fail(ctx, session, image, message, bound)
+
+
+def detect_job(
+    ctx: JobContext,
+    image_id: int,
+    followups: Followups,
+    *,
+    takeover: bool = False,
+    resumed: bool = False,
+    content_hash: str | None = None,
+) -> str:
+    """Claim, read, detect and crop one image; then ask for its classify tasks. Returns an outcome word.
+
+    ``takeover``: the image may be ``processing`` (its previous worker died, or this is a retry of
+    our own attempt). ``resumed``: a retry of our own attempt, not counted as a new attempt.
+    ``content_hash``: the image's hash as the sender knew it; a task whose image this database does
+    not hold under that id was sent by another deployment sharing the broker, and is dropped.
+    """
+    settings = ctx.settings
+    with ctx.session() as session:
+        if content_hash is not None:
+            mine = session.get(Image, image_id)
+            if mine is None or mine.content_hash != content_hash:
+                log.error(
+                    "task for an image this database does not hold: is another deployment using the "
+                    "same broker? Give each deployment its own [queue] broker_url (Redis database number)",
+                    image_id=image_id,
+                    content_hash=content_hash,
+                )
+                return "foreign"
+            session.rollback()
+        image = claim_image(session, image_id, takeover=takeover, stuck_after=settings.queue.stuck_after)
+        if image is None:
+            log.info("not claimed: already done, or in progress elsewhere", image_id=image_id)
+            return "skipped"
+        bound = log.bind(image=image.source_path, image_id=image.id, sample=image.sample_id)
+        attempt_no = ctx.attempts.get(image.id) if resumed else ctx.attempts.bump(image.id)
+        if attempt_no > settings.queue.max_attempts:
+            return _fail(
+                ctx,
+                session,
+                image,
+                f"gave up after {attempt_no - 1} interrupted attempts (the worker died each time, "
+                "for example out of memory); raise [queue] max_attempts or give workers more memory",
+                bound,
+            )
+        if takeover and not resumed:
+            staged = _latest_stage(ctx, image)
+            if staged is not None:  # detection survived (only a classify task was lost): resume
+                missing = [b for b in range(staged.n_batches) if not staged.results_file(b).is_file()]
+                bound = bound.bind(attempt=staged.attempt)
+                if not missing:
+                    return _record(
+                        ctx, session, image.id, staged, staged.load_results() or [], followups, bound
+                    )
+                touch_image(session, image.id)
+                session.commit()
+                for batch in missing:
+                    followups.classify(image_id, staged.attempt, batch)
+                bound.info("resumed from the staged detections", batches=len(missing), attempt_no=attempt_no)
+                return "resumed"
+        attempt = uuid.uuid4().hex[:12]
+        bound = bound.bind(attempt=attempt)
+        bound.info("detect started", attempt_no=attempt_no)
+        try:
+            staged = ctx.pipeline.stage_detections(image, attempt, settings.queue.classify_batch)
+        except ImageReadError as exc:
+            return _quarantine(ctx, session, image, exc, bound)
+        except Exception as exc:
+            if ctx.is_transient(exc):
+                raise
+            bound.error("detect failed", exc_info=True)
+            return _fail(ctx, session, image, f"internal error while detecting: {exc!r}", bound)
+        if not staged.specimens:
+            return _record(ctx, session, image.id, staged, [], followups, bound)
+        touch_image(session, image.id)
+    for batch in range(staged.n_batches):
+        followups.classify(image_id, attempt, batch)
+    bound.info("detect done", specimens=len(staged.specimens), batches=staged.n_batches)
+    return "detected"
+
+
+def _latest_stage(ctx: JobContext, image: Image) -> StagedImage | None:
+    """The newest complete stage directory of ``image`` (its detections survived a lost task)."""
+    prefix = stage_directory(ctx.pipeline.crops_dir, image.id, "").name
+
+    def mtime(directory: Path) -> float:
+        try:
+            return directory.stat().st_mtime
+        except OSError:  # removed meanwhile
+            return 0.0
+
+    for directory in sorted(ctx.pipeline.crops_dir.glob(f"{prefix}*"), key=mtime, reverse=True):
+        staged = StagedImage.load(directory)
+        if staged is not None and staged.content_hash == image.content_hash:
+            return staged
+    return None
+
+
+def classify_job(ctx: JobContext, image_id: int, attempt: str, batch: int, followups: Followups) -> str:
+    """Classify one batch of a staged image; the last batch records the image. Returns an outcome word."""
+    staged = StagedImage.load(stage_directory(ctx.pipeline.crops_dir, image_id, attempt))
+    bound = log.bind(image_id=image_id, attempt=attempt, batch=batch)
+    if staged is None:
+        bound.info("nothing to classify: the attempt was recorded or abandoned")
+        return "skipped"
+    bound = bound.bind(image=staged.path)
+    with ctx.session() as session:
+        image = session.get(Image, image_id)
+        if image is None or image.status != ImageStatus.PROCESSING.value:
+            bound.info("image no longer processing: dropping this attempt", status=image and image.status)
+            shutil.rmtree(staged.directory, ignore_errors=True)
+            return "skipped"
+        touch_image(session, image_id)
+        try:
+            ctx.pipeline.classify_staged(staged, batch)
+        except Exception as exc:
+            if ctx.is_transient(exc):
+                raise
+            bound.error("classify failed", exc_info=True)
+            return _fail(ctx, session, image, f"internal error while classifying: {exc!r}", bound)
+        results = staged.load_results()
+        if results is None:
+            return "classified"
+        return _record(ctx, session, image_id, staged, results, followups, bound)
+
+
+def _record(
+    ctx: JobContext,
+    session: Session,
+    image_id: int,
+    staged: StagedImage,
+    results: list,
+    followups: Followups,
+    bound: BoundLogger,
+) -> str:
+    """Record a staged image under its row lock, unless another worker did so first."""
+    session.rollback()
+    image = lock_image(session, image_id)
+    if image is None or image.status != ImageStatus.PROCESSING.value or not staged.directory.is_dir():
+        session.rollback()
+        bound.info("already recorded by another worker")
+        return "skipped"
+    try:
+        specimens = ctx.pipeline.record_staged(session, image, staged, results)
+    except Exception as exc:
+        # The stage directory is consumed either way: start the image again from detection.
+        if ctx.is_transient(exc):
+            bound.warning("recording failed; detecting again", error=str(exc))
+            followups.detect(image_id, takeover=True, resumed=True, content_hash=staged.content_hash)
+            raise
+        bound.error("recording failed", exc_info=True)
+        return _fail(ctx, session, image, f"internal error while recording: {exc!r}", bound)
+    bound.info(
+        "processed",
+        specimens=len(specimens),
+        rejected=sum(1 for r in results if r.rejected),
+        seconds=round(image.seconds or 0.0, 3),
+    )
+    _finish(ctx, session, image, bound)
+    return "done"

@@ -1,0 +1,136 @@
+"""``labpipe serve``: the watcher and the worker(s) of one machine, started and kept alive together.
+
+The supervisor runs ``labpipe watch``, ``[queue] serve_workers`` x ``labpipe worker`` and, when
+asked, ``labpipe api`` as child processes (the very commands of the distributed deployment), hands
+them its effective settings as ``LABPIPE_<SECTION>_<KEY>`` environment variables so every child
+sees the same configuration, restarts a child that dies (with a growing pause if it keeps dying),
+and on SIGTERM or SIGINT stops them: SIGTERM to each (the watcher stops taking files; a worker
+finishes the task in progress and returns prefetched ones to the queue), then SIGKILL for any still
+running after ``[queue] shutdown_timeout`` seconds. Work a killed worker held is redelivered later
+(visibility timeout) or taken over by the sweeper.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labpipe.config import ENV_PREFIX, Settings
+from labpipe.logs import get_logger
+
+__all__ = ["Supervisor", "settings_environment"]
+
+log = get_logger(__name__)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Every setting as a ``LABPIPE_<SECTION>_<KEY>`` variable (storage root made absolute)."""
+    env: dict[str, str] = {}
+    for section, values in settings.as_dict().items():
+        for key, value in values.items():
+            if section == "storage" and key == "root":
+                value = str(Path(value).absolute())
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            env[f"{ENV_PREFIX}{section}_{key}".upper()] = text
+    return env
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    failures: int = 0
+    not_before: float = 0.0
+
+
+@dataclass
+class Supervisor:
+    """Starts, watches and stops the daemon's processes (module docstring)."""
+
+    settings: Settings
+    workers: int = 1
+    api: bool = False
+    """Also run ``labpipe api`` (the HTTP API and web UI) as a child."""
+    python: str = sys.executable
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    children: list[_Child] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        base = [self.python, "-m", "labpipe.cli.main"]
+        self.children = [_Child("watcher", [*base, "watch"])]
+        self.children += [_Child(f"worker-{i + 1}", [*base, "worker"]) for i in range(max(1, self.workers))]
+        if self.api:
+            self.children.append(_Child("api", [*base, "api"]))
+
+    def _environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env.update(settings_environment(self.settings))
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, child: _Child) -> None:
+        child.process = subprocess.Popen(child.argv, env=self._environment())
+        child.started = time.monotonic()
+        log.info("started", process=child.name, pid=child.process.pid)
+
+    def _check(self, child: _Child) -> None:
+        now = time.monotonic()
+        if child.process is None:
+            if now >= child.not_before:
+                self._spawn(child)
+            return
+        code = child.process.poll()
+        if code is None:
+            if now - child.started > 60:
+                child.failures = 0  # stayed up for a minute: healthy again
+            return
+        child.failures += 1
+        pause = min(60.0, 2.0 ** (child.failures - 1))
+        log.error("process exited; restarting", process=child.name, code=code, after_seconds=pause)
+        child.process = None
+        child.not_before = now + pause
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping.set()
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or :meth:`request_stop`); returns the exit status (0)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        for child in self.children:
+            self._spawn(child)
+        try:
+            while not self.stopping.wait(0.5):
+                for child in self.children:
+                    self._check(child)
+        finally:
+            self.stop()
+        return 0
+
+    def stop(self) -> None:
+        """SIGTERM every child (watcher first), wait up to ``shutdown_timeout``, then SIGKILL."""
+        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        for child in running:
+            log.info("stopping", process=child.name, pid=child.process.pid)  # type: ignore[union-attr]
+            child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + self.settings.queue.shutdown_timeout
+        for child in running:
+            assert child.process is not None
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("did not stop in time: killing", process=child.name, pid=child.process.pid)
+                child.process.kill()
+                child.process.wait()
+        log.info("stopped", processes=len(running))

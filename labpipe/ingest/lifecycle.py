@@ -1,0 +1,221 @@
+"""An image's life in the database: queued -> processing -> done | failed | quarantined.
+
+The database, not the broker, is the record of what must still be done. The watcher registers an
+image (``queued``) before it sends a task; a worker *claims* it (``processing``) with one
+conditional UPDATE, so of two deliveries of the same task only one does the work; the result is
+recorded in one transaction under a row lock (see :func:`lock_image`); the original file moves out
+of the inbox only after the commit that says ``done`` (or ``quarantined``/``failed``).
+
+``images.updated_at`` is the heartbeat: every stage of a processing image touches it. The sweeper
+(:func:`stale_images`) finds queued images whose task was lost (a broker restarted without
+persistence) and processing images whose worker died, so nothing is lost even when the broker
+forgets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from labpipe.config import StorageConfig
+from labpipe.db.models import Image, ImageStatus, utcnow
+from labpipe.ingest.moves import move_original, write_reason_file
+from labpipe.logs import get_logger
+
+__all__ = [
+    "AttemptCounter",
+    "StaleImages",
+    "claim_image",
+    "finish_move",
+    "lock_image",
+    "mark_failed",
+    "mark_quarantined",
+    "stale_images",
+    "touch_image",
+]
+
+log = get_logger(__name__)
+
+FINISHED = (ImageStatus.DONE.value, ImageStatus.FAILED.value, ImageStatus.QUARANTINED.value)
+
+
+def claim_image(session: Session, image_id: int, *, takeover: bool, stuck_after: float) -> Image | None:
+    """Mark the image ``processing`` for this worker, or return ``None`` when it is not ours to do.
+
+    It is ours when it is ``queued``, or ``processing`` but abandoned: no heartbeat for
+    ``stuck_after`` seconds, or ``takeover`` (the broker redelivered the task because its worker
+    died, or the sweeper sent it for that reason). Done, failed and quarantined images are never
+    claimed: a duplicate delivery of a finished image's task does nothing.
+    """
+    now = utcnow()
+    abandoned = Image.status == ImageStatus.PROCESSING.value
+    if not takeover:
+        abandoned = and_(abandoned, Image.updated_at < now - dt.timedelta(seconds=stuck_after))
+    result = session.execute(
+        update(Image)
+        .where(Image.id == image_id)
+        .where(or_(Image.status == ImageStatus.QUEUED.value, abandoned))
+        .values(status=ImageStatus.PROCESSING.value, error=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return session.get(Image, image_id, populate_existing=True)
+
+
+def touch_image(session: Session, image_id: int) -> None:
+    """Heartbeat: the image is still being worked on."""
+    session.execute(
+        update(Image)
+        .where(Image.id == image_id)
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def lock_image(session: Session, image_id: int) -> Image | None:
+    """Begin a transaction holding the image's row lock, and return the fresh row.
+
+    An UPDATE is the first statement, so on PostgreSQL it takes the row lock and on SQLite the
+    database write lock before anything is read: two workers finishing the same image one after the
+    other each see what the other committed (no duplicate specimens, no double recording).
+    """
+    session.execute(
+        update(Image)
+        .where(Image.id == image_id)
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return session.get(Image, image_id, populate_existing=True)
+
+
+def mark_quarantined(session: Session, image: Image, message: str) -> None:
+    """Bad input: ``quarantined`` with the reason; never retried."""
+    image.status = ImageStatus.QUARANTINED.value
+    image.error = message
+    image.updated_at = utcnow()
+    session.commit()
+
+
+def mark_failed(session: Session, image: Image, message: str) -> None:
+    """An internal error (or a worker that kept dying): ``failed`` with the reason."""
+    image.status = ImageStatus.FAILED.value
+    image.error = message
+    image.updated_at = utcnow()
+    session.commit()
+
+
+def finish_move(session: Session, image: Image, storage: StorageConfig, reason_code: str = "") -> Path | None:
+    """Move a finished image's original out of the inbox and record where it went.
+
+    ``done`` -> archive; ``quarantined``/``failed`` -> quarantine, with ``<name>.reason.txt``.
+    Idempotent: nothing happens when the file was already moved (``archived_path`` set) or is no
+    longer at its source path. Must be called only after the status was committed.
+    """
+    if image.archived_path or image.status not in FINISHED:
+        return None
+    source = Path(image.source_path)
+    if not source.is_file():
+        return None
+    bound = log.bind(image=str(source), image_id=image.id)
+    if image.status == ImageStatus.DONE.value:
+        target = move_original(source, storage.inbox_dir, storage.archive_dir, image.content_hash)
+    else:
+        target = move_original(source, storage.inbox_dir, storage.quarantine_dir, image.content_hash)
+        write_reason_file(
+            target,
+            status=image.status,
+            reason_code=reason_code or ("ImageReadError" if image.status == "quarantined" else "failed"),
+            message=image.error or "",
+            image_id=image.id,
+            content_hash=image.content_hash,
+            original=source,
+        )
+    image.archived_path = str(target)
+    session.commit()
+    bound.info("moved original", status=image.status, to=str(target))
+    return target
+
+
+@dataclass
+class StaleImages:
+    """What the sweeper found (image ids)."""
+
+    queued: list[int]
+    """Queued for longer than ``requeue_after`` (their task may have been lost)."""
+    queued_total: int
+    """All queued images (to compare with the broker's queue depth)."""
+    processing: list[int]
+    """Processing without a heartbeat for ``stuck_after`` (their worker probably died)."""
+    unmoved: list[int]
+    """Finished for a while, but the original is still in the inbox (interrupted move)."""
+
+
+def stale_images(
+    session: Session, *, requeue_after: float, stuck_after: float, move_grace: float = 60.0, limit: int = 1000
+) -> StaleImages:
+    """The images the sweeper must look after (see :class:`StaleImages`)."""
+    now = utcnow()
+
+    def ids(*conditions) -> list[int]:
+        stmt = select(Image.id).where(*conditions).order_by(Image.updated_at, Image.id).limit(limit)
+        return list(session.scalars(stmt))
+
+    return StaleImages(
+        queued=ids(
+            Image.status == ImageStatus.QUEUED.value,
+            Image.updated_at < now - dt.timedelta(seconds=requeue_after),
+        ),
+        queued_total=session.scalar(
+            select(func.count(Image.id)).where(Image.status == ImageStatus.QUEUED.value)
+        )
+        or 0,
+        processing=ids(
+            Image.status == ImageStatus.PROCESSING.value,
+            Image.updated_at < now - dt.timedelta(seconds=stuck_after),
+        ),
+        unmoved=ids(
+            Image.status.in_(FINISHED),
+            Image.archived_path.is_(None),
+            Image.updated_at < now - dt.timedelta(seconds=move_grace),
+        ),
+    )
+
+
+class AttemptCounter:
+    """How often a worker started on an image, kept in ``<folder>/<image id>`` on shared storage.
+
+    Guards against a poison image: one that kills its worker every time (out of memory) would
+    otherwise be redelivered forever. Only the worker holding the claim writes an image's file.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _file(self, image_id: int) -> Path:
+        return self.folder / str(image_id)
+
+    def get(self, image_id: int) -> int:
+        try:
+            return int(self._file(image_id).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def bump(self, image_id: int) -> int:
+        """Count one more attempt; returns the new count (1 for the first)."""
+        count = self.get(image_id) + 1
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{image_id}.{os.getpid()}"
+        tmp.write_text(str(count))
+        os.replace(tmp, self._file(image_id))
+        return count
+
+    def clear(self, image_id: int) -> None:
+        self._file(image_id).unlink(missing_ok=True)

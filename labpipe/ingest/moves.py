@@ -1,0 +1,143 @@
+"""Moving originals out of the inbox: to the archive after success, to quarantine with a reason file.
+
+Originals are never deleted or rewritten: a move is a rename on the same file system, and across
+file systems a copy to a temporary name in the destination folder, an atomic rename, and only then
+the removal of the source. An existing file at the destination is never overwritten: a different
+file with the same name keeps its name with the first 12 hex digits of its content hash added
+(``plate01.tif`` -> ``plate01.3fa9c2b07d1e.tif``). The folder structure below the inbox is kept
+(``inbox/LL-17/plate01.tif`` -> ``archive/LL-17/plate01.tif``). A sidecar (``plate01.json``)
+travels with its image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import os
+import shutil
+from pathlib import Path
+
+from labpipe.ingest.rules import sidecar_path
+
+__all__ = ["destination_for", "move_original", "reason_file_for", "write_reason_file"]
+
+_TMP_PREFIX = ".labpipe-moving-"
+
+
+def _relative(source: Path, inbox: Path) -> Path:
+    try:
+        return source.relative_to(inbox)
+    except ValueError:
+        return Path(source.name)
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """``plate.ome.tif`` -> (``plate``, ``.ome.tif``); ``plate.tif`` -> (``plate``, ``.tif``)."""
+    lowered = name.lower()
+    for double in (".ome.tif", ".ome.tiff", ".ome.btf"):
+        if lowered.endswith(double):
+            return name[: -len(double)], name[-len(double) :]
+    stem, dot, ext = name.rpartition(".")
+    return (stem, dot + ext) if stem else (name, "")
+
+
+def destination_for(source: Path, inbox: Path, dest_root: Path, content_hash: str) -> Path:
+    """Where ``source`` goes below ``dest_root``: same relative path, never an existing file.
+
+    >>> import tempfile; root = Path(tempfile.mkdtemp())
+    >>> destination_for(Path("/in/S1/p.tif"), Path("/in"), root, "ab" * 32).relative_to(root)
+    PosixPath('S1/p.tif')
+    """
+    target = dest_root / _relative(source, inbox)
+    if not target.exists() and not target.is_symlink():
+        return target
+    stem, suffix = _split_name(target.name)
+    tag = content_hash[:12] or "copy"
+    candidate = target.with_name(f"{stem}.{tag}{suffix}")
+    n = 2
+    while candidate.exists() or candidate.is_symlink():
+        candidate = target.with_name(f"{stem}.{tag}-{n}{suffix}")
+        n += 1
+    return candidate
+
+
+def _move(source: Path, target: Path) -> None:
+    """Move one file without ever overwriting ``target`` or leaving a half-copied file under its name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # fails if target exists: no silent overwrite
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        tmp = target.with_name(f"{_TMP_PREFIX}{target.name}")
+        try:
+            shutil.copy2(source, tmp)
+            if target.exists():
+                raise FileExistsError(errno.EEXIST, "target appeared while copying", str(target)) from exc
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    source.unlink()
+
+
+def move_original(source: Path, inbox: Path, dest_root: Path, content_hash: str) -> Path:
+    """Move ``source`` (and its sidecar, if any) below ``dest_root``; returns the new path.
+
+    Raises ``FileNotFoundError`` when ``source`` is gone. Retries with a new name if another
+    process took the chosen one at the same moment.
+    """
+    for _ in range(5):
+        target = destination_for(source, inbox, dest_root, content_hash)
+        try:
+            _move(source, target)
+        except FileExistsError:
+            continue
+        side = sidecar_path(source)
+        if side.is_file() and side != source:
+            side_target = target.with_name(_split_name(target.name)[0] + ".json")
+            if not side_target.exists():
+                with contextlib.suppress(OSError):  # the image is safe; the sidecar stays behind
+                    _move(side, side_target)
+        return target
+    raise FileExistsError(errno.EEXIST, "no free name below the destination", str(dest_root))
+
+
+def reason_file_for(moved: Path) -> Path:
+    """``quarantine/plate.tif`` -> ``quarantine/plate.tif.reason.txt``."""
+    return moved.with_name(moved.name + ".reason.txt")
+
+
+def write_reason_file(
+    moved: Path,
+    *,
+    status: str,
+    reason_code: str,
+    message: str,
+    image_id: int | None,
+    content_hash: str | None,
+    original: Path,
+) -> Path:
+    """Write ``<name>.reason.txt`` beside a quarantined file: what was wrong and what to do."""
+    text = "\n".join(
+        [
+            f"file: {moved.name}",
+            f"from: {original}",
+            f"status: {status}",
+            f"reason: {reason_code}",
+            f"message: {message}",
+            f"image id: {image_id if image_id is not None else '-'}",
+            f"content sha256: {content_hash or '-'}",
+            f"time: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
+            "what to do: repair or re-export the file and drop it into the inbox again; "
+            "it is then processed as a new attempt.",
+            "",
+        ]
+    )
+    path = reason_file_for(moved)
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,455 @@
+"""The folder watcher: finds complete files in the inbox, registers them, and sends their tasks.
+
+One loop, every ``[ingest] poll_interval`` seconds:
+
+1. take the paths that file-system events named since the last round (a ``watchdog`` observer:
+   native events, or polling for network shares where native events never arrive), and every
+   ``rescan_interval`` seconds all files of the inbox (the start is a full rescan: files dropped
+   while the daemon was down are found);
+2. for each candidate, ask :class:`~labpipe.ingest.stability.StabilityTracker` whether it is
+   complete; take the complete ones: hash, register (:mod:`labpipe.ingest.register`), then send the
+   task. The row exists before the task does, so a lost task is found again by the sweeper;
+3. every ``[queue] sweep_interval`` seconds, sweep: send again the tasks of queued images that
+   the broker lost, hand images whose worker died to another worker, finish interrupted moves,
+   remove abandoned stage directories.
+
+The watcher does not import Celery: it is given a :class:`TaskQueue`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from labpipe.analysis import file_sha256
+from labpipe.config import Settings
+from labpipe.db.models import Image
+from labpipe.errors import ConfigError
+from labpipe.imaging import verify_readable
+from labpipe.ingest.lifecycle import finish_move, stale_images, touch_image
+from labpipe.ingest.moves import move_original
+from labpipe.ingest.register import Outcome, register_file, register_unreadable
+from labpipe.ingest.rules import IngestRules
+from labpipe.ingest.stability import Completeness, StabilityTracker, Verdict
+from labpipe.logs import get_logger
+from labpipe.pipeline import STAGE_DIR_PREFIX
+
+__all__ = ["NETWORK_FILESYSTEMS", "TaskQueue", "Watcher", "choose_observer", "filesystem_type"]
+
+log = get_logger(__name__)
+
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smbfs",
+        "smb3",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "fuse.sshfs",
+        "fuse.rclone",
+        "davfs",
+        "fuse.davfs2",
+        "lustre",
+        "gpfs",
+    }
+)
+"""File systems on which native change events do not arrive (from other machines): poll instead."""
+
+
+class TaskQueue(Protocol):
+    """Where the watcher sends work (the Celery broker, in :mod:`workers.app`)."""
+
+    def send(self, image_id: int, *, takeover: bool = False, content_hash: str | None = None) -> None:
+        """Send the image's first task; raises when the broker cannot be reached.
+
+        ``content_hash`` lets the worker check that the task is meant for its database.
+        """
+        ...
+
+    def depth(self) -> int | None:
+        """Image tasks the broker holds (waiting or being worked on); ``None`` when unknown."""
+        ...
+
+    def housekeeping(self) -> None:
+        """Broker-specific upkeep, run with each sweep (the embedded broker's visibility timeout)."""
+        ...
+
+
+def filesystem_type(path: Path, mounts: Path = Path("/proc/mounts")) -> str | None:
+    """The type of the file system holding ``path`` (``ext4``, ``nfs4``, ...), from ``/proc/mounts``."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, best_type = point, fields[2]
+    return best_type
+
+
+def choose_observer(mode: str, inbox: Path) -> str:
+    """``native`` or ``poll`` for ``[ingest] observer`` (``auto`` polls on network file systems)."""
+    mode = mode.lower()
+    if mode in ("native", "poll"):
+        return mode
+    if mode != "auto":
+        raise ConfigError("[ingest] observer", f"unknown observer {mode!r}", "use auto, native or poll")
+    return "poll" if (filesystem_type(inbox) or "") in NETWORK_FILESYSTEMS else "native"
+
+
+def _hash_of(session: Session, image_id: int) -> str | None:
+    image = session.get(Image, image_id)
+    return image.content_hash if image is not None else None
+
+
+class Watcher:
+    """Watches ``[storage] inbox`` and feeds a :class:`TaskQueue` (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        tasks: TaskQueue,
+        *,
+        verify: Callable[[Path], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.tasks = tasks
+        self.storage = settings.storage
+        self.inbox = settings.storage.inbox_dir.absolute()
+        cfg = settings.ingest
+        self.rules = IngestRules.from_config(cfg.extensions, cfg.ignore, cfg.sample_from, cfg.sample_pattern)
+        imaging = settings.imaging
+        self.tracker = StabilityTracker(
+            cfg.stable_seconds,
+            cfg.unreadable_grace,
+            verify
+            or (
+                lambda p: verify_readable(
+                    p, max_pixels=imaging.max_pixels, max_decoded_pixels=imaging.max_decoded_pixels
+                )
+            ),
+            clock=clock,
+        )
+        self._clock = clock
+        self._candidates: set[Path] = set()
+        self._events: queue.SimpleQueue[tuple[Path, bool]] = queue.SimpleQueue()
+        self._taken: dict[Path, tuple[int, int]] = {}
+        """Files already handled, with the (size, mtime) they had: skipped by later rescans."""
+        self._waiting: dict[Path, tuple[int, int]] = {}
+        """Stable but unreadable files already logged, with the (size, mtime) they had."""
+        self._unsent: dict[int, tuple[bool, str | None]] = {}
+        """Images whose task could not be sent yet (broker down): image id -> (takeover, hash)."""
+        self._excluded = [
+            d.absolute()
+            for d in (self.storage.archive_dir, self.storage.quarantine_dir, self.storage.crops_dir)
+        ]
+        self._last_rescan = -1e18
+        self._last_sweep = clock()
+        self.counts: Counter[str] = Counter()
+
+    # -- finding candidates ----------------------------------------------------------------------
+
+    def _is_excluded(self, path: Path) -> bool:
+        return any(path == d or d in path.parents for d in self._excluded)
+
+    def _add_candidate(self, path: Path) -> None:
+        if path in self._candidates or self._is_excluded(path) or not self.rules.wants(path, self.inbox):
+            return
+        taken = self._taken.get(path)
+        if taken is not None:
+            try:
+                st = path.stat()
+            except OSError:
+                self._taken.pop(path, None)
+                return
+            if (st.st_size, st.st_mtime_ns) == taken:
+                return
+            self._taken.pop(path, None)  # the same name holds something new: look at it again
+        self._candidates.add(path)
+
+    def _walk(self, top: Path) -> None:
+        for dirpath, dirnames, filenames in os.walk(top):
+            here = Path(dirpath)
+            dirnames[:] = [
+                d for d in dirnames if not self._is_excluded(here / d) and not self.rules.ignores_folder(d)
+            ]
+            for name in filenames:
+                self._add_candidate(here / name)
+
+    def rescan(self) -> None:
+        """Look at every file in the inbox (at start, then every ``rescan_interval`` seconds)."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self._taken = {p: v for p, v in self._taken.items() if p.exists()}
+        self._walk(self.inbox)
+        self._last_rescan = self._clock()
+
+    def notify(self, path: Path, is_directory: bool = False) -> None:
+        """A file-system event named ``path`` (thread-safe; called by the observer's thread)."""
+        self._events.put((Path(path), is_directory))
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                path, is_dir = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if is_dir:
+                if path.is_dir() and not self._is_excluded(path):
+                    self._walk(path)
+            else:
+                self._add_candidate(path)
+
+    # -- taking files ------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One round: events, periodic rescan, candidates, unsent tasks, periodic sweep."""
+        self._drain_events()
+        interval = self.settings.ingest.rescan_interval
+        if interval > 0 and self._clock() - self._last_rescan >= interval:
+            self._guarded("rescan", self.rescan)
+        for path in sorted(self._candidates):
+            try:
+                self._consider(path)
+            except Exception:  # one bad file (or a database hiccup) must not stop the watcher
+                log.error("could not take file; will try again", exc_info=True, image=str(path))
+                self.counts["errors"] += 1
+        self._send_unsent()
+        if self._clock() - self._last_sweep >= self.settings.queue.sweep_interval:
+            self._guarded("sweep", self.sweep)
+
+    def _guarded(self, what: str, step: Callable[[], object]) -> None:
+        """Run a periodic step; an error (share or database away for a moment) is logged, not fatal."""
+        try:
+            step()
+        except Exception:
+            log.error(f"{what} failed; will try again", exc_info=True)
+            self.counts["errors"] += 1
+            if what == "sweep":
+                self._last_sweep = self._clock()
+            else:
+                self._last_rescan = self._clock()
+
+    def _consider(self, path: Path) -> None:
+        verdict = self.tracker.check(path)
+        if verdict.state is Completeness.WAIT and verdict.reason:
+            if self._waiting.get(path) != (verdict.size, verdict.mtime_ns):
+                self._waiting[path] = (verdict.size, verdict.mtime_ns)
+                log.info(
+                    "waiting: stable but not a complete image yet", image=str(path), reason=verdict.reason
+                )
+            return
+        self._waiting.pop(path, None)
+        if verdict.state is Completeness.GONE:
+            self._candidates.discard(path)
+        elif verdict.state is Completeness.READY:
+            self._take(path, verdict)
+        elif verdict.state is Completeness.UNREADABLE:
+            self._take_unreadable(path, verdict)
+
+    def _done_with(self, path: Path, verdict: Verdict) -> None:
+        self._candidates.discard(path)
+        self.tracker.forget(path)
+        if path.exists():
+            self._taken[path] = (verdict.size, verdict.mtime_ns)
+
+    def _hash_unchanged(self, path: Path, verdict: Verdict) -> str | None:
+        """The file's sha256, or ``None`` when it changed while being hashed (look again later)."""
+        content_hash = file_sha256(path)
+        st = path.stat()
+        if (st.st_size, st.st_mtime_ns) != (verdict.size, verdict.mtime_ns):
+            return None
+        return content_hash
+
+    def _take(self, path: Path, verdict: Verdict) -> None:
+        content_hash = self._hash_unchanged(path, verdict)
+        if content_hash is None:
+            return
+        sample = self.rules.sample_for(path, self.inbox)
+        bound = log.bind(image=str(path), sample=sample)
+        with self.session_factory() as session:
+            reg = register_file(session, path, content_hash, verdict.size, sample)
+            bound = bound.bind(image_id=reg.image_id)
+            self.counts[reg.outcome.value] += 1
+            if reg.outcome in (Outcome.NEW, Outcome.RETRY):
+                bound.info("registered", outcome=reg.outcome.value, note=reg.note or "")
+                self._done_with(path, verdict)
+                self._send(reg.image_id, content_hash=content_hash)
+                return
+            if reg.outcome is Outcome.DUPLICATE:
+                target = move_original(path, self.inbox, self.storage.archive_dir, content_hash)
+                bound.warning("duplicate file archived without processing", note=reg.note, to=str(target))
+            else:  # KNOWN: seen again after a restart; finish a move a crash interrupted
+                image = session.get(Image, reg.image_id)
+                if image is not None:
+                    finish_move(session, image, self.storage)
+        self._done_with(path, verdict)
+
+    def _take_unreadable(self, path: Path, verdict: Verdict) -> None:
+        content_hash = self._hash_unchanged(path, verdict)
+        if content_hash is None:
+            return
+        sample = self.rules.sample_for(path, self.inbox)
+        reason = verdict.reason or "not a readable image"
+        bound = log.bind(image=str(path), sample=sample)
+        with self.session_factory() as session:
+            reg = register_unreadable(session, path, content_hash, verdict.size, sample, reason)
+            self.counts[reg.outcome.value] += 1
+            image = session.get(Image, reg.image_id)
+            if reg.outcome is Outcome.DUPLICATE:
+                target = move_original(path, self.inbox, self.storage.archive_dir, content_hash)
+                bound.warning("duplicate file archived without processing", note=reg.note, to=str(target))
+            elif image is not None:
+                bound.error("quarantined: not a complete, readable image", image_id=image.id, reason=reason)
+                finish_move(session, image, self.storage, reason_code="ImageReadError")
+        self._done_with(path, verdict)
+
+    # -- sending tasks -----------------------------------------------------------------------------
+
+    def _send(self, image_id: int, takeover: bool = False, content_hash: str | None = None) -> None:
+        try:
+            self.tasks.send(image_id, takeover=takeover, content_hash=content_hash)
+        except Exception as exc:
+            self._unsent[image_id] = (takeover or self._unsent.get(image_id, (False, None))[0], content_hash)
+            log.warning("broker unavailable; will send again", image_id=image_id, error=str(exc))
+        else:
+            self._unsent.pop(image_id, None)
+            self.counts["sent"] += 1
+
+    def _send_unsent(self) -> None:
+        for image_id, (takeover, content_hash) in list(self._unsent.items()):
+            self._send(image_id, takeover, content_hash)
+            if image_id in self._unsent:
+                return  # still down: try the rest next round
+
+    # -- the sweeper -------------------------------------------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Re-send lost tasks, take over abandoned images, finish interrupted moves (module docstring)."""
+        self._last_sweep = self._clock()
+        q = self.settings.queue
+        report = Counter[str]()
+        with self.session_factory() as session:
+            stale = stale_images(session, requeue_after=q.requeue_after, stuck_after=q.stuck_after)
+            for image_id in stale.processing:
+                touch_image(session, image_id)
+                log.warning("no progress: handing the image to another worker", image_id=image_id)
+                self._send(image_id, takeover=True, content_hash=_hash_of(session, image_id))
+                report["taken_over"] += 1
+            if stale.queued:
+                try:
+                    depth = self.tasks.depth()
+                except Exception:
+                    depth = None
+                if depth is None or depth < stale.queued_total:
+                    for image_id in stale.queued:
+                        touch_image(session, image_id)
+                        self._send(image_id, content_hash=_hash_of(session, image_id))
+                        report["resent"] += 1
+                    log.warning(
+                        "queued images without a task in the broker: sent again",
+                        resent=len(stale.queued),
+                        queued=stale.queued_total,
+                        broker_depth=depth if depth is not None else "unknown",
+                    )
+            for image_id in stale.unmoved:
+                image = session.get(Image, image_id)
+                try:
+                    if image is not None and finish_move(session, image, self.storage) is not None:
+                        report["moved"] += 1
+                except OSError as exc:
+                    log.error("cannot move original", image_id=image_id, error=str(exc))
+        try:
+            self.tasks.housekeeping()
+        except Exception as exc:
+            log.warning("broker housekeeping failed", error=str(exc))
+        report["stage_dirs_removed"] = self._remove_abandoned_stage_dirs()
+        self.counts.update(report)
+        return dict(report)
+
+    def _remove_abandoned_stage_dirs(self) -> int:
+        crops = self.storage.crops_dir
+        if not crops.is_dir():
+            return 0
+        cutoff = time.time() - 2 * self.settings.queue.stuck_after
+        removed = 0
+        for directory in crops.glob(f"{STAGE_DIR_PREFIX}*"):
+            try:
+                if directory.stat().st_mtime < cutoff:
+                    shutil.rmtree(directory, ignore_errors=True)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def _start_observer(self) -> object | None:
+        mode = choose_observer(self.settings.ingest.observer, self.inbox)
+        try:
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler
+            from watchdog.observers import Observer
+            from watchdog.observers.polling import PollingObserver
+        except ImportError:  # pragma: no cover - watchdog is a dependency; rescans still work
+            log.warning("watchdog is not installed: relying on rescans only")
+            return None
+
+        watcher = self
+
+        class _Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write", "deleted"):
+                    return
+                for raw in (event.src_path, getattr(event, "dest_path", "")):
+                    if raw:
+                        text = raw.decode() if isinstance(raw, bytes) else raw
+                        watcher.notify(Path(text), event.is_directory)
+
+        if mode == "poll":
+            observer = PollingObserver(timeout=max(0.1, self.settings.ingest.poll_interval))
+        else:
+            observer = Observer()
+        observer.schedule(_Handler(), str(self.inbox), recursive=True)
+        observer.daemon = True
+        observer.start()
+        log.info("watching", inbox=str(self.inbox), observer=mode)
+        return observer
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch until ``stop`` is set; a full rescan at start picks up files dropped while down."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.rescan()
+        observer = self._start_observer()
+        try:
+            self._guarded("sweep", self.sweep)
+            while not stop.is_set():
+                self.tick()
+                stop.wait(max(0.05, self.settings.ingest.poll_interval))
+        finally:
+            if observer is not None:
+                observer.stop()  # type: ignore[attr-defined]
+                observer.join(timeout=5)  # type: ignore[attr-defined]
+            log.info("watcher stopped", **dict(self.counts))

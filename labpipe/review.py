@@ -1,0 +1,325 @@
+"""Human review of specimens: record verifications (one or many), and export the verified crops as a
+training folder for the next model.
+
+A verification is a row of its own (:class:`~labpipe.db.models.Verification`): who, when, what
+they said. Nothing is overwritten; the latest verification of a specimen wins over every
+prediction in the counts (:func:`labpipe.reports.counts.resolve`). The four verdicts:
+
+==============  ===========================================================================
+``confirmed``   the model's family is right (``family`` may repeat it, or stay empty)
+``corrected``   the family is ``family`` instead (required: from the model's labels or free text)
+``not_specimen`` debris, a shadow, a label: excluded from every count
+``multiple``    the box holds several specimens (counted once; ``family`` optional)
+==============  ===========================================================================
+
+:func:`export_training_folder` writes ``OUT/<Family>/<file>.png``: every specimen whose latest
+verification names a family (confirmed or corrected), the crop copied as is, plus ``labels.csv``
+(one row per file: who verified it and when). That is the layout ``labpipe train classifier``
+reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from labpipe.crops.store import safe_component
+from labpipe.db.models import (
+    BarcodeLink,
+    Classification,
+    Image,
+    Specimen,
+    Verification,
+    VerificationStatus,
+    utcnow,
+)
+from labpipe.errors import LabpipeError
+
+__all__ = [
+    "MAX_BULK",
+    "ReviewError",
+    "TrainingExport",
+    "export_training_folder",
+    "latest_verifications",
+    "record_verification",
+    "record_verifications",
+]
+
+MAX_BULK = 1000
+"""Most specimens one bulk verification may touch (a page of the gallery is far fewer)."""
+
+_FAMILY_MAX = 128
+_NAME_MAX = 255
+
+
+class ReviewError(LabpipeError):
+    """A verification that cannot be recorded (unknown specimen, missing family, bad verdict)."""
+
+
+def _clean_family(family: str | None) -> str | None:
+    """Trim, collapse inner whitespace; empty becomes ``None``.
+
+    >>> _clean_family("  Carabidae "), _clean_family(""), _clean_family("Leaf  beetles")
+    ('Carabidae', None, 'Leaf beetles')
+    """
+    if family is None:
+        return None
+    text = " ".join(str(family).split())
+    return text or None
+
+
+def _check(status: str, family: str | None, verified_by: str) -> tuple[VerificationStatus, str | None, str]:
+    try:
+        verdict = VerificationStatus(status)
+    except ValueError:
+        known = ", ".join(v.value for v in VerificationStatus)
+        raise ReviewError(status, "not a verdict", f"use one of {known}") from None
+    family = _clean_family(family)
+    if verdict is VerificationStatus.CORRECTED and family is None:
+        raise ReviewError("corrected", "a correction needs the right family", "pick or type the family")
+    if verdict is VerificationStatus.NOT_SPECIMEN:
+        family = None  # debris has no family: whatever was typed is dropped
+    if family is not None and len(family) > _FAMILY_MAX:
+        raise ReviewError(family[:40] + "...", f"family longer than {_FAMILY_MAX} characters")
+    who = " ".join(str(verified_by or "").split())
+    if not who:
+        raise ReviewError("verified_by", "a verification needs the name of the person", "log in with a name")
+    return verdict, family, who[:_NAME_MAX]
+
+
+def record_verifications(
+    session: Session,
+    specimen_ids: Iterable[int],
+    status: str,
+    *,
+    family: str | None = None,
+    verified_by: str,
+    note: str | None = None,
+    at: dt.datetime | None = None,
+) -> list[Verification]:
+    """Add one verification per specimen (all with the same verdict, person and time); flushed, not
+    committed.
+
+    Parameters
+    ----------
+    specimen_ids:
+        The specimens (duplicates are verified once); at most :data:`MAX_BULK`.
+    status:
+        A :class:`~labpipe.db.models.VerificationStatus` value.
+    family:
+        The family: required for ``corrected``, optional for ``confirmed`` and ``multiple``,
+        ignored for ``not_specimen``.
+    verified_by, note, at:
+        Who, why, and when (default: now, UTC).
+
+    Raises
+    ------
+    ReviewError
+        Unknown verdict, a correction without a family, no name, too many specimens, or an id that
+        is no specimen (then nothing is added).
+
+    A specimen's barcode records that were waiting for review (``needs_review``) are marked
+    reviewed: a person has now looked at it.
+    """
+    verdict, family, who = _check(status, family, verified_by)
+    ids = list(dict.fromkeys(int(i) for i in specimen_ids))
+    if not ids:
+        raise ReviewError(None, "no specimen selected", "tick at least one specimen")
+    if len(ids) > MAX_BULK:
+        raise ReviewError(None, f"{len(ids)} specimens selected, at most {MAX_BULK} at once")
+    found = set(session.scalars(select(Specimen.id).where(Specimen.id.in_(ids))))
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise ReviewError(f"specimen {missing[0]}", "no such specimen", "it may have been re-processed")
+    when = at or utcnow()
+    note = (note or "").strip() or None
+    rows = [
+        Verification(
+            specimen_id=i, status=verdict.value, family=family, verified_by=who, verified_at=when, note=note
+        )
+        for i in ids
+    ]
+    session.add_all(rows)
+    session.execute(
+        update(BarcodeLink)
+        .where(BarcodeLink.specimen_id.in_(ids), BarcodeLink.needs_review.is_(True))
+        .values(needs_review=False)
+    )
+    session.flush()
+    return rows
+
+
+def record_verification(
+    session: Session,
+    specimen_id: int,
+    status: str,
+    *,
+    family: str | None = None,
+    verified_by: str,
+    note: str | None = None,
+    at: dt.datetime | None = None,
+) -> Verification:
+    """One specimen's verification (see :func:`record_verifications`); flushed, not committed."""
+    (row,) = record_verifications(
+        session, [specimen_id], status, family=family, verified_by=verified_by, note=note, at=at
+    )
+    return row
+
+
+def latest_verifications() -> Any:
+    """A subquery: each specimen's latest verification (``specimen_id``, ``status``, ``family``,
+    ``verified_by``, ``verified_at``), the one that counts (by time, then id)."""
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=Verification.specimen_id,
+            order_by=(Verification.verified_at.desc(), Verification.id.desc()),
+        )
+        .label("rank")
+    )
+    ranked = select(
+        Verification.specimen_id,
+        Verification.status,
+        Verification.family,
+        Verification.verified_by,
+        Verification.verified_at,
+        rank,
+    ).subquery("ranked_verification")
+    return (
+        select(
+            ranked.c.specimen_id,
+            ranked.c.status,
+            ranked.c.family,
+            ranked.c.verified_by,
+            ranked.c.verified_at,
+        )
+        .where(ranked.c.rank == 1)
+        .subquery("latest_verification")
+    )
+
+
+@dataclass
+class TrainingExport:
+    """What :func:`export_training_folder` wrote."""
+
+    out_dir: Path
+    families: dict[str, int] = field(default_factory=dict)
+    """Files written per family folder."""
+    missing_crops: list[int] = field(default_factory=list)
+    """Specimens whose crop file was not found (left out)."""
+    skipped: Counter[str] = field(default_factory=Counter)
+    """Verified specimens left out, by why (``not_specimen``, ``multiple``, ``no_family``)."""
+
+    @property
+    def files(self) -> int:
+        return sum(self.families.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "files": self.files,
+            "families": dict(sorted(self.families.items())),
+            "missing_crops": list(self.missing_crops),
+            "skipped": dict(self.skipped),
+        }
+
+
+def _newest_family(session: Session, ids: Sequence[int]) -> dict[int, str | None]:
+    """Each specimen's newest classification's best family (for confirmations that name none)."""
+    if not ids:
+        return {}
+    newest = (
+        select(Classification.specimen_id, func.max(Classification.id).label("cid"))
+        .where(Classification.specimen_id.in_(ids))
+        .group_by(Classification.specimen_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Classification.specimen_id, Classification.family, Classification.top_k).join(
+            newest, newest.c.cid == Classification.id
+        )
+    )
+    out: dict[int, str | None] = {}
+    for sid, family, top_k in rows:
+        out[sid] = family or (str(top_k[0][0]) if top_k else None)
+    return out
+
+
+def export_training_folder(
+    session: Session,
+    crops_dir: Path,
+    out_dir: Path,
+    *,
+    samples: Sequence[str] = (),
+    since: dt.datetime | None = None,
+) -> TrainingExport:
+    """Copy the crops of verified specimens into ``out_dir/<Family>/`` (the training layout).
+
+    Parameters
+    ----------
+    crops_dir:
+        The crops folder (``[storage] crops``): crop paths are relative to it, and files outside it
+        are never read.
+    out_dir:
+        Created if needed; must not already hold family folders from another export (files of the
+        same name are overwritten, others are left).
+    samples, since:
+        Only specimens of these samples, only verifications at or after this time.
+
+    Only the latest verification of each specimen counts: ``confirmed`` (the named family, else the
+    model's) and ``corrected`` go in; ``not_specimen`` and ``multiple`` (a box with several
+    specimens is a bad training example) are counted in ``skipped``.
+    """
+    latest = latest_verifications()
+    query = (
+        select(Specimen.id, Specimen.crop_path, Image.sample_id, latest.c.status, latest.c.family)
+        .add_columns(latest.c.verified_by, latest.c.verified_at)
+        .join(latest, latest.c.specimen_id == Specimen.id)
+        .join(Image, Image.id == Specimen.image_id)
+        .order_by(Specimen.id)
+    )
+    if samples:
+        query = query.where(Image.sample_id.in_(list(samples)))
+    if since is not None:
+        query = query.where(latest.c.verified_at >= since)
+    rows = session.execute(query).all()
+    confirmed_without = [r[0] for r in rows if r[3] == VerificationStatus.CONFIRMED and not r[4]]
+    predicted = _newest_family(session, confirmed_without)
+    result = TrainingExport(Path(out_dir))
+    base = crops_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_rows: list[list[Any]] = []
+    for sid, crop_path, sample, status, family, who, when in rows:
+        if status in (VerificationStatus.NOT_SPECIMEN, VerificationStatus.MULTIPLE):
+            result.skipped[status] += 1
+            continue
+        family = family or (predicted.get(sid) if status == VerificationStatus.CONFIRMED else None)
+        if not family:
+            result.skipped["no_family"] += 1
+            continue
+        source = (base / crop_path).resolve() if crop_path else None
+        if source is None or not source.is_relative_to(base) or not source.is_file():
+            result.missing_crops.append(sid)
+            continue
+        folder = safe_component(family)
+        target = out_dir / folder / f"{safe_component(sample) if sample else '_'}-{sid:07d}{source.suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        result.families[folder] = result.families.get(folder, 0) + 1
+        manifest_rows.append(
+            [target.relative_to(out_dir).as_posix(), family, sid, sample or "", status, who, when.isoformat()]
+        )
+    with (out_dir / "labels.csv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["file", "family", "specimen_id", "sample", "status", "verified_by", "verified_at"])
+        writer.writerows(manifest_rows)
+    return result
