@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from labpipe.metrics.detection import match_detections
+from labpipe.metrics.detection import match_detections, precision_recall_f1
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
@@ -164,16 +164,15 @@ class DetectorReport:
 
     @property
     def precision(self) -> float:
-        return self.true_positives / self.n_detections if self.n_detections else 1.0
+        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[0]
 
     @property
     def recall(self) -> float:
-        return self.true_positives / self.n_truth if self.n_truth else 1.0
+        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[1]
 
     @property
     def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
+        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[2]
 
     @property
     def mean_abs_count_error(self) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MatchResult", "iou_matrix", "match_detections"]
+__all__ = ["MatchResult", "iou_matrix", "match_detections", "precision_recall_f1"]
 
 Box = Sequence[float]
 
@@ -35,6 +35,19 @@ def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
     union = aa[:, 2:3] * aa[:, 3:4] + bb[:, 2] * bb[:, 3] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / union, 0.0)
+
+
+def precision_recall_f1(true_positives: int, n_detections: int, n_truth: int) -> tuple[float, float, float]:
+    """Precision (1.0 when nothing was detected: no false claims), recall (1.0 when there was
+    nothing to find) and their harmonic mean F1 (0.0 when both are 0).
+
+    >>> precision_recall_f1(3, 4, 6)
+    (0.75, 0.5, 0.6)
+    """
+    precision = true_positives / n_detections if n_detections else 1.0
+    recall = true_positives / n_truth if n_truth else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
 
 
 @dataclass(frozen=True)
@@ -61,17 +74,16 @@ class MatchResult:
     @property
     def precision(self) -> float:
         """TP / detections; 1.0 when nothing was detected (no false claims were made)."""
-        return self.true_positives / self.n_detections if self.n_detections else 1.0
+        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[0]
 
     @property
     def recall(self) -> float:
         """TP / truth; 1.0 when there was nothing to find."""
-        return self.true_positives / self.n_truth if self.n_truth else 1.0
+        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[1]
 
     @property
     def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
+        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[2]
 
     @property
     def matched_truth(self) -> set[int]:
