@@ -69,6 +69,7 @@ __all__ = [
     "build_detr",
     "load_detr_model",
     "model_dir_hash",
+    "reset_detr_parameters",
     "resolve_device",
     "save_detr_model",
 ]
@@ -232,9 +233,34 @@ def build_detr(
         label2id={name: i for i, name in enumerate(labels)},
     )
     model = ConditionalDetrForObjectDetection(config)
+    reset_detr_parameters(model)
     if imagenet_backbone:
         detr_backbone.load_imagenet_weights(model.model.backbone.model)
     return model
+
+
+@torch.no_grad()
+def reset_detr_parameters(model: Any, prior_prob: float = 0.01) -> None:
+    """Initialise a new Conditional DETR as the reference implementations do [1]_ [2]_.
+
+    ``transformers`` initialises every embedding and linear layer from N(0, 0.02), which is harmless
+    when pretrained weights are loaded afterwards but cripples training from scratch: the object
+    queries' embeddings are then nearly equal, so all reference points start at the same spot
+    (spread 0.0002 of the image) and every query gives the same box and score. Here, as in the
+    DETR and Conditional DETR code: query embeddings from N(0, 1), transformer weights Xavier-uniform,
+    the class bias at the focal-loss prior ``-log((1 - p) / p)`` and the last box layer at zero.
+    """
+    inner = model.model
+    for module in (inner.encoder, inner.decoder):
+        for param in module.parameters():
+            if param.dim() > 1:
+                torch.nn.init.xavier_uniform_(param)
+    torch.nn.init.normal_(inner.query_position_embeddings.weight, 0.0, 1.0)
+    inner.input_projection.reset_parameters()
+    torch.nn.init.constant_(model.class_labels_classifier.bias, -math.log((1 - prior_prob) / prior_prob))
+    last = model.bbox_predictor.layers[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
 
 
 def save_detr_model(
