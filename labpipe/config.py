@@ -105,8 +105,10 @@ class CropConfig:
 class ClassifierConfig:
     model: str = "builtin:imagenet-efficientnet-lite0"
     """``builtin:imagenet-efficientnet-lite0`` or the path of a trained model directory."""
-    threshold: float = 0.5
-    """A specimen whose best family probability is below this is rejected as uncertain."""
+    threshold: float | None = None
+    """A specimen whose best family probability is below this is rejected as uncertain. ``None``
+    (the default): a trained model's own threshold, chosen on its validation split; 0.5 for the
+    built-in classifier."""
     batch_size: int = 16
     threads: int = 0
     """Torch CPU threads (0: all cores)."""

@@ -17,12 +17,14 @@ def test_shipped_config_toml_states_exactly_the_built_in_defaults() -> None:
     from_file = load_settings(ROOT / "config.toml", environ={})
     defaults = Settings()
     assert from_file.as_dict() == defaults.as_dict()
-    # every key is present in the file, so it documents all of them
+    # every key is present in the file, so it documents all of them; a key unset by default
+    # (TOML has no null) is shown commented out
     text = (ROOT / "config.toml").read_text()
     for section, values in defaults.as_dict().items():
         assert f"[{section}]" in text
-        for key in values:
-            assert f"\n{key} = " in text, f"{section}.{key} is missing from config.toml"
+        for key, value in values.items():
+            line = f"\n{key} = " if value is not None else f"\n# {key} = "
+            assert line in text, f"{section}.{key} is missing from config.toml"
 
 
 def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:

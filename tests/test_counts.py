@@ -84,6 +84,13 @@ def test_hard_rejections_stay_rejected_whatever_the_threshold(code: str) -> None
         assert resolve(call, threshold).outcome is Outcome.REJECTED
 
 
+def test_an_out_of_distribution_specimen_adds_nothing_to_any_familys_expected_count() -> None:
+    far = resolve(_call(probability=0.9, reason="out_of_distribution: feature distance 120 > 90"))
+    assert (far.distribution, far.other) == ((), 1.0)
+    unsure = resolve(_call())  # low confidence: its probabilities still say something
+    assert unsure.distribution == (("Carabidae", 0.45), ("Staphylinidae", 0.30))
+
+
 def test_a_persons_verification_wins_over_the_prediction() -> None:
     corrected = resolve(_call(verification="corrected", verified_family="Curculionidae"), threshold=0.99)
     assert (corrected.outcome, corrected.family, corrected.verified) == (

@@ -19,6 +19,7 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from labpipe.classify.augment import AugmentSpec, augment_square, color_jitter, rotate_square, view_rng
+from labpipe.classify.base import reason_code
 from labpipe.classify.calibration import (
     expected_calibration_error,
     fit_temperature,
@@ -243,7 +244,7 @@ def test_model_directory_loads_through_the_production_loader_and_classifies(
     trained: dict, shared_data: Path
 ) -> None:
     out: Path = trained["out"]
-    clf = load_classifier(str(out), threshold=0.5, threads=1, top_k=2)
+    clf = load_classifier(str(out), threads=1, top_k=2)
     assert isinstance(clf, TrainedFamilyClassifier)
     identity = model_identity(out)
     assert (
@@ -251,6 +252,7 @@ def test_model_directory_loads_through_the_production_loader_and_classifies(
     )
     assert clf.labels_hash == labels_sha256(["Carabidae", "Formicidae"])
     assert clf.threshold == json.loads((out / "config.json").read_text())["threshold"]  # the model's own
+    assert load_classifier(str(out), threshold=0.5, threads=1).threshold == 0.5  # asked for: honoured
     beetle = load_square(sorted((shared_data / "carabidae-crops").iterdir())[-1])  # not in training
     tall = np.asarray(PILImage.open(sorted((shared_data / "carabidae-crops").iterdir())[-2]).convert("RGB"))
     results = clf.classify([beetle, tall])  # a non-square crop is padded with the same rule
@@ -261,6 +263,26 @@ def test_model_directory_loads_through_the_production_loader_and_classifies(
     assert probs.sum() == pytest.approx(1.0)
     assert probs[0] == pytest.approx(softmax(clf.logits([beetle]), clf.temperature)[0])
     assert clf.logits([tall]) == pytest.approx(clf.logits([pad_to_square(tall)]))
+
+
+def test_a_specimen_unlike_every_trained_family_is_rejected_as_out_of_distribution(
+    trained: dict, shared_data: Path
+) -> None:
+    out: Path = trained["out"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["ood"]["threshold"] > 0 and (out / config["ood"]["file"]).is_file()
+    assert config["ood"]["keep"] == 0.975 and config["ood"]["fitted_on"] == 18 * 2  # 9 per family, 2 views
+    clf = load_classifier(str(out), threads=1)
+    wells = [load_square(p) for p in sorted((shared_data / "bioscan-wells" / "single").iterdir())[:10]]
+    beetles = [load_square(p) for p in sorted((shared_data / "carabidae-crops").iterdir())[-10:]]
+    results = clf.classify([*wells, *beetles])
+    codes = [reason_code(r.reason) for r in results]
+    # Flies, wasps and bugs in wells: neither ants nor ground beetles, whatever the softmax says.
+    assert codes[:10].count("out_of_distribution") >= 8
+    far = results[codes.index("out_of_distribution")]
+    assert far.rejected and "from every family" in (far.reason or "")
+    assert codes[10:].count("out_of_distribution") <= 1  # unseen ground beetles are in distribution
+    assert all(r.family for r in results)  # the best family is still named, for review
 
 
 def test_a_second_training_run_reads_every_feature_from_the_cache(trained: dict) -> None:
@@ -316,7 +338,13 @@ def test_eval_reports_accuracy_calibration_rejection_and_plots(
     assert report["confusion_matrix"]["counts"] and len(report["confusion_matrix"]["counts"]) == 2
     assert {"ece_before", "ece_after", "temperature"} <= set(report["calibration"])
     assert {"correct_kept", "wrong_rejected", "coverage", "accepted_accuracy"} <= set(report["at_threshold"])
-    assert report["out_of_distribution"][f"{tmp_path.name}/wells"]["images"] == 3
+    wells = report["out_of_distribution"][f"{tmp_path.name}/wells"]
+    assert wells["images"] == 3
+    assert wells["rejected"] >= max(wells["rejected_by_confidence"], wells["rejected_by_distance"])
+    assert report["at_threshold"]["distance_threshold"] == pytest.approx(
+        json.loads((trained["out"] / "config.json").read_text())["ood"]["threshold"], rel=1e-3
+    )
+    assert "confidence_only" in report["at_threshold"]
     for key in ("confusion_csv", "confusion_png", "risk_coverage_png"):
         assert Path(report["files"][key]).is_file()
     lines = (tmp_path / "report" / "confusion.csv").read_text().splitlines()

@@ -12,6 +12,7 @@ __all__ = [
     "REJECT_FAMILY_UNRESOLVED",
     "REJECT_LOW_CONFIDENCE",
     "REJECT_NOT_ARTHROPOD",
+    "REJECT_OUT_OF_DISTRIBUTION",
     "REJECT_REASONS",
     "Classification",
     "FamilyClassifier",
@@ -21,7 +22,13 @@ __all__ = [
 REJECT_LOW_CONFIDENCE = "low_confidence"
 REJECT_NOT_ARTHROPOD = "not_arthropod"
 REJECT_FAMILY_UNRESOLVED = "family_unresolved"
-REJECT_REASONS = (REJECT_LOW_CONFIDENCE, REJECT_NOT_ARTHROPOD, REJECT_FAMILY_UNRESOLVED)
+REJECT_OUT_OF_DISTRIBUTION = "out_of_distribution"
+REJECT_REASONS = (
+    REJECT_LOW_CONFIDENCE,
+    REJECT_NOT_ARTHROPOD,
+    REJECT_FAMILY_UNRESOLVED,
+    REJECT_OUT_OF_DISTRIBUTION,
+)
 """Stable codes. A ``Classification.reason`` starts with one of them, then ``": "`` and a
 human-readable explanation, e.g. ``"not_arthropod: top class 'dishrag' 0.41"``."""
 

@@ -36,10 +36,17 @@ DirectoryLoader = Callable[..., FamilyClassifier]
 """``loader(directory, config, *, threshold, batch_size, threads, top_k) -> FamilyClassifier``."""
 
 
-def _imagenet_efficientnet_lite0(*, threshold: float, batch_size: int, threads: int, top_k: int) -> Any:
-    from labpipe.classify.imagenet_family import ImageNetFamilyClassifier
+def _imagenet_efficientnet_lite0(
+    *, threshold: float | None, batch_size: int, threads: int, top_k: int
+) -> Any:
+    from labpipe.classify.imagenet_family import DEFAULT_THRESHOLD, ImageNetFamilyClassifier
 
-    return ImageNetFamilyClassifier(threshold=threshold, batch_size=batch_size, threads=threads, top_k=top_k)
+    return ImageNetFamilyClassifier(
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        batch_size=batch_size,
+        threads=threads,
+        top_k=top_k,
+    )
 
 
 _BUILTINS: dict[str, Callable[..., FamilyClassifier]] = {
@@ -65,7 +72,7 @@ def _valid_specs_hint() -> str:
 def load_classifier(
     spec: str,
     *,
-    threshold: float,
+    threshold: float | None = None,
     batch_size: int = 16,
     threads: int = 0,
     top_k: int = 3,
@@ -79,9 +86,8 @@ def load_classifier(
         ``builtin:imagenet-efficientnet-lite0``, a model directory path, or ``registry:default`` /
         ``registry:<version>`` (a registered model, looked up in the database at ``database_url``).
     threshold, batch_size, threads, top_k:
-        As in ``ClassifierConfig``. A trained directory uses its own validated threshold unless
-        ``threshold`` differs from the configuration default (see
-        :func:`labpipe.classify.trained.resolve_threshold`).
+        As in ``ClassifierConfig``. ``threshold=None``: a trained directory's own validated
+        threshold, 0.5 for the built-in classifier.
 
     Raises
     ------

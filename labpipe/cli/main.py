@@ -222,10 +222,20 @@ def evaluate() -> None:
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--expected", type=int, required=True, help="Specimens in every image (e.g. 1 or 0).")
 @click.option("--detector", "detector_kind", help="'classical' or a DETR model directory (default: config).")
+@click.option(
+    "--um-per-px",
+    type=float,
+    help="Scale of images that carry none (default: [imaging] um_per_px); a learned detector needs it.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def eval_counts(
-    obj: _Context, folders: tuple[Path, ...], expected: int, detector_kind: str | None, as_json: bool
+    obj: _Context,
+    folders: tuple[Path, ...],
+    expected: int,
+    detector_kind: str | None,
+    um_per_px: float | None,
+    as_json: bool,
 ) -> None:
     """Share of images in FOLDERS where the detector finds exactly --expected specimens.
 
@@ -238,7 +248,14 @@ def eval_counts(
     obj.overrides["detector.kind"] = detector_kind
     detector = build_detector(obj.settings)
     reports = [
-        evaluate_counts(f, expected, detector, obj.settings.imaging.overview_max_side, progress=not as_json)
+        evaluate_counts(
+            f,
+            expected,
+            detector,
+            obj.settings.imaging.overview_max_side,
+            progress=not as_json,
+            um_per_px_fallback=um_per_px or obj.settings.um_per_px_fallback,
+        )
         for f in folders
     ]
     if as_json:
@@ -265,10 +282,14 @@ def eval_family(
     from labpipe.evaluation.folders import evaluate_family
 
     cfg = obj.settings.classifier
-    threshold = cfg.threshold if threshold is None else threshold
     classifier = load_classifier(
-        cfg.model, threshold=threshold, batch_size=cfg.batch_size, threads=cfg.threads, top_k=cfg.top_k
+        cfg.model,
+        threshold=cfg.threshold if threshold is None else threshold,
+        batch_size=cfg.batch_size,
+        threads=cfg.threads,
+        top_k=cfg.top_k,
     )
+    threshold = float(classifier.threshold)  # type: ignore[attr-defined]
     reports = [evaluate_family(f, family, classifier, threshold, progress=not as_json) for f in folders]
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in reports], indent=2))

@@ -102,6 +102,13 @@ def train() -> None:
     show_default=True,
     help="Accuracy of accepted predictions the threshold is chosen for, on validation.",
 )
+@click.option(
+    "--ood-keep",
+    type=float,
+    default=0.975,
+    show_default=True,
+    help="Share of validation images the out-of-distribution feature-distance rule keeps (0: no rule).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Split and augmentation seed.")
 @click.option(
     "--cache-dir",
@@ -128,6 +135,7 @@ def train_classifier_command(
     lr: float,
     balance: str,
     target: float,
+    ood_keep: float,
     seed: int,
     cache_dir: Path | None,
     no_cache: bool,
@@ -143,8 +151,10 @@ def train_classifier_command(
     squares as in production) and of --views augmented copies (rotation, flips, colour jitter),
     cached so a second run is fast; --finetune then trains the whole network. Probabilities are
     calibrated by temperature scaling on validation, and the rejection threshold is the lowest one
-    whose accepted validation predictions are at least --target correct. The test split is
-    evaluated into metrics.json, confusion.csv/png and risk_coverage.png in --out.
+    whose accepted validation predictions are at least --target correct. Specimens whose backbone
+    features lie far from every family (Mahalanobis distance; the distance keeping --ood-keep of
+    validation) are rejected as out of distribution. The test split is evaluated into
+    metrics.json, confusion.csv/png and risk_coverage.png in --out.
     """
     from labpipe.classify.augment import AugmentSpec
     from labpipe.classify.training import TrainOptions, train_classifier
@@ -162,6 +172,7 @@ def train_classifier_command(
             balance=balance,
             seed=seed,
             target=target,
+            ood_keep=ood_keep,
             finetune=finetune,
             finetune_epochs=finetune_epochs,
             threads=settings.classifier.threads if threads is None else threads,
@@ -248,8 +259,23 @@ def _format_report_lines(r: dict[str, Any]) -> list[str]:
         f"correct kept {at['correct_kept']}, wrong rejected {at['wrong_rejected']} "
         f"({at['n_correct']} correct, {at['n_wrong']} wrong)",
     ]
+    if at.get("confidence_only"):
+        c = at["confidence_only"]
+        lines[-1] += f" with the feature-distance rule (distance > {at['distance_threshold']})"
+        lines.append(
+            f"  confidence rule alone: coverage {c['coverage']}, accepted accuracy {c['accepted_accuracy']}, "
+            f"correct kept {c['correct_kept']}, wrong rejected {c['wrong_rejected']}"
+        )
     for name, o in r.get("out_of_distribution", {}).items():
-        lines.append(f"OOD {name}: {o['rejected']} of {o['images']} rejected; accepted as {o['accepted_as']}")
+        by = ""
+        if o.get("rejected_by_distance") is not None:
+            by = (
+                f" (confidence alone {o['rejected_by_confidence']}, "
+                f"distance alone {o['rejected_by_distance']})"
+            )
+        lines.append(
+            f"OOD {name}: {o['rejected']} of {o['images']} rejected{by}; accepted as {o['accepted_as']}"
+        )
     for key, path in r.get("files", {}).items():
         lines.append(f"{key}: {path}")
     return lines

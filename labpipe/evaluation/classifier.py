@@ -52,6 +52,7 @@ __all__ = [
     "classifier_report",
     "evaluate_classifier_folder",
     "folder_logits",
+    "folder_scores",
     "plot_confusion",
     "plot_risk_coverage",
     "write_confusion_csv",
@@ -85,6 +86,11 @@ class ClassifierReport:
         return {**self.summary, "files": dict(self.files)}
 
 
+def _share(mask: np.ndarray) -> float:
+    """Share of True in ``mask`` (rounded), NaN when empty."""
+    return _r(float(mask.mean())) if len(mask) else float("nan")
+
+
 def classifier_report(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -94,6 +100,9 @@ def classifier_report(
     *,
     target: float | None = None,
     ood_logits: Mapping[str, np.ndarray] | None = None,
+    distances: np.ndarray | None = None,
+    ood_distances: Mapping[str, np.ndarray] | None = None,
+    distance_threshold: float | None = None,
 ) -> ClassifierReport:
     """Compute every number of the evaluation from uncalibrated logits.
 
@@ -111,6 +120,12 @@ def classifier_report(
         The accuracy target the threshold was chosen for (reported alongside).
     ood_logits:
         Folder name -> ``(M, K)`` logits of images of no family of the model.
+    distances, ood_distances, distance_threshold:
+        The model's out-of-distribution rule (:mod:`labpipe.classify.ood`): feature distances of
+        the in-distribution images ``(N,)`` and of each OOD folder's, and the distance above which
+        a prediction is rejected. Without them, only the confidence threshold decides. With them,
+        "at threshold" figures apply both rules (as in production), and the confidence rule alone is
+        reported beside them.
     """
     k = len(families)
     z = np.asarray(logits, dtype=np.float64).reshape(-1, k)
@@ -127,30 +142,50 @@ def classifier_report(
         micro, macro = top_k_accuracy(probs, y, top) if len(z) else (float("nan"), float("nan"))
         accuracy[f"top{top}"] = {"micro": _r(micro), "macro": _r(macro), "trivial": top >= k}
     curve = risk_coverage_curve(conf, correct)
-    accepted = conf >= threshold
+    use_distance = distance_threshold is not None and distances is not None
+    near = (
+        np.asarray(distances, dtype=np.float64).reshape(-1) <= distance_threshold
+        if use_distance
+        else np.ones(len(z), dtype=bool)
+    )
     n_correct, n_wrong = int(correct.sum()), int((~correct).sum())
-    at_threshold = {
+
+    def kept_and_caught(accepted: np.ndarray) -> dict[str, Any]:
+        return {
+            "coverage": _r(accepted.mean() if len(z) else float("nan")),
+            "accepted_accuracy": _r(correct[accepted].mean() if accepted.any() else float("nan")),
+            "correct_kept": _r((accepted & correct).sum() / n_correct if n_correct else float("nan")),
+            "wrong_rejected": _r((~accepted & ~correct).sum() / n_wrong if n_wrong else float("nan")),
+        }
+
+    at_threshold: dict[str, Any] = {
         "threshold": _r(threshold),
         "target": target,
-        "coverage": _r(accepted.mean() if len(z) else float("nan")),
-        "accepted_accuracy": _r(correct[accepted].mean() if accepted.any() else float("nan")),
-        "correct_kept": _r((accepted & correct).sum() / n_correct if n_correct else float("nan")),
-        "wrong_rejected": _r((~accepted & ~correct).sum() / n_wrong if n_wrong else float("nan")),
+        "distance_threshold": _r(distance_threshold) if use_distance else None,
+        **kept_and_caught((conf >= threshold) & near),
         "n_correct": n_correct,
         "n_wrong": n_wrong,
     }
+    if use_distance:
+        at_threshold["confidence_only"] = kept_and_caught(conf >= threshold)
     ood: dict[str, Any] = {}
     for name, ood_z in (ood_logits or {}).items():
         zz = np.asarray(ood_z, dtype=np.float64).reshape(-1, k)
         p = softmax(zz, temperature) if len(zz) else np.empty((0, k))
         ood_conf = p.max(axis=1) if len(zz) else np.empty(0)
-        taken = (
-            Counter(families[i] for i in p.argmax(axis=1)[ood_conf >= threshold]) if len(zz) else Counter()
-        )
+        confident = ood_conf >= threshold
+        ood_near = np.ones(len(zz), dtype=bool)
+        if use_distance and ood_distances is not None and name in ood_distances:
+            ood_near = np.asarray(ood_distances[name], dtype=np.float64).reshape(-1) <= distance_threshold
+        taken = confident & ood_near
         ood[name] = {
             "images": len(zz),
-            "rejected": _r(float((ood_conf < threshold).mean()) if len(zz) else float("nan")),
-            "accepted_as": dict(taken.most_common()),
+            "rejected": _share(~taken),
+            "rejected_by_confidence": _share(~confident),
+            "rejected_by_distance": _share(~ood_near) if use_distance else None,
+            "accepted_as": dict(Counter(families[i] for i in p.argmax(axis=1)[taken]).most_common())
+            if len(zz)
+            else {},
             "mean_confidence": _r(float(ood_conf.mean()) if len(zz) else float("nan")),
         }
     summary: dict[str, Any] = {
@@ -321,6 +356,28 @@ def write_report_files(
 # Running a model over folders
 
 
+def folder_scores(
+    classifier: TrainedFamilyClassifier,
+    paths: Sequence[Path],
+    *,
+    progress: bool = True,
+    desc: str = "classify",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated logits ``(N, K)`` and feature distances ``(N,)`` of the crops at ``paths``, read
+    through the production pad path."""
+    logits = np.empty((len(paths), len(classifier.families)), dtype=np.float64)
+    distances = np.zeros(len(paths), dtype=np.float64)
+    step = max(1, classifier.batch_size)
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(paths), step):
+            chunk = paths[start : start + step]
+            z, d = classifier.scores([load_square(p) for p in chunk])
+            logits[start : start + len(chunk)] = z
+            distances[start : start + len(chunk)] = d
+            bar.update(len(chunk))
+    return logits, distances
+
+
 def folder_logits(
     classifier: TrainedFamilyClassifier,
     paths: Sequence[Path],
@@ -329,14 +386,7 @@ def folder_logits(
     desc: str = "classify",
 ) -> np.ndarray:
     """Uncalibrated logits of the crops at ``paths``, read through the production pad path."""
-    out = np.empty((len(paths), len(classifier.families)), dtype=np.float64)
-    step = max(1, classifier.batch_size)
-    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
-        for start in range(0, len(paths), step):
-            chunk = paths[start : start + step]
-            out[start : start + len(chunk)] = classifier.logits([load_square(p) for p in chunk])
-            bar.update(len(chunk))
-    return out
+    return folder_scores(classifier, paths, progress=progress, desc=desc)[0]
 
 
 def _seen_in_training(model_dir: Path) -> set[str] | None:
@@ -375,14 +425,16 @@ def evaluate_classifier_folder(
         excluded = len(items) - len(kept)
         items = kept
     threshold = classifier.threshold if threshold is None else threshold
-    logits = folder_logits(
+    logits, distances = folder_scores(
         classifier, [i.path for i in items], progress=progress, desc=f"classify {data_dir.name}"
     )
-    ood_logits = {}
+    ood_logits, ood_distances = {}, {}
     for folder in ood:
         files = image_files(folder)
         name = _ood_name(folder, ood_logits)
-        ood_logits[name] = folder_logits(classifier, files, progress=progress, desc=f"OOD {name}")
+        ood_logits[name], ood_distances[name] = folder_scores(
+            classifier, files, progress=progress, desc=f"OOD {name}"
+        )
     target = classifier.config.get("threshold_target")
     report = classifier_report(
         logits,
@@ -392,6 +444,9 @@ def evaluate_classifier_folder(
         threshold,
         target=float(target) if target is not None and threshold == classifier.threshold else None,
         ood_logits=ood_logits,
+        distances=distances if classifier.ood is not None else None,
+        ood_distances=ood_distances if classifier.ood is not None else None,
+        distance_threshold=classifier.ood_threshold if classifier.ood is not None else None,
     )
     report.summary = {
         "model": {
@@ -400,6 +455,7 @@ def evaluate_classifier_folder(
             "temperature": classifier.temperature,
             "threshold": threshold,
             "threshold_target": target,
+            "distance_threshold": classifier.ood_threshold if classifier.ood is not None else None,
         },
         "data": {
             "folder": str(data_dir),

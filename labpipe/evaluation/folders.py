@@ -71,13 +71,20 @@ class CountReport:
 
 
 def evaluate_counts(
-    folder: Path, expected: int, detector: Detector, overview_max_side: int = 4096, progress: bool = True
+    folder: Path,
+    expected: int,
+    detector: Detector,
+    overview_max_side: int = 4096,
+    progress: bool = True,
+    *,
+    um_per_px_fallback: float | None = None,
 ) -> CountReport:
+    """Detect on every image in ``folder``; images without a scale are read at ``um_per_px_fallback``."""
     from labpipe.analysis import detect_specimens
 
     report = CountReport(str(folder), expected)
     for path in tqdm(image_files(folder), desc=f"detect {folder.name}", disable=not progress, unit="img"):
-        with open_image(path) as plate:
+        with open_image(path, um_per_px_fallback=um_per_px_fallback) as plate:
             boxes, _ = detect_specimens(detector, plate, overview_max_side)
             report.counts[path.name] = len(boxes)
     return report

@@ -25,7 +25,9 @@ So ``specimens == sum(families.values()) + rejected`` for every sample.
 **Expected counts** are the sum over specimens of the calibrated probability of each family
 (``Classification.top_k``, ``[[family, p], ...]``), a verified specimen contributing probability 1
 to its family. The mass a classification leaves outside its top-k (other families, non-arthropods,
-debris) is not attributed to any family: it is summed as ``expected_other``. The 95 % interval of a
+debris) is not attributed to any family: it is summed as ``expected_other``, as is the whole mass
+of a specimen rejected as ``out_of_distribution`` (its probabilities are not evidence of any family
+the model knows). The 95 % interval of a
 family's count is the equal-tailed interval of the Poisson-binomial distribution of the number of
 successes among independent Bernoulli trials with those probabilities
 (:func:`poisson_binomial_interval`: exact by dynamic programming, normal approximation beyond
@@ -50,7 +52,7 @@ import numpy as np
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from labpipe.classify.base import REJECT_LOW_CONFIDENCE, reason_code
+from labpipe.classify.base import REJECT_LOW_CONFIDENCE, REJECT_OUT_OF_DISTRIBUTION, reason_code
 from labpipe.db.models import (
     Classification,
     Image,
@@ -205,6 +207,9 @@ def resolve(call: SpecimenCall, threshold: float | None = None) -> Resolution:
             return Resolution(Outcome.REJECTED, multiple=True, other=1.0)
         return Resolution(Outcome.UNCLASSIFIED)
     distribution, other = _distribution(call.top_k)
+    if call.rejected and reason_code(call.reason) == REJECT_OUT_OF_DISTRIBUTION:
+        # Far from every family the model knows: its softmax says nothing about which one.
+        distribution, other = (), 1.0
     accepted, family = _predicted(call, threshold)
     outcome = Outcome.ACCEPTED if accepted else Outcome.REJECTED
     return Resolution(outcome, family if accepted else None, False, multiple, distribution, other)

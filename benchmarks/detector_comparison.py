@@ -1,0 +1,204 @@
+"""Train a DETR on synthetic plates and compare it with the classical detector.
+
+    python benchmarks/detector_comparison.py data    --work WORK [--train 240 --val 24 --test 12]
+    python benchmarks/detector_comparison.py train   --work WORK [--minutes 120] [--epochs 60]
+    python benchmarks/detector_comparison.py compare --work WORK [--model WORK/detr] [--json]
+
+``data`` splits the real ground-beetle photos of ``../shared/data/carabidae-crops`` into cut-out
+pools for training (70 %) and testing (30 %), seeded, as folders of symbolic links under WORK (the
+photos are never copied), then renders synthetic plates with exact COCO boxes
+(:func:`labpipe.detect.detr_data.write_synthetic_set`):
+
+- ``train`` and ``val``: 30 mm fields of view at 10-16 µm/px (1875-3000 px), training cut-outs;
+- ``test``: full-size plates (6000 px at 5 µm/px, as a stitched plate), held-apart cut-outs and
+  seeds far from the training ones.
+
+``train`` runs ``labpipe train detector`` on ``train`` (validated on ``val``) into WORK/detr.
+``compare`` evaluates the classical detector and the DETR on the held-apart synthetic plates
+(precision, recall, F1 at IoU 0.5, AP50, AP50:95, count error) and on the real wells of
+``../shared/data/bioscan-wells`` (share of wells with the right count: 1 for ``single``, 0 for
+``empty`` and ``fragments``), and prints one table (and JSON with ``--json``).
+The wells carry no scale; they are read at ``--wells-um-per-px`` (a 96-well plate well, about
+7 mm across, fills about 880 of the 1024 px: 8 µm/px).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CUTOUT_SOURCE = SHARED / "carabidae-crops"
+WELLS = SHARED / "bioscan-wells"
+WELL_SETS = (("single", 1), ("empty", 0), ("fragments", 0))
+
+
+def split_cutouts(source: Path, work: Path, test_fraction: float = 0.3, seed: int = 0) -> tuple[Path, Path]:
+    """Seeded split of the photos in ``source`` into ``work/cutouts-{train,test}`` (symbolic links)."""
+    from labpipe.synth.specimens import list_cutout_files
+
+    files = list_cutout_files(source)
+    if not files:
+        raise SystemExit(f"{source}: no cut-out photos (is ../shared/data present?)")
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_test = round(len(files) * test_fraction)
+    pools = {"test": [files[i] for i in order[:n_test]], "train": [files[i] for i in order[n_test:]]}
+    out = {}
+    for name, chosen in pools.items():
+        folder = work / f"cutouts-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+        for path in chosen:
+            (folder / path.name).symlink_to(path.resolve())
+        out[name] = folder
+    return out["train"], out["test"]
+
+
+def make_data(args: argparse.Namespace) -> None:
+    from labpipe.detect.detr_data import write_synthetic_set
+
+    work: Path = args.work
+    train_cutouts, test_cutouts = split_cutouts(CUTOUT_SOURCE, work)
+    print(f"cut-outs: {len(list(train_cutouts.iterdir()))} train, {len(list(test_cutouts.iterdir()))} test")
+    for name, n, seed, cutouts, full in (
+        ("train", args.train, 10_000, train_cutouts, False),
+        ("val", args.val, 20_000, train_cutouts, False),
+        ("test", args.test, 30_000, test_cutouts, True),
+    ):
+        if n <= 0:
+            continue
+        t0 = time.perf_counter()
+        coco = write_synthetic_set(work / name, n, seed, cutouts, full_size=full)
+        print(f"{name}: {n} plates -> {coco} ({time.perf_counter() - t0:.0f} s)")
+
+
+def train(args: argparse.Namespace) -> None:
+    from labpipe.detect.detr_train import DetrTrainOptions, result_summary, train_detector
+
+    work: Path = args.work
+    options = DetrTrainOptions(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_backbone=args.lr,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
+        um_per_px=args.um_per_px,
+        num_queries=args.queries,
+        max_minutes=args.minutes,
+        threads=args.threads,
+        init=str(args.init) if args.init else None,
+    )
+    result = train_detector(
+        work / "train" / "annotations.coco.json",
+        work / "train",
+        args.out or work / "detr",
+        options,
+        val_coco=work / "val" / "annotations.coco.json",
+        val_images_dir=work / "val",
+        overwrite=True,
+    )
+    print(json.dumps(result_summary(result), indent=2))
+
+
+def _row(name: str, data: str, report: dict[str, Any]) -> dict[str, Any]:
+    return {"detector": name, "data": data, **report}
+
+
+def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from labpipe.detect.classical import ClassicalDetector
+    from labpipe.detect.detr import DetrDetector
+    from labpipe.evaluation.detector import evaluate_detector
+    from labpipe.evaluation.folders import evaluate_counts
+
+    work: Path = args.work
+    detectors: list[tuple[str, Any]] = [("classical", ClassicalDetector())]
+    model = args.model or work / "detr"
+    if (model / "config.json").is_file():
+        detectors.append(("DETR", DetrDetector(model, score_threshold=args.score_threshold)))
+    else:
+        print(f"no DETR model in {model}: classical only", file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    test = work / "test"
+    for name, detector in detectors:
+        report = evaluate_detector(test / "annotations.coco.json", test, detector, progress=not args.json)
+        d = report.as_dict()
+        d.pop("per_image")
+        rows.append(_row(name, "synthetic test plates", d))
+        for folder, expected in WELL_SETS:
+            path = WELLS / folder
+            if not path.is_dir():
+                continue
+            t0 = time.perf_counter()
+            counts = evaluate_counts(
+                path, expected, detector, um_per_px_fallback=args.wells_um_per_px, progress=not args.json
+            )
+            c = counts.as_dict()
+            c.pop("failures")
+            c["seconds_per_image"] = round((time.perf_counter() - t0) / max(1, counts.n_images), 4)
+            rows.append(_row(name, f"wells/{folder} (count {expected})", c))
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print("| detector | data | images | P | R | F1 | AP50 | AP50:95 | mean abs count error | right count | s/img |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['detector']} | {r['data']} | {r['images']} | {r.get('precision', '')} | "
+            f"{r.get('recall', '')} | {r.get('f1', '')} | {r.get('ap50', '')} | {r.get('ap50_95', '')} | "
+            f"{r.get('mean_abs_count_error', '')} | {r.get('share_exact', '')} | {r['seconds_per_image']} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_data = sub.add_parser("data", help="split cut-outs, render train/val/test plates")
+    p_train = sub.add_parser("train", help="train a DETR on the synthetic training plates")
+    p_cmp = sub.add_parser("compare", help="classical vs DETR on synthetic test plates and real wells")
+    for p in (p_data, p_train, p_cmp):
+        p.add_argument("--work", type=Path, required=True, help="Working folder (data, model, results).")
+    p_data.add_argument("--train", type=int, default=240)
+    p_data.add_argument("--val", type=int, default=24)
+    p_data.add_argument("--test", type=int, default=12)
+    p_train.add_argument("--out", type=Path, help="Model directory (default WORK/detr).")
+    p_train.add_argument("--init", type=Path, help="Fine-tune this model directory.")
+    p_train.add_argument("--epochs", type=int, default=60)
+    p_train.add_argument("--minutes", type=float, default=0.0, help="Stop after this long (0: no limit).")
+    p_train.add_argument("--batch-size", type=int, default=8)
+    p_train.add_argument("--lr", type=float, default=1e-4)
+    p_train.add_argument("--tile-size", type=int, default=384)
+    p_train.add_argument("--tile-overlap", type=int, default=160)
+    p_train.add_argument("--um-per-px", type=float, default=40.0)
+    p_train.add_argument("--queries", type=int, default=100)
+    p_train.add_argument("--threads", type=int, default=int(os.environ.get("LABPIPE_TRAIN_THREADS", "0")))
+    p_cmp.add_argument("--model", type=Path, help="DETR model directory (default WORK/detr).")
+    p_cmp.add_argument("--score-threshold", type=float, default=0.5)
+    p_cmp.add_argument("--wells-um-per-px", type=float, default=8.0)
+    p_cmp.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.command == "data":
+        make_data(args)
+    elif args.command == "train":
+        train(args)
+    else:
+        rows = compare(args)
+        (args.work / "comparison.json").write_text(json.dumps(rows, indent=2))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
