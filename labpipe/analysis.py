@@ -8,6 +8,7 @@ the transaction that records them (see :mod:`labpipe.record`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import shutil
 import time
 import uuid
@@ -18,16 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from labpipe.classify.base import Classification, FamilyClassifier
-from labpipe.crops import margin_box, pad_to_square, save_crop
+from labpipe.crops import CropWriter, margin_box, pad_to_square
 from labpipe.detect.base import Detection, Detector
 from labpipe.imaging import PlateImage, open_image
 from labpipe.logs import get_logger
 
 __all__ = [
+    "CutCrop",
     "ImageAnalysis",
     "SpecimenAnalysis",
     "analyse_image",
     "boxes_to_full_resolution",
+    "crop_file_name",
+    "cut_crops",
     "detect_specimens",
     "file_sha256",
 ]
@@ -202,6 +206,54 @@ def analyse_image(
     return analysis
 
 
+def crop_file_name(index_in_image: int) -> str:
+    """The staged crop file of the ``index_in_image``-th specimen (``000001.png``, ...)."""
+    return f"{index_in_image:06d}.png"
+
+
+@dataclass
+class CutCrop:
+    """A specimen's crop: cut from full resolution, padded to a square, queued to be written."""
+
+    index_in_image: int
+    bbox: tuple[int, int, int, int]
+    score: float
+    square: np.ndarray
+    path: Path
+    length_mm: float | None
+    width_mm: float | None
+
+
+def cut_crops(
+    plate: PlateImage,
+    boxes: list[tuple[tuple[int, int, int, int], float]],
+    margin: float,
+    directory: Path,
+    writer: CropWriter,
+) -> Iterator[CutCrop]:
+    """Cut each box (+ ``margin`` x its larger side, clipped) from full resolution, pad it to a square
+    and queue it to be written as ``directory/<index>.png``; yields the crops in box order.
+
+    The one crop path of both the synchronous pipeline and the daemon's workers. The caller waits
+    for ``writer`` before it records anything.
+    """
+    scale_mm = plate.um_per_px / 1000.0 if plate.um_per_px else None
+    for index, ((x, y, w, h), score) in enumerate(boxes, start=1):
+        x0, y0, x1, y1 = margin_box(x, y, w, h, margin, plate.width, plate.height)
+        square = pad_to_square(plate.read_region(x0, y0, x1 - x0, y1 - y0))
+        path = directory / crop_file_name(index)
+        writer.submit(square, path)
+        yield CutCrop(
+            index_in_image=index,
+            bbox=(x, y, w, h),
+            score=score,
+            square=square,
+            path=path,
+            length_mm=max(w, h) * scale_mm if scale_mm else None,
+            width_mm=min(w, h) * scale_mm if scale_mm else None,
+        )
+
+
 def _crop_and_classify(
     plate: PlateImage,
     boxes: list[tuple[tuple[int, int, int, int], float]],
@@ -212,44 +264,43 @@ def _crop_and_classify(
     stages: dict[str, float],
     bound,
 ) -> list[SpecimenAnalysis]:
-    """Crop and classify in batches, so at most ``batch_size`` full-resolution crops are in memory."""
+    """Crop and classify in batches, so at most ``batch_size`` full-resolution crops (plus those the
+    writer still holds) are in memory. Crops are written on background threads meanwhile."""
     stages.setdefault("crop", 0.0)
     stages.setdefault("classify", 0.0)
-    scale_mm = plate.um_per_px / 1000.0 if plate.um_per_px else None
     specimens: list[SpecimenAnalysis] = []
-    numbered = list(enumerate(boxes, start=1))
-    for batch in _batches(numbered, max(1, batch_size)):
-        t0 = time.perf_counter()
-        crops: list[np.ndarray] = []
-        for index, ((x, y, w, h), _score) in batch:
-            x0, y0, x1, y1 = margin_box(x, y, w, h, margin, plate.width, plate.height)
-            square = pad_to_square(plate.read_region(x0, y0, x1 - x0, y1 - y0))
-            save_crop(square, staging_dir / f"{index:06d}.png")
-            crops.append(square)
-        stages["crop"] += time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        results = classifier.classify(crops)
-        stages["classify"] += time.perf_counter() - t0
-        for (index, (bbox, score)), square, result in zip(batch, crops, results, strict=True):
-            _, _, w, h = bbox
-            specimens.append(
-                SpecimenAnalysis(
-                    index_in_image=index,
-                    bbox=bbox,
-                    score=score,
-                    crop_size=int(square.shape[0]),
-                    staged_crop=staging_dir / f"{index:06d}.png",
-                    classification=result,
-                    length_mm=max(w, h) * scale_mm if scale_mm else None,
-                    width_mm=min(w, h) * scale_mm if scale_mm else None,
+    with CropWriter() as writer:
+        crops = cut_crops(plate, boxes, margin, staging_dir, writer)
+        while True:
+            t0 = time.perf_counter()
+            batch = list(itertools.islice(crops, max(1, batch_size)))
+            stages["crop"] += time.perf_counter() - t0
+            if not batch:
+                break
+            t0 = time.perf_counter()
+            results = classifier.classify([c.square for c in batch])
+            stages["classify"] += time.perf_counter() - t0
+            for crop, result in zip(batch, results, strict=True):
+                specimens.append(
+                    SpecimenAnalysis(
+                        index_in_image=crop.index_in_image,
+                        bbox=crop.bbox,
+                        score=crop.score,
+                        crop_size=int(crop.square.shape[0]),
+                        staged_crop=crop.path,
+                        classification=result,
+                        length_mm=crop.length_mm,
+                        width_mm=crop.width_mm,
+                    )
                 )
-            )
-            bound.debug(
-                "classified",
-                specimen=index,
-                family=result.family,
-                probability=round(result.probability, 3),
-                rejected=result.rejected,
-            )
+                bound.debug(
+                    "classified",
+                    specimen=crop.index_in_image,
+                    family=result.family,
+                    probability=round(result.probability, 3),
+                    rejected=result.rejected,
+                )
+        t0 = time.perf_counter()
+        writer.wait()
+        stages["crop"] += time.perf_counter() - t0
     return specimens

@@ -164,7 +164,10 @@ class IngestConfig:
     rescan_interval: int = 300
     """Seconds between full rescans of the inbox (a safety net for missed events; 0: only at start)."""
     stable_seconds: float = 5.0
-    """A file is taken only after its size and modification time have not changed for this long."""
+    """A file is taken only after its size and modification time have not changed for this long ..."""
+    trust_close_events: bool = True
+    """... or at once when its writer closed it after writing (or renamed it into place) and it is a
+    complete image (native observer only: such events do not arrive from network shares)."""
     unreadable_grace: float = 120.0
     """A stable file that is still not a complete, readable image after this many seconds is quarantined."""
     extensions: str = ".tif,.tiff,.btf,.tf8,.jpg,.jpeg,.png"

