@@ -93,6 +93,7 @@ def train(args: argparse.Namespace) -> None:
         tile_overlap=args.tile_overlap,
         um_per_px=args.um_per_px,
         num_queries=args.queries,
+        architecture=args.architecture,
         max_minutes=args.minutes,
         threads=args.threads,
         init=str(args.init) if args.init else None,
@@ -180,6 +181,7 @@ def main() -> None:
     p_train.add_argument("--tile-overlap", type=int, default=160)
     p_train.add_argument("--um-per-px", type=float, default=40.0)
     p_train.add_argument("--queries", type=int, default=100)
+    p_train.add_argument("--architecture", choices=["conditional-detr", "rt-detr"], default="rt-detr")
     p_train.add_argument("--threads", type=int, default=int(os.environ.get("LABPIPE_TRAIN_THREADS", "0")))
     p_cmp.add_argument("--model", type=Path, help="DETR model directory (default WORK/detr).")
     p_cmp.add_argument("--score-threshold", type=float, default=0.5)

@@ -21,8 +21,8 @@ from labpipe.analysis import (
     analyse_image,
     crop_file_name,
     cut_crops,
-    detect_specimens,
     file_sha256,
+    timed_detection,
 )
 from labpipe.classify.base import Classification, FamilyClassifier
 from labpipe.config import Settings
@@ -334,10 +334,8 @@ class Pipeline:
                 max_pixels=cfg.imaging.max_pixels,
                 max_decoded_pixels=cfg.imaging.max_decoded_pixels,
             ) as plate:
-                stages["read_overview"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                boxes, _ = detect_specimens(self.detector, plate, cfg.imaging.overview_max_side)
-                stages["detect"] = time.perf_counter() - t0
+                stages["read"] = time.perf_counter() - t0
+                boxes, _ = timed_detection(self.detector, plate, cfg.imaging.overview_max_side, stages)
                 bound.info("detected", specimens=len(boxes), detector=self.detector.version)
 
                 t0 = time.perf_counter()
@@ -466,6 +464,7 @@ class Pipeline:
             raise ImageReadError(path, "no such file", "check the path")
         started = time.perf_counter()
         content_hash = file_sha256(path)
+        hash_seconds = time.perf_counter() - started
         with self.session_factory() as session:
             image = self.register(session, path, content_hash, sample_id)
             bound = bound.bind(image_id=image.id)
@@ -496,9 +495,12 @@ class Pipeline:
                 image.error = "processing interrupted by an internal error; see the logs"
                 session.commit()
                 raise
+            t0 = time.perf_counter()
             specimens = record_analysis(session, image, analysis, self.classifier, self.crops_dir)
             image.seconds = time.perf_counter() - started
             session.commit()
+            analysis.stage_seconds["hash"] = hash_seconds
+            analysis.stage_seconds["database"] = time.perf_counter() - t0
             result = image_result(image, analysis, specimens)
         bound.info(
             "processed",

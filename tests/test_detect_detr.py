@@ -396,14 +396,16 @@ def test_a_plate_too_large_for_one_overview_is_read_tile_by_tile_with_the_same_r
 # training and evaluation
 
 
+@pytest.mark.parametrize("architecture", ["conditional-detr", "rt-detr"])
 def test_one_training_step_writes_a_complete_model_directory(
-    tmp_path: Path, small_plate: tuple[Path, Path]
+    tmp_path: Path, small_plate: tuple[Path, Path], architecture: str
 ) -> None:
     from labpipe.detect.detr import DetrDetector
     from labpipe.detect.detr_train import DetrTrainOptions, train_detector
 
     plate, coco = small_plate
     options = DetrTrainOptions(
+        architecture=architecture,
         epochs=1,
         batch_size=1,
         tiles_per_image=1,
@@ -429,7 +431,11 @@ def test_one_training_step_writes_a_complete_model_directory(
     assert info["um_per_px"] == 40.0 and info["tile_size"] == 128
     assert info["training"]["data"]["train_boxes"] == 6
     assert result.best_epoch == 1 and "ap50" in result.best
-    assert DetrDetector(model_dir, device="cpu").num_queries == 8
+    assert info["training"]["settings"]["architecture"] == architecture
+    detector = DetrDetector(model_dir, device="cpu")
+    assert detector.num_queries == 8
+    expected = {"conditional-detr": "conditional_detr", "rt-detr": "rt_detr"}[architecture]
+    assert detector.model.config.model_type == expected
 
 
 def test_eval_detector_classical_json_reports_every_metric(small_plate: tuple[Path, Path]) -> None:

@@ -84,6 +84,13 @@ def detector_from_kind(obj: Any, kind: str | None, score_threshold: float | None
     help="Working scale in micrometres per pixel (0: use images at their own scale).",
 )
 @click.option("--tiles-per-image", type=int, default=0, show_default=True, help="Per epoch; 0: cover once.")
+@click.option(
+    "--architecture",
+    type=click.Choice(["conditional-detr", "rt-detr"]),
+    default="conditional-detr",
+    show_default=True,
+    help="A new model's architecture (ignored with --init).",
+)
 @click.option("--queries", "num_queries", type=int, default=100, show_default=True)
 @click.option("--max-minutes", type=float, default=0.0, show_default=True, help="Stop after this long.")
 @click.option("--threads", type=int, default=0, show_default=True, help="Torch CPU threads (0: default).")
@@ -110,6 +117,7 @@ def train_detector_command(
     tile_overlap: int,
     um_per_px: float,
     tiles_per_image: int,
+    architecture: str,
     num_queries: int,
     max_minutes: float,
     threads: int,
@@ -168,6 +176,7 @@ def train_detector_command(
         tile_overlap=tile_overlap,
         um_per_px=um_per_px or None,
         tiles_per_image=tiles_per_image,
+        architecture=architecture,
         num_queries=num_queries,
         init=str(init) if init else None,
         max_minutes=max_minutes,

@@ -98,6 +98,8 @@ class DetrTrainOptions:
     scale_jitter: tuple[float, float] = (0.75, 1.33)
     val_fraction: float = 0.1
     """Share of the images held out for validation when no validation set is given."""
+    architecture: str = "conditional-detr"
+    """A new model's architecture (:data:`labpipe.detect.detr.ARCHITECTURES`); ignored with ``init``."""
     num_queries: int = 100
     d_model: int = 128
     encoder_layers: int = 2
@@ -240,6 +242,7 @@ def _new_or_init_model(options: DetrTrainOptions) -> tuple[Any, DetrModelInfo, P
             )
         return model, info, prep
     model = build_detr(
+        architecture=options.architecture,
         num_queries=options.num_queries,
         d_model=options.d_model,
         encoder_layers=options.encoder_layers,

@@ -40,6 +40,7 @@ import mmap
 import operator
 import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -646,6 +647,8 @@ class PlateImage:
         self.levels = source.levels
         self.um_per_px = scale.resolve_um_per_px([source.file_um_per_px], um_per_px_fallback)
         self.closed = False
+        self.read_seconds: dict[str, float] = {"overview": 0.0, "regions": 0.0}
+        """Seconds spent in :meth:`overview` and :meth:`read_region` so far (for stage timings)."""
 
     def __repr__(self) -> str:
         return (
@@ -680,6 +683,7 @@ class PlateImage:
         :class:`~labpipe.errors.ImageReadError` when the file turns out to be damaged.
         """
         self._check_open()
+        started = time.perf_counter()
         x, y, w, h = (operator.index(v) for v in (x, y, w, h))
         x, y, w, h = pixels.clip_region(x, y, w, h, self.width, self.height)
         if w * h > self._max_region_pixels:
@@ -688,7 +692,9 @@ class PlateImage:
                 f"max_decoded_pixels = {self._max_region_pixels:,}; read it in parts"
             )
         raw = self._source.full_level().read_raw(x, y, w, h)
-        return pixels.to_rgb8(raw, self._intensity_window() if raw.dtype != np.uint8 else None)
+        rgb = pixels.to_rgb8(raw, self._intensity_window() if raw.dtype != np.uint8 else None)
+        self.read_seconds["regions"] += time.perf_counter() - started
+        return rgb
 
     def overview(self, max_side: int) -> tuple[npt.NDArray[np.uint8], float]:
         """Downsampled uint8 RGB whose longer side is at most ``max_side``, and its factor.
@@ -700,6 +706,7 @@ class PlateImage:
         own size.
         """
         self._check_open()
+        started = time.perf_counter()
         max_side = operator.index(max_side)
         out_w, out_h, factor = pixels.overview_geometry(self.width, self.height, max_side)
         level = self._source.overview_level(max(out_w, out_h))
@@ -718,7 +725,9 @@ class PlateImage:
                     self._window = pixels.percentile_window(results[1])
         del results
         window = self._intensity_window() if raw.dtype != np.uint8 else None
-        return pixels.to_rgb8(raw, window), factor
+        rgb = pixels.to_rgb8(raw, window)
+        self.read_seconds["overview"] += time.perf_counter() - started
+        return rgb, factor
 
     def _intensity_window(self) -> tuple[float, float]:
         """The image's 16-to-8-bit window (see the module docstring), computed once."""
