@@ -370,6 +370,10 @@ cli.add_command(watch)
 cli.add_command(worker)
 cli.add_command(status)
 
+from labpipe.cli.bench import bench  # noqa: E402
+
+cli.add_command(bench)
+
 
 def main() -> None:
     try:

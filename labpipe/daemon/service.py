@@ -31,10 +31,13 @@ log = get_logger(__name__)
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
-    """Every setting as a ``LABPIPE_<SECTION>_<KEY>`` variable (storage root made absolute)."""
+    """Every setting as a ``LABPIPE_<SECTION>_<KEY>`` variable (storage root made absolute); a setting
+    left unset (``None``) is left out, so the child sees it unset too."""
     env: dict[str, str] = {}
     for section, values in settings.as_dict().items():
         for key, value in values.items():
+            if value is None:
+                continue
             if section == "storage" and key == "root":
                 value = str(Path(value).absolute())
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)
@@ -62,6 +65,8 @@ class Supervisor:
     """Also run ``labpipe api`` (the HTTP API and web UI) as a child."""
     python: str = sys.executable
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    log_file: Path | None = None
+    """Where the children's output goes (appended); None: this process's own stdout and stderr."""
     children: list[_Child] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -79,7 +84,14 @@ class Supervisor:
         return env
 
     def _spawn(self, child: _Child) -> None:
-        child.process = subprocess.Popen(child.argv, env=self._environment())
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_file.open("ab") as out:
+                child.process = subprocess.Popen(
+                    child.argv, env=self._environment(), stdout=out, stderr=subprocess.STDOUT
+                )
+        else:
+            child.process = subprocess.Popen(child.argv, env=self._environment())
         child.started = time.monotonic()
         log.info("started", process=child.name, pid=child.process.pid)
 
