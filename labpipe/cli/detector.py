@@ -87,7 +87,7 @@ def detector_from_kind(obj: Any, kind: str | None, score_threshold: float | None
 @click.option(
     "--architecture",
     type=click.Choice(["conditional-detr", "rt-detr"]),
-    default="conditional-detr",
+    default="rt-detr",
     show_default=True,
     help="A new model's architecture (ignored with --init).",
 )

@@ -98,7 +98,7 @@ class DetrTrainOptions:
     scale_jitter: tuple[float, float] = (0.75, 1.33)
     val_fraction: float = 0.1
     """Share of the images held out for validation when no validation set is given."""
-    architecture: str = "conditional-detr"
+    architecture: str = "rt-detr"
     """A new model's architecture (:data:`labpipe.detect.detr.ARCHITECTURES`); ignored with ``init``."""
     num_queries: int = 100
     d_model: int = 128
