@@ -150,7 +150,9 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print("| detector | data | images | P | R | F1 | AP50 | AP50:95 | mean abs count error | right count | s/img |")
+    print(
+        "| detector | data | images | P | R | F1 | AP50 | AP50:95 | mean abs count err | right count | s/img"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
@@ -161,7 +163,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_data = sub.add_parser("data", help="split cut-outs, render train/val/test plates")
     p_train = sub.add_parser("train", help="train a DETR on the synthetic training plates")

@@ -165,6 +165,7 @@ def analyse_image(
     max_pixels: int = 4_000_000_000,
     max_decoded_pixels: int = 600_000_000,
     content_hash: str | None = None,
+    tile_cache_mb: float = 0.0,
 ) -> ImageAnalysis:
     """Run read -> detect (on the overview, or the detector's own tiles) -> crop (full resolution,
     margin, pad) -> classify.
@@ -185,6 +186,7 @@ def analyse_image(
         um_per_px_fallback=um_per_px_fallback,
         max_pixels=max_pixels,
         max_decoded_pixels=max_decoded_pixels,
+        tile_cache_mb=tile_cache_mb,
     ) as plate:
         stages["read"] = time.perf_counter() - t0
         boxes, factor = timed_detection(detector, plate, overview_max_side, stages)

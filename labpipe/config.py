@@ -71,6 +71,8 @@ class ImagingConfig:
     """Largest image (width x height) accepted at all; tiled TIFFs are read region by region."""
     max_decoded_pixels: int = 600_000_000
     """Largest image accepted in formats that must be decoded whole (JPEG, PNG, untiled TIFF strips)."""
+    tile_cache_mb: int = 192
+    """Decoded TIFF tiles kept while crops are cut (neighbouring crops share tiles; 0: none)."""
 
 
 @dataclass

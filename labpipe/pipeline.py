@@ -333,6 +333,7 @@ class Pipeline:
                 um_per_px_fallback=cfg.um_per_px_fallback,
                 max_pixels=cfg.imaging.max_pixels,
                 max_decoded_pixels=cfg.imaging.max_decoded_pixels,
+                tile_cache_mb=cfg.imaging.tile_cache_mb,
             ) as plate:
                 stages["read"] = time.perf_counter() - t0
                 boxes, _ = timed_detection(self.detector, plate, cfg.imaging.overview_max_side, stages)
@@ -482,6 +483,7 @@ class Pipeline:
                     max_pixels=cfg.imaging.max_pixels,
                     max_decoded_pixels=cfg.imaging.max_decoded_pixels,
                     content_hash=content_hash,
+                    tile_cache_mb=cfg.imaging.tile_cache_mb,
                 )
             except ImageReadError as exc:
                 image.status = ImageStatus.FAILED.value

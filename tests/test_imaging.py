@@ -81,6 +81,37 @@ def test_bigtiff_tiled_lzw_rgb_region_is_exact(tmp_path: Path, rgb: np.ndarray) 
         assert np.array_equal(region, rgb)
 
 
+def test_overlapping_crops_read_through_the_tile_cache_are_exact_and_decode_tiles_once(
+    tmp_path: Path, rgb: np.ndarray
+) -> None:
+    path = tmp_path / "plate.tif"
+    tifffile.imwrite(path, rgb, bigtiff=True, tile=(64, 64), compression="lzw", photometric="rgb")
+    boxes = [(100, 100, 200, 150), (180, 120, 200, 150), (260, 140, 200, 150), (500, 300, 300, 250)]
+    with open_image(path, tile_cache_mb=16) as cached, open_image(path) as plain:
+        for x, y, w, h in boxes * 2:
+            region = cached.read_region(x, y, w, h)
+            assert np.array_equal(region, rgb[y : y + h, x : x + w])
+            assert np.array_equal(region, plain.read_region(x, y, w, h))
+        cache = cached._tile_cache
+        assert cache is not None and cache.hits > cache.misses  # overlaps and repeats come from the cache
+        # every tile decoded once: one miss per distinct tile the boxes touch
+        tiles = {(tx, ty) for x, y, w, h in boxes for tx in range(x // 64, (x + w - 1) // 64 + 1)
+                 for ty in range(y // 64, (y + h - 1) // 64 + 1)}  # fmt: skip
+        assert cache.misses == len(tiles)
+
+
+def test_the_tile_cache_never_holds_more_than_its_budget() -> None:
+    from labpipe.imaging.tilecache import TileCache
+
+    cache = TileCache(max_bytes=1000)
+    for i in range(50):
+        cache.put(i, np.zeros(300, np.uint8))
+        assert cache.nbytes <= 1000
+    assert sorted(cache.keys()) == [47, 48, 49]  # the most recent ones
+    cache.put("huge", np.zeros(2000, np.uint8))
+    assert cache.get("huge") is None and cache.nbytes == 900
+
+
 def test_region_is_clipped_to_the_image_and_empty_regions_name_their_values(
     tmp_path: Path, rgb: np.ndarray
 ) -> None:

@@ -35,6 +35,7 @@ error that says so. 16-bit RGB PNGs are reduced to 8 bits by Pillow (high byte),
 
 from __future__ import annotations
 
+import itertools
 import math
 import mmap
 import operator
@@ -56,6 +57,7 @@ from PIL import Image
 
 from labpipe.errors import ImageReadError, ImageTooLargeError
 from labpipe.imaging import headers, pixels, scale
+from labpipe.imaging.tilecache import TileCache
 
 __all__ = ["PlateImage", "open_image", "verify_readable"]
 
@@ -98,8 +100,9 @@ class _Level(ABC):
     """Whether a band must be read whole (strips, in-memory arrays) rather than block by block."""
 
     @abstractmethod
-    def read_raw(self, x: int, y: int, w: int, h: int) -> Array:
-        """Raw samples of a region inside the level, shape ``(h, w, channels)``."""
+    def read_raw(self, x: int, y: int, w: int, h: int, cache: TileCache | None = None) -> Array:
+        """Raw samples of a region inside the level, shape ``(h, w, channels)``; decoded tiles are
+        taken from and kept in ``cache`` where the level has tiles."""
 
 
 class _ArrayLevel(_Level):
@@ -113,7 +116,7 @@ class _ArrayLevel(_Level):
         self.chunk_cols = self.width
         self.full_width_bands = True
 
-    def read_raw(self, x: int, y: int, w: int, h: int) -> Array:
+    def read_raw(self, x: int, y: int, w: int, h: int, cache: TileCache | None = None) -> Array:
         return np.array(self.array[y : y + h, x : x + w], dtype=self.array.dtype, order="C")
 
 
@@ -168,8 +171,11 @@ class _TiffPageReader:
                 COPYING_HINT,
             )
 
-    def read(self, x: int, y: int, w: int, h: int) -> Array:
-        """Samples ``(h, w, keep)`` of a region inside the page, in the page's native dtype."""
+    def read(self, x: int, y: int, w: int, h: int, cache: TileCache | None = None) -> Array:
+        """Samples ``(h, w, keep)`` of a region inside the page, in the page's native dtype.
+
+        With ``cache``, decoded tiles are looked up there first and the ones decoded here are kept.
+        """
         indices = pixels.region_segments(
             x, y, w, h, segment_width=self.seg_w, segment_height=self.seg_h,
             image_width=self.width, image_height=self.height,
@@ -177,6 +183,16 @@ class _TiffPageReader:
         planes = range(self.keep) if self.separate else range(1)
         wanted = [plane * self.per_plane + index for plane in planes for index in indices]
         out = np.zeros((h, w, self.keep), dtype=self.owner.dtype)
+        cached: list[tuple[int, Any]] = []
+        if cache is not None and self.tiled:
+            missing = []
+            for index in wanted:
+                hit = cache.get((id(self), index))
+                if hit is None:
+                    missing.append(index)
+                else:
+                    cached.append((index, hit))
+            wanted = missing
         fh = self.page.parent.filehandle
         decode = self.key.decode
         args = self.decode_args
@@ -186,7 +202,7 @@ class _TiffPageReader:
                     self.offsets[wanted].tolist(), self.bytecounts[wanted].tolist(),
                     indices=wanted, sort=True, lock=fh.lock, flat=True,
                 )
-            )  # fmt: skip
+            ) if wanted else []  # fmt: skip
         except OSError as exc:
             raise ImageReadError(self.owner.path, f"cannot read {self.kind}s: {exc}", COPYING_HINT) from exc
 
@@ -219,7 +235,9 @@ class _TiffPageReader:
             results = _decode_executor().map(one, segments)
         else:
             results = map(one, segments)
-        for _index, (tile, where, _shape) in results:
+        if cache is not None and self.tiled:
+            results = _kept(results, cache, id(self))
+        for _index, (tile, where, _shape) in itertools.chain(cached, results):
             if tile is None:  # sparse file: an unwritten tile reads as zeros
                 continue
             plane, _depth, ty, tx = where[0], where[1], where[2], where[3]
@@ -234,6 +252,14 @@ class _TiffPageReader:
             else:
                 out[y0 - y : y1 - y, x0 - x : x1 - x, :] = patch[..., : self.keep]
         return out
+
+
+def _kept(results: Iterator[tuple[int, Any]], cache: TileCache, owner: int) -> Iterator[tuple[int, Any]]:
+    """Pass decoded tiles through, keeping each in ``cache``."""
+    for index, value in results:
+        tile = value[0]
+        cache.put((owner, index), value, tile.nbytes if tile is not None else 0)
+        yield index, value
 
 
 class _TiffLevel(_Level):
@@ -255,8 +281,8 @@ class _TiffLevel(_Level):
             self.band_rows = min(max(rows, first.seg_h), max(self.height, 1))
             self.chunk_cols = max(1, _BLOCK_PIXELS // self.band_rows)
 
-    def read_raw(self, x: int, y: int, w: int, h: int) -> Array:
-        parts = [reader.read(x, y, w, h) for reader in self.readers]
+    def read_raw(self, x: int, y: int, w: int, h: int, cache: TileCache | None = None) -> Array:
+        parts = [reader.read(x, y, w, h, cache) for reader in self.readers]
         out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
         if self.invert:
             np.subtract(np.iinfo(out.dtype).max, out, out=out)
@@ -633,8 +659,15 @@ class PlateImage:
     um_per_px: float | None
     levels: int
 
-    def __init__(self, source: _Source, um_per_px_fallback: float | None, max_decoded_pixels: int) -> None:
+    def __init__(
+        self,
+        source: _Source,
+        um_per_px_fallback: float | None,
+        max_decoded_pixels: int,
+        tile_cache_mb: float = 0.0,
+    ) -> None:
         self._source = source
+        self._tile_cache = TileCache(int(tile_cache_mb * 1024 * 1024)) if tile_cache_mb > 0 else None
         self._max_region_pixels = max_decoded_pixels
         self._window: tuple[float, float] | None = None
         self._window_lock = threading.Lock()
@@ -670,6 +703,8 @@ class PlateImage:
         if not self.closed:
             self.closed = True
             self._source.close()
+            if self._tile_cache is not None:
+                self._tile_cache.clear()
 
     def _check_open(self) -> None:
         if self.closed:
@@ -691,7 +726,7 @@ class PlateImage:
                 f"region x={x}, y={y}, w={w}, h={h} holds {w * h:,} pixels, more than "
                 f"max_decoded_pixels = {self._max_region_pixels:,}; read it in parts"
             )
-        raw = self._source.full_level().read_raw(x, y, w, h)
+        raw = self._source.full_level().read_raw(x, y, w, h, self._tile_cache)
         rgb = pixels.to_rgb8(raw, self._intensity_window() if raw.dtype != np.uint8 else None)
         self.read_seconds["regions"] += time.perf_counter() - started
         return rgb
@@ -750,6 +785,7 @@ def open_image(
     um_per_px_fallback: float | None = None,
     max_pixels: int = 4_000_000_000,
     max_decoded_pixels: int = 600_000_000,
+    tile_cache_mb: float = 0.0,
 ) -> PlateImage:
     """Open a TIFF, JPEG or PNG plate image lazily: headers are read and checked, pixels are not.
 
@@ -761,7 +797,9 @@ def open_image(
     its IEND chunk (a half-copied file fails here, not halfway through a worker's job).
 
     ``um_per_px_fallback`` is used when the file carries no usable scale (configuration
-    ``imaging.um_per_px``; 0 or ``None`` means unknown).
+    ``imaging.um_per_px``; 0 or ``None`` means unknown). ``tile_cache_mb`` > 0 keeps that many MB of
+    decoded tiles for :meth:`PlateImage.read_region` (:mod:`labpipe.imaging.tilecache`): crops cut in
+    reading order share tiles.
     """
     path = Path(path)
     size, head = _stat_and_head(path)
@@ -778,7 +816,7 @@ def open_image(
     else:
         header = _check_raster(path, fmt, size, max_pixels, max_decoded_pixels)
         source = _PillowSource(path, fmt, header)
-    return PlateImage(source, um_per_px_fallback, max_decoded_pixels)
+    return PlateImage(source, um_per_px_fallback, max_decoded_pixels, tile_cache_mb)
 
 
 def verify_readable(

@@ -1,0 +1,30 @@
+"""The examples in the science modules' docstrings run and give what they say."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import numpy as np
+import pytest
+
+MODULES = [
+    "labpipe.bench.fit",
+    "labpipe.classify.calibration",
+    "labpipe.classify.imagenet_family",
+    "labpipe.classify.ood",
+    "labpipe.classify.trained",
+    "labpipe.classify.training",
+    "labpipe.crops.padding",
+    "labpipe.detect.classical",
+    "labpipe.imaging.tilecache",
+    "labpipe.reports.counts",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name: str) -> None:
+    module = importlib.import_module(name)
+    failed, attempted = doctest.testmod(module, extraglobs={"np": np}, optionflags=doctest.ELLIPSIS)
+    assert attempted > 0, f"{name} has no examples"
+    assert failed == 0, name
