@@ -151,7 +151,8 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
-        "| detector | data | images | P | R | F1 | AP50 | AP50:95 | mean abs count err | right count | s/img"
+        "| detector | data | images | P | R | F1 | AP50 | AP50:95 "
+        "| mean abs count error | right count | s/img |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
