@@ -258,18 +258,10 @@ class Pipeline:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
-        from labpipe.classify.loader import load_classifier
+        from labpipe.classify.loader import configured_classifier
         from labpipe.db.database import open_database
 
-        cfg = settings.classifier
-        classifier = load_classifier(
-            cfg.model,
-            threshold=cfg.threshold,
-            batch_size=cfg.batch_size,
-            threads=cfg.threads,
-            top_k=cfg.top_k,
-            database_url=settings.database_url,
-        )
+        classifier = configured_classifier(settings)
         return cls(settings, build_detector(settings), classifier, open_database(settings.database_url))
 
     def __enter__(self) -> Pipeline:

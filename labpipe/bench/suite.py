@@ -91,7 +91,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run every measurement of the module docstring; returns the report as a dict."""
     from labpipe.bench.throughput import classifier_throughput, plate_crops, queue_throughput
-    from labpipe.classify.loader import load_classifier
+    from labpipe.classify.loader import configured_classifier
     from labpipe.daemon.service import settings_environment
 
     work = options.work
@@ -127,17 +127,9 @@ def run_bench(
         "with_specimens": _growth(runs, "specimens_on_plate", lambda r: (r["pixels"],)),
     }
 
-    cfg = settings.classifier
     if crop_source is not None:
         progress("classifier: crops per second")
-        classifier = load_classifier(
-            cfg.model,
-            threshold=cfg.threshold,
-            batch_size=cfg.batch_size,
-            threads=cfg.threads,
-            top_k=cfg.top_k,
-            database_url=settings.database_url,
-        )
+        classifier = configured_classifier(settings)
         crops = plate_crops(crop_source[0], crop_source[1], settings.crops.margin, limit=64)
         report["classifier"] = classifier_throughput(classifier, crops, options.classifier_seconds)
         del classifier, crops

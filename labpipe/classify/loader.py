@@ -25,6 +25,7 @@ __all__ = [
     "BUILTIN_PREFIX",
     "REGISTRY_PREFIX",
     "builtin_specs",
+    "configured_classifier",
     "load_classifier",
     "register_directory_format",
 ]
@@ -139,3 +140,19 @@ def _labpipe_classifier_v1(directory: Path, config: dict[str, Any], **options: A
 
 
 register_directory_format("labpipe-classifier-v1", _labpipe_classifier_v1)
+
+
+def configured_classifier(
+    settings: Any, *, model: str | None = None, threshold: float | None = None
+) -> FamilyClassifier:
+    """The classifier of ``settings`` (``[classifier]``), or ``model`` with the same batch size,
+    threads and top-k; ``threshold`` overrides ``[classifier] threshold``."""
+    cfg = settings.classifier
+    return load_classifier(
+        cfg.model if model is None else model,
+        threshold=cfg.threshold if threshold is None else threshold,
+        batch_size=cfg.batch_size,
+        threads=cfg.threads,
+        top_k=cfg.top_k,
+        database_url=settings.database_url,
+    )

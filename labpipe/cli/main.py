@@ -278,17 +278,10 @@ def eval_family(
     obj: _Context, folders: tuple[Path, ...], family: str, threshold: float | None, as_json: bool
 ) -> None:
     """Share of crops in FOLDERS whose top family is --family, and accepted as it."""
-    from labpipe.classify.loader import load_classifier
+    from labpipe.classify.loader import configured_classifier
     from labpipe.evaluation.folders import evaluate_family
 
-    cfg = obj.settings.classifier
-    classifier = load_classifier(
-        cfg.model,
-        threshold=cfg.threshold if threshold is None else threshold,
-        batch_size=cfg.batch_size,
-        threads=cfg.threads,
-        top_k=cfg.top_k,
-    )
+    classifier = configured_classifier(obj.settings, threshold=threshold)
     threshold = float(classifier.threshold)  # type: ignore[attr-defined]
     reports = [evaluate_family(f, family, classifier, threshold, progress=not as_json) for f in folders]
     if as_json:

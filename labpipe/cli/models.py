@@ -33,20 +33,13 @@ def _dispose(factory: Any) -> None:
 
 def _load_trained(obj: Any, model: str, threshold: float | None = None) -> Any:
     """A trained classifier from a directory, a registered version or ``registry:default``."""
-    from labpipe.classify.loader import BUILTIN_PREFIX, load_classifier
+    from labpipe.classify.loader import BUILTIN_PREFIX, configured_classifier
     from labpipe.classify.trained import TrainedFamilyClassifier
 
     spec = model
     if not Path(model).expanduser().is_dir() and not model.startswith(BUILTIN_PREFIX):
         spec = _resolve_with_database(obj, model)
-    cfg = obj.settings.classifier
-    classifier = load_classifier(
-        spec,
-        threshold=cfg.threshold if threshold is None else threshold,
-        batch_size=cfg.batch_size,
-        threads=cfg.threads,
-        top_k=cfg.top_k,
-    )
+    classifier = configured_classifier(obj.settings, model=spec, threshold=threshold)
     if not isinstance(classifier, TrainedFamilyClassifier):
         _fail(f"{model}: `eval classifier` needs a trained model directory (see `labpipe train classifier`)")
     return classifier
@@ -501,31 +494,24 @@ def reclassify(obj: Any, model: str, sample_id: str | None, threshold: float | N
     are skipped, so it is safe to run twice); one transaction per image. Compare versions with
     `labpipe counts --model VERSION`.
     """
-    from labpipe.classify.loader import load_classifier
+    from labpipe.classify.loader import configured_classifier
     from labpipe.db.database import open_database
     from labpipe.reclassify import reclassify_stored
     from labpipe.registry import resolve_model_argument
 
     settings = obj.settings
-    cfg = settings.classifier
     try:
         factory = open_database(settings.database_url)
         with factory() as session:
             spec = resolve_model_argument(model, session)
-        classifier = load_classifier(
-            spec,
-            threshold=cfg.threshold if threshold is None else threshold,
-            batch_size=cfg.batch_size,
-            threads=cfg.threads,
-            top_k=cfg.top_k,
-        )
+        classifier = configured_classifier(settings, model=spec, threshold=threshold)
         try:
             result = reclassify_stored(
                 factory,
                 classifier,
                 settings.storage.crops_dir,
                 sample_id=sample_id,
-                batch_size=cfg.batch_size,
+                batch_size=settings.classifier.batch_size,
                 progress=not as_json,
             )
         finally:
