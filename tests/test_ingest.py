@@ -59,6 +59,22 @@ def _settings(root: Path, **overrides):
     return load_settings(overrides=base, environ={})
 
 
+class RecordingBroker:
+    """A task queue that records the image ids it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def send(self, image_id: int, *, takeover: bool = False, content_hash: str | None = None) -> None:
+        self.sent.append(image_id)
+
+    def depth(self) -> int | None:
+        return None
+
+    def housekeeping(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
 def plate_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("plates") / "plate.tif"
@@ -167,19 +183,9 @@ def test_a_closed_but_half_written_file_falls_back_to_the_quiet_period(
 def test_the_watcher_takes_a_copied_plate_when_the_copy_closes_it(plate_file: Path, tmp_path: Path) -> None:
     settings = _settings(tmp_path / "data", **{"ingest.stable_seconds": 3600.0, "ingest.observer": "native"})
     factory = open_database(settings.database_url)
-    sent: list[int] = []
-
-    class Broker:
-        def send(self, image_id: int, *, takeover: bool = False, content_hash: str | None = None) -> None:
-            sent.append(image_id)
-
-        def depth(self) -> int | None:
-            return None
-
-        def housekeeping(self) -> None:
-            pass
-
-    watcher = Watcher(settings, factory, Broker())
+    broker = RecordingBroker()
+    sent = broker.sent
+    watcher = Watcher(settings, factory, broker)
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     thread.start()
@@ -340,19 +346,9 @@ def test_watcher_registers_complete_files_and_leaves_the_rest(plate_file: Path, 
     (inbox / "S1" / "copy.tif").write_bytes(plate_file.read_bytes())
     (inbox / "plate.tif.part").write_bytes(b"partial")
     (inbox / "text.tif").write_text("not an image")
-    sent: list[int] = []
-
-    class Broker:
-        def send(self, image_id: int, *, takeover: bool = False, content_hash: str | None = None) -> None:
-            sent.append(image_id)
-
-        def depth(self) -> int | None:
-            return None
-
-        def housekeeping(self) -> None:
-            pass
-
-    watcher = Watcher(settings, factory, Broker())
+    broker = RecordingBroker()
+    sent = broker.sent
+    watcher = Watcher(settings, factory, broker)
     watcher.rescan()
     watcher.tick()  # first sight
     watcher.tick()  # stable: taken
