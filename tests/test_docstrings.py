@@ -16,6 +16,7 @@ MODULES = [
     "labpipe.classify.trained",
     "labpipe.classify.training",
     "labpipe.crops.padding",
+    "labpipe.daemon.service",
     "labpipe.detect.classical",
     "labpipe.imaging.tilecache",
     "labpipe.reports.counts",

@@ -77,6 +77,12 @@ class JobContext:
 
     @classmethod
     def from_settings(cls, settings: Settings, transient: tuple[type[BaseException], ...] = ()) -> JobContext:
+        if settings.classifier.threads > 0:
+            # The worker's share of the cores (see labpipe.daemon.service.worker_threads), for the
+            # learned detector and the image work too, not only the classifier.
+            import torch
+
+            torch.set_num_threads(settings.classifier.threads)
         pipeline = Pipeline.from_settings(settings)
         attempts = AttemptCounter(settings.storage.root / "state" / "attempts")
         ctx = cls(settings, pipeline, attempts, DB_TRANSIENT_ERRORS + tuple(transient))

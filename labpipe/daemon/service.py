@@ -25,7 +25,7 @@ from pathlib import Path
 from labpipe.config import ENV_PREFIX, Settings
 from labpipe.logs import get_logger
 
-__all__ = ["Supervisor", "settings_environment"]
+__all__ = ["Supervisor", "settings_environment", "worker_threads"]
 
 log = get_logger(__name__)
 
@@ -43,6 +43,24 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)
             env[f"{ENV_PREFIX}{section}_{key}".upper()] = text
     return env
+
+
+def worker_threads(settings: Settings, workers: int, cpus: int | None = None) -> dict[str, str]:
+    """Split the CPU cores between ``workers`` worker processes where the threads are left at 0 (all).
+
+    Each worker's classifier (and DETR) would otherwise start one thread per core, so two workers
+    on two cores run four busy threads and slow each other down. Returns the variables to set.
+
+    >>> from labpipe.config import Settings
+    >>> worker_threads(Settings(), 2, cpus=8)
+    {'LABPIPE_CLASSIFIER_THREADS': '4'}
+    >>> worker_threads(Settings(), 1, cpus=8)
+    {}
+    """
+    if workers <= 1 or settings.classifier.threads > 0:
+        return {}
+    cpus = cpus or os.cpu_count() or 1
+    return {f"{ENV_PREFIX}CLASSIFIER_THREADS": str(max(1, cpus // workers))}
 
 
 @dataclass
@@ -80,6 +98,7 @@ class Supervisor:
     def _environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env.update(settings_environment(self.settings))
+        env.update(worker_threads(self.settings, self.workers))
         env.update(self.extra_env)
         return env
 
