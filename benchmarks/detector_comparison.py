@@ -121,12 +121,15 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     from labpipe.evaluation.folders import evaluate_counts
 
     work: Path = args.work
-    detectors: list[tuple[str, Any]] = [("classical", ClassicalDetector())]
+    detectors: list[tuple[str, Any]] = []
+    if args.only in (None, "classical"):
+        detectors.append(("classical", ClassicalDetector()))
     model = args.model or work / "detr"
-    if (model / "config.json").is_file():
-        detectors.append(("DETR", DetrDetector(model, score_threshold=args.score_threshold)))
-    else:
-        print(f"no DETR model in {model}: classical only", file=sys.stderr)
+    if args.only in (None, "detr"):
+        if (model / "config.json").is_file():
+            detectors.append(("DETR", DetrDetector(model, score_threshold=args.score_threshold)))
+        else:
+            print(f"no DETR model in {model}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     test = work / "test"
     for name, detector in detectors:
@@ -146,7 +149,16 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
             c.pop("failures")
             c["seconds_per_image"] = round((time.perf_counter() - t0) / max(1, counts.n_images), 4)
             rows.append(_row(name, f"wells/{folder} (count {expected})", c))
-    return rows
+        (work / f"comparison-{name.lower()}.json").write_text(
+            json.dumps([r for r in rows if r["detector"] == name], indent=2)
+        )
+    # Rows measured earlier for the other detector (``--only``) join the table.
+    for other in ("classical", "detr"):
+        path = work / f"comparison-{other}.json"
+        if args.only not in (None, other) and path.is_file():
+            rows.extend(json.loads(path.read_text()))
+    order = {"classical": 0, "DETR": 1}
+    return sorted(rows, key=lambda r: order.get(r["detector"], 2))
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -191,6 +203,11 @@ def main() -> None:
     p_cmp.add_argument("--model", type=Path, help="DETR model directory (default WORK/detr).")
     p_cmp.add_argument("--score-threshold", type=float, default=0.5)
     p_cmp.add_argument("--wells-um-per-px", type=float, default=8.0)
+    p_cmp.add_argument(
+        "--only",
+        choices=["classical", "detr"],
+        help="Measure one detector; the other's rows from an earlier run join the table.",
+    )
     p_cmp.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from labpipe.bench.fit import loglog_slope
 from labpipe.bench.plates import BenchPlate
+from labpipe.bench.plot import plot_bench
 from labpipe.bench.runs import STAGES
 from labpipe.bench.suite import BenchOptions, format_report, run_bench
 from labpipe.config import load_settings
@@ -74,6 +75,8 @@ def test_a_small_bench_measures_every_stage_memory_growth_and_the_queue(tmp_path
     assert any(t.startswith("pick-up") for t in targets)
     text = format_report(report)
     assert "| plate | MP |" in text and "targets:" in text and "plates/h" in text
+    chart = plot_bench(report, tmp_path / "bench.png")
+    assert chart.stat().st_size > 10_000
 
 
 def test_bench_command_is_registered_with_its_options() -> None:
@@ -81,5 +84,5 @@ def test_bench_command_is_registered_with_its_options() -> None:
 
     result = CliRunner().invoke(cli, ["bench", "--help"])
     assert result.exit_code == 0
-    for option in ("--quick", "--no-queue", "--json", "--out", "--work"):
+    for option in ("--quick", "--no-queue", "--json", "--out", "--work", "--plot"):
         assert option in result.output

@@ -25,9 +25,22 @@ __all__ = ["bench"]
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report here."
 )
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the chart of stage times and peak memory goes (default: <work>/bench.png).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def bench(obj: Any, quick: bool, no_queue: bool, work: Path | None, out: Path | None, as_json: bool) -> None:
+def bench(
+    obj: Any,
+    quick: bool,
+    no_queue: bool,
+    work: Path | None,
+    out: Path | None,
+    plot: Path | None,
+    as_json: bool,
+) -> None:
     """Measure plates end to end, growth with pixels and specimens, and throughput.
 
     Generates synthetic tiled LZW BigTIFF plates (6000², 12000², 20000²; 8- and 16-bit; 50 to 500
@@ -40,6 +53,7 @@ def bench(obj: Any, quick: bool, no_queue: bool, work: Path | None, out: Path | 
     registration. Ends with the performance targets, each met or missed.
     """
     from labpipe.bench.plates import BenchPlate, full_suite, quick_suite
+    from labpipe.bench.plot import plot_bench
     from labpipe.bench.suite import BenchOptions, format_report, run_bench
 
     settings = obj.settings
@@ -57,7 +71,10 @@ def bench(obj: Any, quick: bool, no_queue: bool, work: Path | None, out: Path | 
         classifier_seconds=2.0 if quick else 10.0,
     )
     report = run_bench(settings, options, progress=lambda m: None if as_json else click.echo(m, err=True))
+    report["plot"] = str(plot_bench(report, plot or work / "bench.png"))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    click.echo(
+        json.dumps(report, indent=2) if as_json else f"{format_report(report)}\nchart: {report['plot']}"
+    )
