@@ -111,7 +111,9 @@ def train(args: argparse.Namespace) -> None:
 
 
 def _row(name: str, data: str, report: dict[str, Any]) -> dict[str, Any]:
-    return {"detector": name, "data": data, **report}
+    """One table row; ``version`` is the detector's own name with its settings hash."""
+    version = report.get("detector")
+    return {**report, "detector": name, "data": data, "version": version}
 
 
 def compare(args: argparse.Namespace) -> list[dict[str, Any]]:

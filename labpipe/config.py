@@ -125,7 +125,7 @@ class QueueConfig:
     visibility_timeout: int = 3600
     """Seconds an unacknowledged task may run before the broker hands it to another worker (Redis, and
     the embedded broker's sweeper). Must exceed the longest single task."""
-    poll_interval: float = 0.5
+    poll_interval: float = 0.1
     """Embedded broker: seconds between polls of an empty queue."""
     worker_concurrency: int = 1
     """Worker processes per ``labpipe worker`` (each loads the models once)."""
