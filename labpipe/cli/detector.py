@@ -160,7 +160,14 @@ def train_detector_command(
         out_dir.mkdir(parents=True, exist_ok=True)
         pseudo_path = out_dir.parent / f"{out_dir.name}.pseudo-labels.coco.json"
         max_side = obj.settings.imaging.overview_max_side
-        pseudo_label(todo, classical, pseudo_path, max_side, progress=not as_json)
+        pseudo_label(
+            todo,
+            classical,
+            pseudo_path,
+            max_side,
+            um_per_px_fallback=obj.settings.um_per_px_fallback,
+            progress=not as_json,
+        )
         entries = labelled + read_coco_set(pseudo_path, category=None)
         train_coco = out_dir.parent / f"{out_dir.name}.train.coco.json"
         write_coco_document(coco_document(entries, "labelled + pseudo-labels (classical)"), train_coco)

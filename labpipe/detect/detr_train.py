@@ -33,6 +33,7 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -522,20 +523,27 @@ def pseudo_label(
     out_coco: Path,
     overview_max_side: int = 4096,
     *,
+    um_per_px_fallback: float | None = None,
+    keep: Callable[[Path, int], bool] | None = None,
     progress: bool = True,
 ) -> Path:
     """Annotate ``images`` with ``detector`` (the classical one, to bootstrap) as a COCO file.
 
-    Boxes are in full-resolution pixels; each image entry carries its scale when known. The file
-    records which detector made the boxes (``info.description``).
+    Boxes are in full-resolution pixels; each image entry carries its scale when known (from the
+    file, else ``um_per_px_fallback``), so training reads it at the model's working scale. ``keep``
+    (path, number of boxes) -> bool drops images whose pseudo-labels are not trusted, e.g. wells
+    known to hold one insect where the detector found two. The file records which detector made
+    the boxes (``info.description``).
     """
     from labpipe.analysis import detect_specimens
     from labpipe.imaging import open_image
 
     entries: list[CocoImage] = []
     for path in tqdm(images, desc="pseudo-labels", disable=not progress, unit="img"):
-        with open_image(path) as plate:
+        with open_image(path, um_per_px_fallback=um_per_px_fallback) as plate:
             found, _ = detect_specimens(detector, plate, overview_max_side)
+            if keep is not None and not keep(Path(path), len(found)):
+                continue
             entries.append(
                 CocoImage(
                     Path(path).name,
