@@ -480,3 +480,31 @@ def test_pseudo_labels_are_the_classical_detectors_boxes_as_coco(
     truth = read_coco_set(coco)[0].boxes
     assert match_detections(entry.boxes, truth).recall >= 0.8
     assert "classical" in json.loads(out.read_text())["info"]["description"]
+
+
+def test_pseudo_labels_keep_only_images_whose_count_is_trusted_and_carry_the_fallback_scale(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    from labpipe.detect.classical import ClassicalDetector
+    from labpipe.detect.detr_train import pseudo_label
+    from labpipe.evaluation.folders import image_files
+
+    wells = image_files(shared_data / "bioscan-wells" / "single")[:6]
+    counts: dict[str, int] = {}
+
+    def one_insect(path: Path, n: int) -> bool:
+        counts[path.name] = n
+        return n == 1
+
+    out = pseudo_label(
+        wells,
+        ClassicalDetector(),
+        tmp_path / "p.json",
+        um_per_px_fallback=8.0,
+        keep=one_insect,
+        progress=False,
+    )
+    entries = read_coco_set(out)
+    assert len(counts) == 6 and {e.file_name for e in entries} == {k for k, n in counts.items() if n == 1}
+    assert 0 < len(entries) < 6  # some wells pass the check, some do not (loose legs get boxes)
+    assert all(len(e.boxes) == 1 and e.um_per_px == 8.0 for e in entries)
