@@ -12,7 +12,8 @@
 - Defaults follow the BIOSCAN-5M cropping model (a DETR fine-tuned with AdamW, learning rate 1e-4,
   weight decay 1e-4, batch 8, 10 epochs, one rate for every layer; DETR's 1e-5 for the backbone
   is an option). The stem and first two backbone stages stay at their ImageNet weights.
-  Gradients are clipped at norm 0.1 (DETR); the rate drops tenfold for the last fifth of the epochs.
+  Gradients are clipped at norm 0.1 (DETR); the rate drops tenfold for the last fifth of the epochs
+  (or of ``max_minutes``, when the time budget ends training first).
 - After every epoch the tiled detector (the same code as inference) runs on the validation images;
   the checkpoint with the best AP50 is kept in the output directory with its preprocessor config,
   ``labpipe_detector.json`` and a model card (``README.md``: data, settings, metrics).
@@ -330,7 +331,7 @@ def train_detector(
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=options.weight_decay)
     lr_drop = max(1, math.ceil(options.epochs * 0.8))
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_drop, gamma=0.1)
+    dropped = False
 
     detector = DetrDetector.from_model(
         model, info, preprocessing, batch_size=options.batch_size, device=str(device)
@@ -376,7 +377,13 @@ def train_detector(
                 stop = True
                 break
         bar.close()
-        scheduler.step()
+        # The rate drops tenfold for the last fifth of the epochs, or of the time budget when
+        # --max-minutes will end training first.
+        late = options.max_minutes and time.perf_counter() - started > 0.8 * options.max_minutes * 60
+        if not dropped and (epoch >= lr_drop or late):
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.1
+            dropped = True
         train_seconds = time.perf_counter() - t_epoch
         metrics = _validate(detector, val_set, options.val_score_threshold) if val_set else {}
         row = {
