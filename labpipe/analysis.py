@@ -147,11 +147,6 @@ def timed_detection(
     return found
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def analyse_image(
     path: Path,
     *,
