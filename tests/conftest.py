@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from services import redis_ping, start_redis
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("LABPIPE_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
@@ -67,3 +72,48 @@ def redis_url() -> str:
             pytest.fail(message + " (CI=true: services are required)")
         pytest.skip(message)
     return REDIS_URL
+
+
+@pytest.fixture
+def redis_db(redis_url: str) -> Iterator[str]:
+    """A Redis database number (1-15) that is empty now; our keys in it are removed afterwards."""
+    import redis
+
+    chosen = None
+    for n in random.sample(range(1, 16), 15):
+        client = redis.Redis.from_url(f"{redis_url}/{n}")
+        if client.dbsize() == 0:
+            chosen = n
+            client.close()
+            break
+        client.close()
+    if chosen is None:
+        pytest.skip("no empty Redis database number among 1-15")
+    url = f"{redis_url}/{chosen}"
+    yield url
+    if not redis_ping(redis_url):  # a test that restarts Redis always leaves it running
+        start_redis()
+    client = redis.Redis.from_url(url)
+    for pattern in ("labpipe.*", "unacked*", "_kombu.binding*"):
+        for key in client.scan_iter(match=pattern):
+            client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database, migrated, dropped afterwards."""
+    from labpipe.db.migrate import upgrade
+
+    name = f"labpipe_daemon_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -79,10 +79,28 @@ def test_a_small_bench_measures_every_stage_memory_growth_and_the_queue(tmp_path
     assert chart.stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_the_queue_runs_through_a_scratch_redis_and_postgresql_when_asked(
+    tmp_path: Path, redis_db: str, pg_url: str
+) -> None:
+    from labpipe.bench.plates import ensure_plate
+    from labpipe.bench.throughput import queue_throughput
+
+    settings = load_settings(
+        overrides={"storage.root": tmp_path / "lab", "classifier.threads": 1}, environ={}
+    )
+    plates = [ensure_plate(BenchPlate(1000, 4, um_per_px=20.0, seed=70 + i), tmp_path)[0] for i in range(3)]
+    run = queue_throughput(settings, plates, 1, tmp_path / "bench", broker_url=redis_db, database_url=pg_url)
+    report = run.as_dict()
+    assert report["broker"].startswith("redis") and report["plates"] == 2 and report["failed"] == 0
+    assert report["plates_per_hour"] > 0
+    assert not (tmp_path / "lab" / "labpipe.sqlite").exists()  # the lab's own database was not used
+
+
 def test_bench_command_is_registered_with_its_options() -> None:
     from labpipe.cli.main import cli
 
     result = CliRunner().invoke(cli, ["bench", "--help"])
     assert result.exit_code == 0
-    for option in ("--quick", "--no-queue", "--json", "--out", "--work", "--plot"):
+    for option in ("--quick", "--no-queue", "--json", "--out", "--work", "--plot", "--broker", "--queue-db"):
         assert option in result.output

@@ -10,13 +10,11 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from services import redis_ping, start_redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,10 +50,6 @@ FAST = {
     "classifier.batch_size": 8,
     "logging.level": "INFO",
 }
-REDIS_SERVER_ARGS = [
-    "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
-    "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
-]  # fmt: skip
 FINISHED = {ImageStatus.DONE.value, ImageStatus.FAILED.value, ImageStatus.QUARANTINED.value}
 
 
@@ -98,79 +93,13 @@ def drop(source: Path | bytes, dest: Path, tag: str | None = None) -> Path:
 # -- services ------------------------------------------------------------------------------------
 
 
-def _redis_ping(url: str = "redis://127.0.0.1:6379") -> bool:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1)
-        client.ping()
-        client.close()
-        return True
-    except redis.exceptions.RedisError:
-        return False
-
-
-def _start_redis() -> None:
-    subprocess.run(["redis-server", *REDIS_SERVER_ARGS], check=True, timeout=20, capture_output=True)
-    deadline = time.monotonic() + 20
-    while not _redis_ping():
-        if time.monotonic() > deadline:
-            raise RuntimeError("redis-server did not come back within 20 s")
-        time.sleep(0.2)
-
-
 def restart_redis() -> None:
     """Stop Redis without saving (it keeps nothing on disk here) and start it again."""
     subprocess.run(["redis-cli", "shutdown", "nosave"], timeout=20, capture_output=True)
     deadline = time.monotonic() + 10
-    while _redis_ping() and time.monotonic() < deadline:
+    while redis_ping() and time.monotonic() < deadline:
         time.sleep(0.1)
-    _start_redis()
-
-
-@pytest.fixture
-def redis_db(redis_url: str) -> Iterator[str]:
-    """A Redis database number (1-15) that is empty now; our keys in it are removed afterwards."""
-    import redis
-
-    chosen = None
-    for n in random.sample(range(1, 16), 15):
-        client = redis.Redis.from_url(f"{redis_url}/{n}")
-        if client.dbsize() == 0:
-            chosen = n
-            client.close()
-            break
-        client.close()
-    if chosen is None:
-        pytest.skip("no empty Redis database number among 1-15")
-    url = f"{redis_url}/{chosen}"
-    yield url
-    if not _redis_ping(redis_url):  # a test that restarts Redis always leaves it running
-        _start_redis()
-    client = redis.Redis.from_url(url)
-    for pattern in ("labpipe.*", "unacked*", "_kombu.binding*"):
-        for key in client.scan_iter(match=pattern):
-            client.delete(key)
-    client.close()
-
-
-@pytest.fixture
-def pg_url(postgres_url: str) -> Iterator[str]:
-    """A fresh PostgreSQL database, migrated, dropped afterwards."""
-    from labpipe.db.migrate import upgrade
-
-    name = f"labpipe_daemon_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    start_redis()
 
 
 # -- the daemon's processes ----------------------------------------------------------------------
@@ -539,8 +468,8 @@ def test_redis_restarted_during_a_run_loses_no_image(
         restart_redis()  # every queued and unacknowledged task is gone
         daemon.wait_finished(16, timeout=180)
     finally:
-        if not _redis_ping():
-            _start_redis()
+        if not redis_ping():
+            start_redis()
     images = assert_processed_exactly_once(daemon)
     assert len(images) == 16 and all(i.status == ImageStatus.DONE.value for i in images.values())
 

@@ -47,6 +47,10 @@ class BenchOptions:
     work: Path
     workers: Sequence[int] = (1, 2)
     classifier_seconds: float = 5.0
+    broker_url: str = ""
+    """Queue runs: a scratch Redis (``redis://host:6379/15``); empty: the embedded broker."""
+    database_url: str = ""
+    """Queue runs: a scratch PostgreSQL database; empty: a fresh SQLite file."""
 
 
 def _machine() -> dict[str, Any]:
@@ -139,7 +143,16 @@ def run_bench(
         paths = [ensure_plate(p, plates_dir)[0] for p in options.queue_plates]
         for n in options.workers:
             progress(f"queue: {len(paths) - 1} plates, {n} worker(s)")
-            queue_runs.append(queue_throughput(settings, paths, n, work).as_dict())
+            queue_runs.append(
+                queue_throughput(
+                    settings,
+                    paths,
+                    n,
+                    work,
+                    broker_url=options.broker_url,
+                    database_url=options.database_url,
+                ).as_dict()
+            )
     report["queue"] = queue_runs
     report["queue_plate"] = options.queue_plates[0].label if options.queue_plates else None
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -4,10 +4,12 @@
   its true boxes, margin and pad as in the pipeline) in batches of the configured size, resizing
   included, after one warm-up batch.
 - :func:`queue_throughput` runs the daemon as ``labpipe serve`` does (the watcher and N worker
-  processes under :class:`labpipe.daemon.service.Supervisor`, on the configured broker: the
-  embedded SQLite broker by default, Redis when ``[queue] broker_url`` says so), copies plates into
-  its inbox, and measures how long the queue takes to finish them, and how long after each copy
-  closed its file the watcher registered it (the pick-up delay).
+  processes under :class:`labpipe.daemon.service.Supervisor`), copies plates into its inbox, and
+  measures how long the queue takes to finish them, and how long after each copy closed its file
+  the watcher registered it (the pick-up delay). It never touches the lab's own queue or database:
+  by default a fresh SQLite database and the embedded broker under the benchmark's folder; a
+  Redis broker and a PostgreSQL database only when given explicitly (use a scratch database and
+  a Redis database number no worker of the lab listens on).
 """
 
 from __future__ import annotations
@@ -103,12 +105,20 @@ def _utc(value: dt.datetime) -> dt.datetime:
 
 
 def queue_throughput(
-    settings: Any, plates: Sequence[Path], workers: int, work: Path, timeout: float = 1800.0
+    settings: Any,
+    plates: Sequence[Path],
+    workers: int,
+    work: Path,
+    timeout: float = 1800.0,
+    *,
+    broker_url: str = "",
+    database_url: str = "",
 ) -> QueueRun:
     """Process ``plates`` through the daemon with ``workers`` worker processes (module docstring).
 
-    ``settings`` gives the models, database and broker; its storage root is replaced by a fresh
-    folder under ``work`` (and an empty database URL means a fresh SQLite file there).
+    ``settings`` gives the models and their settings; the storage root is a fresh folder under
+    ``work``, the database ``database_url`` (default: a fresh SQLite file there) and the broker
+    ``broker_url`` (default: the embedded one there), never the ones ``settings`` name.
     """
     from sqlalchemy import select
 
@@ -122,8 +132,9 @@ def queue_throughput(
     run_settings = replace(
         settings,
         storage=replace(settings.storage, root=root),
+        database=replace(settings.database, url=database_url),
         logging=replace(settings.logging, level="WARNING"),
-        queue=replace(settings.queue, serve_workers=workers),
+        queue=replace(settings.queue, serve_workers=workers, broker_url=broker_url),
     )
     factory = open_database(run_settings.database_url)
     supervisor = Supervisor(run_settings, workers=workers, log_file=root / "daemon.log")

@@ -30,6 +30,17 @@ __all__ = ["bench"]
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where the chart of stage times and peak memory goes (default: <work>/bench.png).",
 )
+@click.option(
+    "--broker",
+    default="",
+    help="Queue runs through this scratch Redis (e.g. redis://127.0.0.1:6379/15), never the lab's own "
+    "queue; default: the embedded broker in --work.",
+)
+@click.option(
+    "--queue-db",
+    default="",
+    help="Queue runs record into this scratch database URL; default: a fresh SQLite file in --work.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def bench(
@@ -39,6 +50,8 @@ def bench(
     work: Path | None,
     out: Path | None,
     plot: Path | None,
+    broker: str,
+    queue_db: str,
     as_json: bool,
 ) -> None:
     """Measure plates end to end, growth with pixels and specimens, and throughput.
@@ -48,9 +61,10 @@ def bench(
     in a child process, and reports seconds per stage (read, overview, detect, crop, classify,
     database), end to end, specimens per second, plates per hour and peak resident memory; the
     log-log slope of time against pixels and against specimens; classifier crops per second at
-    the configured batch size; and plates per hour through the real queue (the configured broker;
-    embedded by default) with 1 and 2 workers, with the delay from a file's completion to its
-    registration. Ends with the performance targets, each met or missed.
+    the configured batch size; and plates per hour through the real queue with 1 and 2 workers
+    (a fresh embedded broker and SQLite database in --work, or the scratch --broker and --queue-db;
+    never the lab's own), with the delay from a file's completion to its registration. Ends with
+    the performance targets, each met or missed, and writes a chart.
     """
     from labpipe.bench.plates import BenchPlate, full_suite, quick_suite
     from labpipe.bench.plot import plot_bench
@@ -69,6 +83,8 @@ def bench(
         queue_plates=[] if no_queue else queue_plates,
         work=work,
         classifier_seconds=2.0 if quick else 10.0,
+        broker_url=broker,
+        database_url=queue_db,
     )
     report = run_bench(settings, options, progress=lambda m: None if as_json else click.echo(m, err=True))
     report["plot"] = str(plot_bench(report, plot or work / "bench.png"))
