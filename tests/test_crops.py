@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labpipe.crops import border_mean_colour, crop_relpath, margin_box, pad_to_square, read_crop, save_crop
+from labpipe.crops import (
+    CropWriter,
+    border_mean_colour,
+    crop_relpath,
+    margin_box,
+    pad_to_square,
+    read_crop,
+    save_crop,
+)
 
 
 def _object_bbox(img: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
@@ -68,3 +76,22 @@ def test_crop_paths_derive_from_ids_and_are_safe(tmp_path) -> None:
     save_crop(rgb, path)
     assert np.array_equal(read_crop(path), rgb)  # lossless
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+
+
+def test_crops_written_in_the_background_read_back_bit_for_bit(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (n, n, 3), dtype=np.uint8) for n in (17, 300, 64, 129)]
+    with CropWriter(threads=2, max_pending=2) as writer:
+        for i, crop in enumerate(crops):
+            writer.submit(crop, tmp_path / "s" / f"{i}.png")
+    assert writer.written == len(crops)
+    for i, crop in enumerate(crops):
+        assert np.array_equal(read_crop(tmp_path / "s" / f"{i}.png"), crop)  # lossless PNG
+    assert not list((tmp_path / "s").glob(".tmp-*"))  # no temporary file left behind
+
+
+def test_a_crop_that_cannot_be_written_fails_the_block_with_its_path(tmp_path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the crop folder should be")
+    with pytest.raises(OSError, match="not-a-folder"), CropWriter(threads=1) as writer:
+        writer.submit(np.zeros((8, 8, 3), np.uint8), blocker / "1.png")
