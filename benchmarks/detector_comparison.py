@@ -16,7 +16,8 @@ photos are never copied), then renders synthetic plates with exact COCO boxes
 
 ``train`` runs ``labpipe train detector`` on ``train`` (validated on ``val``) into WORK/detr.
 ``compare`` evaluates the classical detector and the DETR on the held-apart synthetic plates
-(precision, recall, F1 at IoU 0.5, AP50, AP50:95, count error) and on the real wells of
+(precision, recall, F1 at IoU 0.5, AP50, AP50:95, count error), on the benchmark's dense
+12000 x 12000 plates (200 and 500 specimens, :mod:`labpipe.bench.plates`) and on the real wells of
 ``../shared/data/bioscan-wells`` (share of wells with the right count: 1 for ``single``, 0 for
 ``empty`` and ``fragments``), and prints one table (and JSON with ``--json``).
 The wells carry no scale; they are read at ``--wells-um-per-px`` (a 96-well plate well, about
@@ -228,6 +229,25 @@ def wells(args: argparse.Namespace) -> None:
         print(f"| {r['detector']} | {r['data']} | {r['images']} | {r['share_exact']} | {r['histogram']} |")
 
 
+def _dense_plates(folder: Path) -> list[tuple[str, Path]]:
+    """The benchmark's 12000² plates with 200 and 500 specimens (procedural, 1-4 mm), with COCO truth.
+
+    500 specimens cover most of the dish: the crowded trap catch a lab would rather not split.
+    """
+    from labpipe.bench.plates import BenchPlate, ensure_plate
+    from labpipe.detect.detr_data import CocoImage, coco_document, write_coco_document
+
+    out = []
+    for n in (200, 500):
+        plate = BenchPlate(12000, n)
+        path, truth = ensure_plate(plate, folder / str(n))
+        coco = path.parent / "annotations.coco.json"
+        entry = CocoImage(path.name, plate.side, plate.side, plate.um_per_px, truth)
+        write_coco_document(coco_document([entry], f"labpipe bench plate {plate.label}"), coco)
+        out.append((f"dense plate: 12000², {n} specimens", coco))
+    return out
+
+
 def _row(name: str, data: str, report: dict[str, Any]) -> dict[str, Any]:
     """One table row; ``version`` is the detector's own name with its settings hash."""
     version = report.get("detector")
@@ -252,11 +272,16 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f"no DETR model in {model}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     test = work / "test"
+    dense = _dense_plates(work / "dense")
     for name, detector in detectors:
         report = evaluate_detector(test / "annotations.coco.json", test, detector, progress=not args.json)
         d = report.as_dict()
         d.pop("per_image")
         rows.append(_row(name, "synthetic test plates", d))
+        for label, coco in dense:
+            d = evaluate_detector(coco, coco.parent, detector, progress=not args.json).as_dict()
+            d.pop("per_image")
+            rows.append(_row(name, label, d))
         for folder, expected in WELL_SETS:
             path = WELLS / folder
             if not path.is_dir():

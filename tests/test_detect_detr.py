@@ -508,3 +508,17 @@ def test_pseudo_labels_keep_only_images_whose_count_is_trusted_and_carry_the_fal
     assert len(counts) == 6 and {e.file_name for e in entries} == {k for k, n in counts.items() if n == 1}
     assert 0 < len(entries) < 6  # some wells pass the check, some do not (loose legs get boxes)
     assert all(len(e.boxes) == 1 and e.um_per_px == 8.0 for e in entries)
+
+
+def test_an_image_smaller_than_a_tile_is_padded_to_the_tile_with_its_border_colour() -> None:
+    from labpipe.detect.detr import pad_tiles
+
+    well = np.full((1, 150, 200, 3), 90, np.uint8)
+    well[0, 0, :] = 200  # the border: top row 200, everything else 90
+    well[0, 60:90, 80:120] = 10  # an insect in the middle does not change the fill
+    padded = pad_tiles(well, 384)
+    assert padded.shape == (1, 384, 384, 3)
+    assert np.array_equal(padded[0, :150, :200], well[0])  # the image itself, at the top left
+    border = np.concatenate([well[0, 0], well[0, -1], well[0, :, 0], well[0, :, -1]]).mean(axis=0)
+    assert np.array_equal(padded[0, 300, 300], np.round(border).astype(np.uint8))
+    assert pad_tiles(np.zeros((2, 384, 384, 3), np.uint8), 384).shape == (2, 384, 384, 3)  # as it is

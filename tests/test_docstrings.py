@@ -18,6 +18,7 @@ MODULES = [
     "labpipe.crops.padding",
     "labpipe.daemon.service",
     "labpipe.detect.classical",
+    "labpipe.detect.detr",
     "labpipe.imaging.tilecache",
     "labpipe.reports.counts",
 ]

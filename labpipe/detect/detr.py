@@ -73,6 +73,7 @@ __all__ = [
     "build_detr",
     "load_detr_model",
     "model_dir_hash",
+    "pad_tiles",
     "reset_detr_parameters",
     "resolve_device",
     "save_detr_model",
@@ -557,14 +558,8 @@ class DetrDetector:
         batch_pixels: list[np.ndarray] = []
 
         def flush() -> None:
-            stack = np.stack(batch_pixels)
-            # Sides padded (edge pixels repeated) to a multiple of PAD_MULTIPLE: RT-DETR's feature
-            # pyramid needs it; boxes are relative to the padded input and clipped to the tile.
-            ph = -(-stack.shape[1] // PAD_MULTIPLE) * PAD_MULTIPLE
-            pw = -(-stack.shape[2] // PAD_MULTIPLE) * PAD_MULTIPLE
-            if (ph, pw) != stack.shape[1:3]:
-                pad = ((0, 0), (0, ph - stack.shape[1]), (0, pw - stack.shape[2]), (0, 0))
-                stack = np.pad(stack, pad, mode="edge")
+            stack = pad_tiles(np.stack(batch_pixels), self.tile_size)
+            ph, pw = stack.shape[1:3]
             x = self.preprocessing.to_tensor(stack).to(self.device)
             outputs = self.model(pixel_values=x)
             sc, bx = _scores_and_boxes(self.model, outputs)
@@ -616,6 +611,34 @@ class DetrDetector:
             for b, s in ((all_boxes[i], m) for i, m in zip(kept, merged, strict=True))
             if b[2] > 0 and b[3] > 0
         ]
+
+
+def pad_tiles(tiles: np.ndarray, tile_size: int) -> np.ndarray:
+    """Tiles ``(B, h, w, 3)`` padded at the bottom and right to at least ``tile_size`` and to a multiple
+    of :data:`PAD_MULTIPLE` (RT-DETR's feature pyramid needs it), with each tile's border-mean colour.
+
+    An image smaller than a tile (a well photo at the working scale) then reaches the model as it
+    saw such images in training (:func:`labpipe.detect.detr_data.random_tile` pads them to the tile
+    the same way), not as a small input of a size it never saw. Boxes stay relative to the padded
+    input; the caller clips them to the tile.
+
+    >>> pad_tiles(np.zeros((2, 100, 70, 3), np.uint8), 128).shape
+    (2, 128, 128, 3)
+    >>> pad_tiles(np.zeros((1, 400, 400, 3), np.uint8), 384).shape
+    (1, 416, 416, 3)
+    """
+    b, h, w, c = tiles.shape
+    ph = -(-max(h, tile_size) // PAD_MULTIPLE) * PAD_MULTIPLE
+    pw = -(-max(w, tile_size) // PAD_MULTIPLE) * PAD_MULTIPLE
+    if (ph, pw) == (h, w):
+        return tiles
+    out = np.empty((b, ph, pw, c), dtype=tiles.dtype)
+    for k in range(b):
+        t = tiles[k]
+        border = np.concatenate([t[0], t[-1], t[:, 0], t[:, -1]]).astype(np.float64)
+        out[k] = np.round(border.mean(axis=0)).astype(tiles.dtype)
+        out[k, :h, :w] = t
+    return out
 
 
 def _resize(rgb: np.ndarray, factor: float) -> np.ndarray:
