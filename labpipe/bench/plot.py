@@ -28,7 +28,7 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     runs = report["plates"]
-    labels = [r["label"].replace(", ", "\n") for r in runs]
+    labels = [r["label"] for r in runs]
     fig, (ax, mem) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     bottom = [0.0] * len(runs)
     for stage in STAGES:
@@ -41,7 +41,7 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
     ax.axhline(target, color="red", linestyle=":", linewidth=1)
     ax.text(len(runs) - 0.5, target, f"target {target:g} s (12000², 200 specimens)", color="red",
             ha="right", va="bottom", fontsize=8)  # fmt: skip
-    ax.set_xticks(range(len(runs)), labels, fontsize=7)
+    ax.set_xticks(range(len(runs)), labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("seconds")
     ax.set_title("end to end, by stage", fontsize=10)
     ax.legend(fontsize=7, ncols=4, loc="upper left")
@@ -50,7 +50,7 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
         limit = report["targets"][key]
         mem.axhline(limit, color="red", linestyle=":", linewidth=1)
         mem.text(-0.4, limit, f"target {name}: {limit:g} MB", color="red", va="bottom", fontsize=8)
-    mem.set_xticks(range(len(runs)), labels, fontsize=7)
+    mem.set_xticks(range(len(runs)), labels, fontsize=7, rotation=30, ha="right")
     mem.set_ylabel("peak resident memory, MB")
     mem.set_title("peak memory of the process", fontsize=10)
     m = report["machine"]
