@@ -60,16 +60,22 @@ def split_cutouts(source: Path, work: Path, test_fraction: float = 0.3, seed: in
     order = np.random.default_rng(seed).permutation(len(files))
     n_test = round(len(files) * test_fraction)
     pools = {"test": [files[i] for i in order[:n_test]], "train": [files[i] for i in order[n_test:]]}
+    out = _link_pools(pools, lambda name: work / f"cutouts-{name}")
+    return out["train"], out["test"]
+
+
+def _link_pools(pools: dict[str, list[Path]], folder_of: Any) -> dict[str, Path]:
+    """Each pool of files as a folder of symbolic links (``folder_of(name)``), emptied first."""
     out = {}
     for name, chosen in pools.items():
-        folder = work / f"cutouts-{name}"
+        folder = folder_of(name)
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.iterdir():
             old.unlink()
         for path in chosen:
             (folder / path.name).symlink_to(path.resolve())
         out[name] = folder
-    return out["train"], out["test"]
+    return out
 
 
 def make_data(args: argparse.Namespace) -> None:
@@ -130,15 +136,7 @@ def _half_split(folder: Path, target: Path, seed: int = 0) -> tuple[Path, Path]:
         "train": [files[i] for i in order[: len(files) // 2]],
         "test": [files[i] for i in order[len(files) // 2 :]],
     }
-    out = {}
-    for name, chosen in halves.items():
-        dest = target / name / folder.name
-        dest.mkdir(parents=True, exist_ok=True)
-        for old in dest.iterdir():
-            old.unlink()
-        for path in chosen:
-            (dest / path.name).symlink_to(path.resolve())
-        out[name] = dest
+    out = _link_pools(halves, lambda name: target / name / folder.name)
     return out["train"], out["test"]
 
 

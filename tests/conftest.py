@@ -105,7 +105,7 @@ def pg_url(postgres_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database, migrated, dropped afterwards."""
     from labpipe.db.migrate import upgrade
 
-    name = f"labpipe_daemon_{uuid.uuid4().hex[:8]}"
+    name = f"labpipe_test_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))

@@ -171,28 +171,11 @@ def test_cli_reports_bad_files_and_still_processes_the_good_ones(plate, tmp_path
     assert len(records[1]["specimens"]) > 0
 
 
-def test_same_results_on_postgresql(plate, postgres_url: str, tmp_path: Path) -> None:
-    import uuid
-
-    import sqlalchemy as sa
-
-    from labpipe.db.migrate import upgrade
-
-    name = f"labpipe_pipe_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        with Pipeline.from_settings(_settings(tmp_path / "pg", url)) as pipe:
-            result = pipe.process_file(plate[0], sample_id="PG-1")
-            again = pipe.process_file(plate[0], sample_id="PG-1")
-            with pipe.session_factory() as session:
-                assert session.scalar(select(func.count(Specimen.id))) == len(again["specimens"])
-        assert len(result["specimens"]) == len(again["specimens"]) > 0
-        assert np.isclose(result["um_per_px"], 10.0)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def test_same_results_on_postgresql(plate, pg_url: str, tmp_path: Path) -> None:
+    with Pipeline.from_settings(_settings(tmp_path / "pg", pg_url)) as pipe:
+        result = pipe.process_file(plate[0], sample_id="PG-1")
+        again = pipe.process_file(plate[0], sample_id="PG-1")
+        with pipe.session_factory() as session:
+            assert session.scalar(select(func.count(Specimen.id))) == len(again["specimens"])
+    assert len(result["specimens"]) == len(again["specimens"]) > 0
+    assert np.isclose(result["um_per_px"], 10.0)
