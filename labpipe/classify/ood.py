@@ -90,17 +90,17 @@ def ledoit_wolf_covariance(centred: npt.ArrayLike) -> tuple[np.ndarray, float]:
 
 @dataclass(frozen=True)
 class FeatureGaussians:
-    """One mean per class and a shared precision matrix (inverse shrunk covariance)."""
+    """One mean per class and a shared precision matrix (inverse shrunk covariance).
+
+    The rejection distance is not part of it: it is chosen afterwards, on validation
+    (:func:`select_distance_threshold`), and recorded with the model's other decisions.
+    """
 
     means: np.ndarray
     """``(K, d)`` class means."""
     precision: np.ndarray
     """``(d, d)``."""
     shrinkage: float
-    threshold: float = float("inf")
-    """Distances above this are out of distribution."""
-    keep: float = 1.0
-    """Share of in-distribution validation images the threshold keeps."""
 
 
 def fit_feature_gaussians(features: npt.ArrayLike, labels: npt.ArrayLike, n_classes: int) -> FeatureGaussians:
@@ -160,7 +160,7 @@ def select_distance_threshold(distances: npt.ArrayLike, keep: float) -> float:
 
 
 def save_feature_gaussians(gaussians: FeatureGaussians, path: Path) -> None:
-    """Write means and precision (float32) with the shrinkage, threshold and keep as metadata."""
+    """Write means and precision (float32) with the shrinkage as metadata."""
     import torch
     from safetensors.torch import save
 
@@ -168,11 +168,7 @@ def save_feature_gaussians(gaussians: FeatureGaussians, path: Path) -> None:
         "means": torch.from_numpy(np.ascontiguousarray(gaussians.means, dtype=np.float32)),
         "precision": torch.from_numpy(np.ascontiguousarray(gaussians.precision, dtype=np.float32)),
     }
-    metadata = {
-        "shrinkage": repr(float(gaussians.shrinkage)),
-        "threshold": repr(float(gaussians.threshold)),
-        "keep": repr(float(gaussians.keep)),
-    }
+    metadata = {"shrinkage": repr(float(gaussians.shrinkage))}
     Path(path).write_bytes(save(tensors, metadata=metadata))
 
 
@@ -184,10 +180,4 @@ def load_feature_gaussians(path: Path) -> FeatureGaussians:
         meta = fh.metadata() or {}
         means = fh.get_tensor("means").double().numpy()
         precision = fh.get_tensor("precision").double().numpy()
-    return FeatureGaussians(
-        means,
-        precision,
-        float(meta.get("shrinkage", "nan")),
-        float(meta.get("threshold", "inf")),
-        float(meta.get("keep", "nan")),
-    )
+    return FeatureGaussians(means, precision, float(meta.get("shrinkage", "nan")))

@@ -33,7 +33,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -541,7 +541,6 @@ def train_classifier(
             )
             val_distances = mahalanobis_distance(feats["val"], gaussians)
             distance_threshold = select_distance_threshold(val_distances, options.ood_keep)
-            gaussians = replace(gaussians, threshold=distance_threshold, keep=options.ood_keep)
             test_distances = mahalanobis_distance(feats["test"], gaussians)
             ood_config = {
                 "method": "Mahalanobis distance to the nearest family, shared Ledoit-Wolf covariance "
