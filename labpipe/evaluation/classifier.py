@@ -51,7 +51,6 @@ __all__ = [
     "ClassifierReport",
     "classifier_report",
     "evaluate_classifier_folder",
-    "folder_logits",
     "folder_scores",
     "plot_confusion",
     "plot_risk_coverage",
@@ -376,17 +375,6 @@ def folder_scores(
             distances[start : start + len(chunk)] = d
             bar.update(len(chunk))
     return logits, distances
-
-
-def folder_logits(
-    classifier: TrainedFamilyClassifier,
-    paths: Sequence[Path],
-    *,
-    progress: bool = True,
-    desc: str = "classify",
-) -> np.ndarray:
-    """Uncalibrated logits of the crops at ``paths``, read through the production pad path."""
-    return folder_scores(classifier, paths, progress=progress, desc=desc)[0]
 
 
 def _seen_in_training(model_dir: Path) -> set[str] | None:
