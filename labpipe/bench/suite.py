@@ -122,8 +122,8 @@ def run_bench(
             f"plate {plate.label}: {run['seconds']} s, {run['specimens']} specimens, "
             f"peak {run['peak_rss_mb']} MB"
         )
-        if crop_source is None or len(truth) > len(crop_source[1]):
-            crop_source = (path, truth) if plate.bit_depth == 8 else crop_source
+        if plate.bit_depth == 8 and (crop_source is None or len(truth) > len(crop_source[1])):
+            crop_source = (path, truth)  # the 8-bit plate with the most specimens
 
     report: dict[str, Any] = {"machine": _machine(), "targets": TARGETS, "plates": runs}
     report["growth"] = {

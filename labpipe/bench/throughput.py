@@ -120,11 +120,9 @@ def queue_throughput(
     ``work``, the database ``database_url`` (default: a fresh SQLite file there) and the broker
     ``broker_url`` (default: the embedded one there), never the ones ``settings`` name.
     """
-    from sqlalchemy import select
-
     from labpipe.daemon.service import Supervisor
     from labpipe.db.database import open_database
-    from labpipe.db.models import Image, ImageStatus
+    from labpipe.db.models import ImageStatus
     from workers.app import describe
 
     root = work / f"queue-{workers}w"
@@ -147,24 +145,14 @@ def queue_throughput(
     service_log.setLevel(logging.WARNING)
     try:
         thread.start()
-        _wait_for_watcher(factory, inbox, plates[0], timeout=120.0)
+        # The first plate warms the daemon up (watcher watching, a worker's models loaded).
+        shutil.copyfile(plates[0], inbox / plates[0].name)
+        _wait_finished(factory, {plates[0].name}, timeout=120.0)
         started = time.perf_counter()
         for plate in plates[1:]:
-            target = inbox / plate.name
-            shutil.copyfile(plate, target)
+            shutil.copyfile(plate, inbox / plate.name)
             dropped[plate.name] = dt.datetime.now(dt.UTC)
-        deadline = time.monotonic() + timeout
-        while True:
-            with factory() as session:
-                images = [i for i in session.scalars(select(Image)) if i.file_name in dropped]
-                finished = [
-                    i for i in images if i.status in (ImageStatus.DONE.value, ImageStatus.FAILED.value)
-                ]
-                if len(finished) == len(dropped):
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(finished)} of {len(dropped)} plates done after {timeout:.0f} s")
-            time.sleep(0.2)
+        images = _wait_finished(factory, set(dropped), timeout)
         seconds = time.perf_counter() - started
         pickups = [(_utc(i.created_at) - dropped[i.file_name]).total_seconds() for i in images]
         failed = sum(1 for i in images if i.status == ImageStatus.FAILED.value)
@@ -178,18 +166,20 @@ def queue_throughput(
     return QueueRun(workers, describe(run_settings), len(dropped), seconds, pickups, failed)
 
 
-def _wait_for_watcher(factory: Any, inbox: Path, probe: Path, timeout: float) -> None:
-    """Copy ``probe`` in and wait until it is done: the watcher and a worker are up and warm."""
+def _wait_finished(factory: Any, names: set[str], timeout: float) -> list[Any]:
+    """The image rows of the files ``names``, once every one is done or failed."""
     from sqlalchemy import select
 
     from labpipe.db.models import Image, ImageStatus
 
-    shutil.copyfile(probe, inbox / probe.name)
+    finished = {ImageStatus.DONE.value, ImageStatus.FAILED.value}
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         with factory() as session:
-            image = session.scalars(select(Image).where(Image.file_name == probe.name)).first()
-            if image is not None and image.status in (ImageStatus.DONE.value, ImageStatus.FAILED.value):
-                return
+            images = list(session.scalars(select(Image).where(Image.file_name.in_(names))))
+        done = sum(1 for i in images if i.status in finished)
+        if done == len(names):
+            return images
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{done} of {len(names)} plates done after {timeout:.0f} s")
         time.sleep(0.2)
-    raise TimeoutError(f"the daemon did not process {probe.name} within {timeout:.0f} s")
