@@ -520,5 +520,8 @@ def test_an_image_smaller_than_a_tile_is_padded_to_the_tile_with_its_border_colo
     assert padded.shape == (1, 384, 384, 3)
     assert np.array_equal(padded[0, :150, :200], well[0])  # the image itself, at the top left
     border = np.concatenate([well[0, 0], well[0, -1], well[0, :, 0], well[0, :, -1]]).mean(axis=0)
-    assert np.array_equal(padded[0, 300, 300], np.round(border).astype(np.uint8))
+    assert np.array_equal(padded[0, 300, 300], border.astype(np.uint8))
+    # ... the colour training pads the same image with
+    trained = random_tile(well[0], np.empty((0, 4)), 384, np.random.default_rng(0), scale_range=(1.0, 1.0))
+    assert np.array_equal(padded[0, 300, 300], trained.image[200, 200])  # row 200: padding, flipped or not
     assert pad_tiles(np.zeros((2, 384, 384, 3), np.uint8), 384).shape == (2, 384, 384, 3)  # as it is

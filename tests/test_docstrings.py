@@ -19,6 +19,7 @@ MODULES = [
     "labpipe.daemon.service",
     "labpipe.detect.classical",
     "labpipe.detect.detr",
+    "labpipe.detect.detr_data",
     "labpipe.imaging.tilecache",
     "labpipe.reports.counts",
 ]

@@ -60,6 +60,7 @@ from PIL import Image
 
 import labpipe.detect.detr_backbone as detr_backbone
 from labpipe.detect.base import Detection
+from labpipe.detect.detr_data import padding_colour
 from labpipe.detect.tiling import cut_by_tile_edge, merge_tile_detections, tile_grid
 from labpipe.errors import ModelLoadError
 
@@ -615,11 +616,12 @@ class DetrDetector:
 
 def pad_tiles(tiles: np.ndarray, tile_size: int) -> np.ndarray:
     """Tiles ``(B, h, w, 3)`` padded at the bottom and right to at least ``tile_size`` and to a multiple
-    of :data:`PAD_MULTIPLE` (RT-DETR's feature pyramid needs it), with each tile's border-mean colour.
+    of :data:`PAD_MULTIPLE` (RT-DETR's feature pyramid needs it), each with its
+    :func:`~labpipe.detect.detr_data.padding_colour`.
 
     An image smaller than a tile (a well photo at the working scale) then reaches the model as it
     saw such images in training (:func:`labpipe.detect.detr_data.random_tile` pads them to the tile
-    the same way), not as a small input of a size it never saw. Boxes stay relative to the padded
+    with the same colour), not as a small input of a size it never saw. Boxes stay relative to the padded
     input; the caller clips them to the tile.
 
     >>> pad_tiles(np.zeros((2, 100, 70, 3), np.uint8), 128).shape
@@ -634,10 +636,8 @@ def pad_tiles(tiles: np.ndarray, tile_size: int) -> np.ndarray:
         return tiles
     out = np.empty((b, ph, pw, c), dtype=tiles.dtype)
     for k in range(b):
-        t = tiles[k]
-        border = np.concatenate([t[0], t[-1], t[:, 0], t[:, -1]]).astype(np.float64)
-        out[k] = np.round(border.mean(axis=0)).astype(tiles.dtype)
-        out[k, :h, :w] = t
+        out[k] = padding_colour(tiles[k])
+        out[k, :h, :w] = tiles[k]
     return out
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "TrainingTile",
     "coco_document",
     "load_work_image",
+    "padding_colour",
     "random_tile",
     "read_coco_set",
     "write_coco_document",
@@ -211,6 +212,17 @@ def load_work_image(path: Path, factor: float) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
 
 
+def padding_colour(image: np.ndarray) -> tuple[int, int, int]:
+    """The colour an image smaller than a tile is padded with, in training and at inference: the
+    mean of its first and last rows and columns (truncated to integers).
+
+    >>> padding_colour(np.full((4, 6, 3), 90, np.uint8))
+    (90, 90, 90)
+    """
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    return tuple(int(v) for v in border.mean(axis=0))  # type: ignore[return-value]
+
+
 @dataclass
 class TrainingTile:
     """A square training input and its boxes ``[x, y, w, h]`` in its own pixels."""
@@ -251,8 +263,7 @@ def random_tile(
     clipped, _ = clip_boxes_to_tile(boxes, (x, y, min(tile, w), min(tile, h)), min_visible)
     if crop.shape[0] < tile or crop.shape[1] < tile:
         if fill is None:
-            border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-            fill = tuple(int(v) for v in border.mean(axis=0))
+            fill = padding_colour(image)
         padded = np.empty((tile, tile, 3), dtype=np.uint8)
         padded[:] = np.asarray(fill, dtype=np.uint8)
         padded[: crop.shape[0], : crop.shape[1]] = crop
