@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,25 +94,25 @@ def run_plate(
 
     data = work / f"run-{plate.stem}"
     shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
     cmd = [sys.executable, "-m", "labpipe.cli.main"]
     cmd += ["--data-dir", str(data), "--db", f"sqlite:///{data / 'bench.sqlite'}", "--log-level", "WARNING"]
     cmd += ["process", str(plate), "--json"]
     child_env = {k: v for k, v in os.environ.items() if not (env and k.startswith("LABPIPE_"))}
     child_env.update(env or {})
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env)
-    # Read both pipes while waiting (a full pipe would block the child), then reap it with wait4 to
-    # get this child's own resource usage.
-    out, err = _drain(proc)
+    # Output to files, so the child never blocks on a full pipe while it is reaped with wait4 (which
+    # gives this child's own resource usage).
+    with (data / "stdout.json").open("wb") as out, (data / "stderr.txt").open("wb") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=child_env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code
+    proc.returncode = code  # reaped here: Popen must not wait for it again
     if code != 0:
-        raise RuntimeError(
-            f"labpipe process {plate} failed (exit {code}):\n{err.decode(errors='replace')[-3000:]}"
-        )
-    (record,) = json.loads(out)
+        tail = (data / "stderr.txt").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"labpipe process {plate} failed (exit {code}):\n{tail}")
+    (record,) = json.loads((data / "stdout.json").read_bytes())
     boxes = [s["bbox"] for s in record["specimens"]]
     match = match_detections(boxes, truth_boxes)
     shutil.rmtree(data, ignore_errors=True)
@@ -131,21 +130,3 @@ def run_plate(
         stage_seconds={k: float(v) for k, v in record.get("stage_seconds", {}).items()},
         peak_rss_mb=_peak_rss_mb(usage),
     )
-
-
-def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """Read the child's stdout and stderr to their ends without reaping it."""
-    chunks: dict[str, bytes] = {}
-
-    def read(name: str, stream: Any) -> None:
-        chunks[name] = stream.read()
-
-    threads = [
-        threading.Thread(target=read, args=("out", proc.stdout)),
-        threading.Thread(target=read, args=("err", proc.stderr)),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return chunks.get("out", b""), chunks.get("err", b"")
