@@ -91,10 +91,11 @@ def main() -> None:
     t0 = time.perf_counter()
     trained = json.loads(labpipe(*train_args).stdout)
     train_seconds = time.perf_counter() - t0
-    eval_args = ["eval", "classifier", str(data), "--model", str(model)]
+    eval_args = ["eval", "classifier", str(data), "--model", str(model), "--out", str(model / "eval")]
     for folder in ood:
         eval_args += ["--ood", str(folder)]
-    report = json.loads(labpipe(*eval_args, "--json").stdout)
+    text = labpipe(*eval_args).stdout  # also writes eval/report.json, read below
+    report = json.loads((model / "eval" / "report.json").read_text())
     result = {
         "families": counts,
         "ood_folders": [str(f) for f in ood],
@@ -109,7 +110,7 @@ def main() -> None:
         return
     print(f"families: {counts}")
     print(f"trained {trained.get('version')} in {train_seconds:.0f} s (stages: {trained.get('seconds')})")
-    print(labpipe(*eval_args).stdout)
+    print(text)
 
 
 if __name__ == "__main__":
