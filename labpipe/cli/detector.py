@@ -16,7 +16,7 @@ import click
 
 from labpipe.errors import LabpipeError
 
-__all__ = ["eval_detector", "train_detector_command"]
+__all__ = ["eval_detector", "eval_table", "train_detector_command"]
 
 
 def _fail(message: str) -> None:
@@ -221,50 +221,161 @@ def train_detector_command(
 
 @click.command("detector")
 @click.option(
-    "--coco", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Truth."
+    "--coco",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Truth: COCO boxes. A category named 'debris' is debris; iscrowd or attributes.uncertain "
+    "marks ignore regions; every other annotation is a specimen.",
 )
 @click.option(
     "--images",
     "images_dir",
-    required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder holding the images named in --coco.",
+    help="Folder holding the images named in --coco (default: the COCO file's folder).",
 )
 @click.option("--detector", "kind", help="'classical' or a DETR model directory (default: [detector] kind).")
 @click.option("--score-threshold", type=float, help="Detections below this are dropped (default: config).")
+@click.option(
+    "--frame",
+    type=click.Choice(["auto", "stored", "displayed"]),
+    default="auto",
+    show_default=True,
+    help="Frame the truth boxes were drawn in, for JPEGs with an EXIF rotation: 'stored' (the pixel "
+    "array as stored), 'displayed' (rotation applied), 'auto' (decided by the recorded image size).",
+)
+@click.option(
+    "--overlays",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write one PNG per image into this folder: the detections over the truth.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def eval_detector(
-    obj: Any, coco: Path, images_dir: Path, kind: str | None, score_threshold: float | None, as_json: bool
+    obj: Any,
+    coco: Path,
+    images_dir: Path | None,
+    kind: str | None,
+    score_threshold: float | None,
+    frame: str,
+    overlays: Path | None,
+    as_json: bool,
 ) -> None:
-    """Precision, recall and F1 at IoU 0.5, AP50, AP50:95 and count error against COCO boxes.
+    """Precision, recall, F1 (IoU 0.5), AP50, AP50:95 and count error against COCO boxes.
 
-    Each image goes through the production path (reader, overview or the detector's own tiles);
-    every annotation counts as a specimen.
+    Each image goes through the production path (reader with EXIF orientation, overview or the
+    detector's own tiles). Detections on ignore regions are left out; those on debris are false
+    positives, also counted apart. Results per image and pooled.
     """
-    from labpipe.evaluation.detector import evaluate_detector
+    from labpipe.evaluation.detector import evaluate_images
+    from labpipe.evaluation.overlay import write_overlays
+    from labpipe.evaluation.truth import read_coco_truth
 
     try:
         detector = detector_from_kind(obj, kind, score_threshold)
-    except LabpipeError as exc:
-        _fail(exc.message)
+        truths = read_coco_truth(coco, images_dir, frame=frame)  # type: ignore[arg-type]
+    except (LabpipeError, ValueError) as exc:
+        _fail(str(getattr(exc, "message", exc)))
         return
-    report = evaluate_detector(
-        coco,
-        images_dir,
+    missing = [t.path for t in truths if not t.path.is_file()]
+    if missing:
+        _fail(f"{coco}: {len(missing)} images it names are missing, first {missing[0]}; pass --images")
+        return
+    report = evaluate_images(
+        truths,
         detector,
         obj.settings.imaging.overview_max_side,
         um_per_px_fallback=obj.settings.um_per_px_fallback,
         progress=not as_json,
     )
+    written = write_overlays(report.images, overlays) if overlays else []
     d = report.as_dict()
     if as_json:
+        d["overlays"] = [str(p) for p in written]
         click.echo(json.dumps(d, indent=2))
         return
     click.echo(
-        f"{d['detector']}: {d['images']} images, {d['truth']} specimens, {d['detections']} detections\n"
-        f"  precision {d['precision']}  recall {d['recall']}  F1 {d['f1']}  (IoU 0.5)\n"
+        f"{d['detector']}: {d['images']} images, {d['truth']} specimens, {d['detections']} detections "
+        f"({d['ignored']} more on ignore regions)\n"
+        f"  precision {d['precision']}  recall {d['recall']}  F1 {d['f1']}  (IoU 0.5); "
+        f"{d['debris_false_positives']} false positives on debris\n"
         f"  AP50 {d['ap50']}  AP50:95 {d['ap50_95']}\n"
         f"  count error per image: mean |error| {d['mean_abs_count_error']}, "
         f"mean {d['mean_count_error']}; {d['seconds_per_image']} s per image"
     )
+    if len(report.images) > 1:
+        for r in report.images:
+            click.echo(
+                f"  {r.file_name}: {r.true_positives}/{r.n_truth} found, {r.n_detections} detections, "
+                f"{r.false_positives} false ({r.debris_false_positives} on debris)"
+            )
+    if written:
+        click.echo(f"wrote {len(written)} overlays to {overlays}")
+
+
+@click.command("table")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The real data folder (default: $LABPIPE_SHARED_DATA, else ../shared/data beside the project).",
+)
+@click.option("--detector", "kind", help="'classical' or a DETR model directory (default: [detector] kind).")
+@click.option("--score-threshold", type=float, help="Detections below this are dropped (default: config).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("detection-table"),
+    show_default=True,
+    help="Folder for table.json and the overlay PNGs.",
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache for the synthetic plates (default: OUT/plates); they are rendered once.",
+)
+@click.option("--quick", is_flag=True, help="A small subset (the one the tests check).")
+@click.option("--no-synthetic", is_flag=True, help="Real images only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@click.pass_obj
+def eval_table(
+    obj: Any,
+    data_dir: Path | None,
+    kind: str | None,
+    score_threshold: float | None,
+    out_dir: Path,
+    work: Path | None,
+    quick: bool,
+    no_synthetic: bool,
+    as_json: bool,
+) -> None:
+    """The whole detection table: real scenes with boxes, wells, Inselect, synthetic plates.
+
+    Writes table.json and an overlay PNG per image (wells: only those with a wrong count) into
+    --out, for people to look at.
+    """
+    from labpipe.evaluation.real_table import default_data_dir, format_table, real_sets, run_table
+
+    data = data_dir or default_data_dir()
+    try:
+        detector = detector_from_kind(obj, kind, score_threshold)
+        sets = real_sets(data, quick=quick)
+        if not no_synthetic:
+            from labpipe.evaluation.synthetic_sets import synthetic_sets
+
+            sets += synthetic_sets(work or out_dir / "plates", data, quick=quick)
+    except (LabpipeError, ValueError, FileNotFoundError) as exc:
+        _fail(str(getattr(exc, "message", exc)))
+        return
+    rows = run_table(
+        detector,
+        sets,
+        out_dir,
+        overview_max_side=obj.settings.imaging.overview_max_side,
+        progress=not as_json,
+    )
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    click.echo(f"{getattr(detector, 'version', '')}, IoU 0.5; overlays and table.json in {out_dir}")
+    click.echo(format_table(rows))

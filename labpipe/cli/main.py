@@ -346,10 +346,11 @@ cli.add_command(models)
 cli.add_command(reclassify)
 evaluate.add_command(eval_classifier, "classifier")
 
-from labpipe.cli.detector import eval_detector, train_detector_command  # noqa: E402
+from labpipe.cli.detector import eval_detector, eval_table, train_detector_command  # noqa: E402
 
 train.add_command(train_detector_command, "detector")
 evaluate.add_command(eval_detector, "detector")
+evaluate.add_command(eval_table, "table")
 
 from labpipe.cli.records import api, barcodes, counts, export, plates, samples  # noqa: E402
 

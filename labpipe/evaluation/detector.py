@@ -3,14 +3,18 @@
 - :func:`average_precision`: COCO-style AP at one IoU threshold (101-point interpolated), pooled
   over images, from scored detections and truth boxes. Pure; tested on tiny inputs.
 - :func:`coco_ap`: AP at IoU 0.5 and the mean over IoU 0.50, 0.55, ..., 0.95.
-- :func:`evaluate_detector`: runs a detector over the images of a COCO file through the production
-  path (:func:`labpipe.analysis.detect_specimens`: the reader, the overview or the detector's own
-  tiles) and reports the metrics.
+- :func:`evaluate_images`: runs a detector over images with known truth
+  (:mod:`labpipe.evaluation.truth`: COCO boxes with ignore regions and debris, Inselect boxes, or
+  known counts) through the production path (:func:`labpipe.analysis.detect_specimens`: the
+  reader with EXIF orientation, the overview or the detector's own tiles) and reports the metrics
+  per image and pooled; :func:`evaluate_detector` does it for one COCO file.
 
-Matching follows COCO: per image, detections in descending score order, each matched to the
-unmatched truth box with which it has the highest IoU, if that IoU is at least the threshold.
-Precision, recall and F1 are at IoU 0.5 and the detector's own score threshold; AP ranks the
-detections the detector returned (so it is bounded by the recall at that threshold).
+Matching follows COCO (:func:`labpipe.metrics.detection.match_with_ignore`): per image,
+detections in descending score order, each matched to the unmatched specimen with which it has
+the highest IoU, if that IoU is at least the threshold; unmatched detections on ignore regions
+are dropped, those on debris are false positives counted apart. Precision, recall and F1 are at
+IoU 0.5 and the detector's own score threshold; AP ranks the detections the detector returned
+(so it is bounded by the recall at that threshold).
 
 References
 ----------
@@ -29,7 +33,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from labpipe.metrics.detection import match_detections, precision_recall_f1
+from labpipe.evaluation.truth import TruthImage, read_coco_truth, to_displayed_frame
+from labpipe.metrics.detection import match_with_ignore, precision_recall_f1
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
@@ -38,6 +43,8 @@ __all__ = [
     "average_precision",
     "coco_ap",
     "evaluate_detector",
+    "evaluate_images",
+    "touching_pairs",
 ]
 
 COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -51,6 +58,7 @@ def average_precision(
     detections: Sequence[tuple[Boxes, Sequence[float]]],
     truth: Sequence[Boxes],
     iou_threshold: float = 0.5,
+    ignore: Sequence[Boxes] | None = None,
 ) -> float:
     """COCO-style average precision at one IoU threshold, over a set of images [2]_.
 
@@ -62,6 +70,8 @@ def average_precision(
         Per image, the true ``[x, y, w, h]`` boxes.
     iou_threshold:
         A detection is a true positive when matched to a truth box with at least this IoU.
+    ignore:
+        Per image, ignore regions: an unmatched detection on one is left out of the ranking.
 
     Returns
     -------
@@ -86,15 +96,19 @@ def average_precision(
         return float("nan")
     all_scores: list[float] = []
     all_tp: list[bool] = []
-    for (boxes, scores), gt in zip(detections, truth, strict=True):
+    regions = ignore if ignore is not None else [[] for _ in truth]
+    if len(regions) != len(truth):
+        raise ValueError(f"{len(regions)} images of ignore regions but {len(truth)} of truth")
+    for (boxes, scores), gt, ign in zip(detections, truth, regions, strict=True):
         if len(boxes) != len(scores):
             raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
         if len(boxes) == 0:
             continue
-        result = match_detections(list(boxes), list(gt), list(scores), iou_threshold)
-        matched = {d for d, _, _ in result.matches}
-        all_scores.extend(float(s) for s in scores)
-        all_tp.extend(i in matched for i in range(len(boxes)))
+        result = match_with_ignore(list(boxes), list(scores), list(gt), list(ign), (), iou_threshold)
+        for score, status in zip(scores, result.status, strict=True):
+            if status != "ignored":
+                all_scores.append(float(score))
+                all_tp.append(status == "tp")
     if not all_scores:
         return 0.0
     order = np.argsort(-np.asarray(all_scores), kind="mergesort")
@@ -111,7 +125,9 @@ def average_precision(
 
 
 def coco_ap(
-    detections: Sequence[tuple[Boxes, Sequence[float]]], truth: Sequence[Boxes]
+    detections: Sequence[tuple[Boxes, Sequence[float]]],
+    truth: Sequence[Boxes],
+    ignore: Sequence[Boxes] | None = None,
 ) -> tuple[float, float]:
     """``(AP50, AP50:95)``: AP at IoU 0.5 and the mean over :data:`COCO_IOU_THRESHOLDS` [2]_.
 
@@ -120,30 +136,49 @@ def coco_ap(
     >>> coco_ap([([[0, 0, 10, 10]], [0.9])], [[[0, 0, 10, 10]]])
     (1.0, 1.0)
     """
-    ap50 = average_precision(detections, truth, 0.5)
-    aps = [average_precision(detections, truth, t) for t in COCO_IOU_THRESHOLDS]
+    ap50 = average_precision(detections, truth, 0.5, ignore)
+    aps = [average_precision(detections, truth, t, ignore) for t in COCO_IOU_THRESHOLDS]
     return ap50, float(np.mean(aps))
 
 
 @dataclass
 class ImageResult:
-    """One image: truth and detection counts, true positives at IoU 0.5, and the time taken."""
+    """One image: what was to be found, what the detector returned and how each detection scored."""
 
     file_name: str
     n_truth: int
     n_detections: int
+    """Detections that count (those on ignore regions left out)."""
     true_positives: int
     seconds: float
+    false_positives: int = 0
+    debris_false_positives: int = 0
+    ignored: int = 0
+    expected_count: int | None = None
+    """For images known only by their count (``n_truth`` is then that count)."""
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    """Per detection: ``tp``, ``fp``, ``debris`` or ``ignored`` (empty for counted images)."""
+    truth: TruthImage | None = None
+    """The truth in the displayed frame of the image (for overlays)."""
+    found: list[bool] = field(default_factory=list)
+    """Per specimen of the truth: matched by a detection."""
 
     @property
     def count_error(self) -> int:
         """Detections minus true specimens (negative: specimens missed)."""
         return self.n_detections - self.n_truth
 
+    @property
+    def right_count(self) -> bool:
+        """The detector found exactly as many objects as there are specimens."""
+        return self.n_detections == self.n_truth
+
 
 @dataclass
 class DetectorReport:
-    """Metrics of one detector on one COCO set."""
+    """Metrics of one detector on one set of images (pooled over them, and per image)."""
 
     detector: str
     images: list[ImageResult] = field(default_factory=list)
@@ -163,6 +198,14 @@ class DetectorReport:
         return sum(r.true_positives for r in self.images)
 
     @property
+    def debris_false_positives(self) -> int:
+        return sum(r.debris_false_positives for r in self.images)
+
+    @property
+    def ignored(self) -> int:
+        return sum(r.ignored for r in self.images)
+
+    @property
     def precision(self) -> float:
         return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[0]
 
@@ -173,6 +216,11 @@ class DetectorReport:
     @property
     def f1(self) -> float:
         return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[2]
+
+    @property
+    def right_count_share(self) -> float:
+        """Share of images where the number of detections equals the number of specimens."""
+        return float(np.mean([r.right_count for r in self.images])) if self.images else float("nan")
 
     @property
     def mean_abs_count_error(self) -> float:
@@ -186,36 +234,171 @@ class DetectorReport:
     def seconds_per_image(self) -> float:
         return float(np.mean([r.seconds for r in self.images])) if self.images else float("nan")
 
+    def recall_by(self, attribute: str) -> dict[str, tuple[int, int]]:
+        """``{value: (found, total)}`` over specimens grouped by one truth attribute (``taxon``)."""
+        out: dict[str, list[int]] = {}
+        for r in self.images:
+            if r.truth is None:
+                continue
+            for attrs, hit in zip(r.truth.attributes, r.found, strict=True):
+                key = str(attrs.get(attribute, "unknown"))
+                cell = out.setdefault(key, [0, 0])
+                cell[0] += int(hit)
+                cell[1] += 1
+        return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+
+    def touching_split(self) -> tuple[int, int]:
+        """``(pairs with both members found, touching pairs)`` over specimens marked ``touching``."""
+        both = total = 0
+        for r in self.images:
+            if r.truth is None:
+                continue
+            for a, b in touching_pairs(r.truth):
+                total += 1
+                both += int(r.found[a] and r.found[b])
+        return both, total
+
     def as_dict(self) -> dict:
         def num(v: float) -> float | None:
             return None if v != v else round(v, 4)  # NaN -> null
 
+        split, pairs = self.touching_split()
         return {
             "detector": self.detector,
             "images": len(self.images),
             "truth": self.n_truth,
             "detections": self.n_detections,
             "true_positives": self.true_positives,
+            "debris_false_positives": self.debris_false_positives,
+            "ignored": self.ignored,
             "precision": num(self.precision),
             "recall": num(self.recall),
             "f1": num(self.f1),
             "ap50": num(self.ap50),
             "ap50_95": num(self.ap50_95),
+            "right_count_share": num(self.right_count_share),
             "mean_abs_count_error": num(self.mean_abs_count_error),
             "mean_count_error": num(self.mean_count_error),
             "seconds_per_image": num(self.seconds_per_image),
+            "recall_by_taxon": {k: {"found": f, "total": t} for k, (f, t) in self.recall_by("taxon").items()},
+            "touching_pairs": {"split": split, "total": pairs},
             "per_image": [
                 {
                     "file_name": r.file_name,
                     "truth": r.n_truth,
                     "detections": r.n_detections,
                     "true_positives": r.true_positives,
+                    "false_positives": r.false_positives,
+                    "debris_false_positives": r.debris_false_positives,
+                    "ignored": r.ignored,
                     "count_error": r.count_error,
                     "seconds": round(r.seconds, 3),
                 }
                 for r in self.images
             ],
         }
+
+
+def touching_pairs(truth: TruthImage) -> list[tuple[int, int]]:
+    """Pairs of specimens marked ``touching``: each with the touching specimen nearest to it.
+
+    A synthetic plate marks both members of a touching pair; the partner is the nearest other
+    touching specimen (box centres), taken greedily, closest pairs first.
+
+    >>> t = TruthImage(path=Path("p"), specimens=[(0, 0, 10, 10), (10, 0, 10, 10), (90, 90, 5, 5)],
+    ...                attributes=[{"touching": True}, {"touching": True}, {}])
+    >>> touching_pairs(t)
+    [(0, 1)]
+    """
+    members = [i for i, a in enumerate(truth.attributes) if a.get("touching")]
+    if len(members) < 2:
+        return []
+    centres = np.array([[x + w / 2, y + h / 2] for x, y, w, h in (truth.specimens[i] for i in members)])
+    dist = np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(dist, np.inf)
+    pairs: list[tuple[int, int]] = []
+    used: set[int] = set()
+    for flat in np.argsort(dist, axis=None):
+        a, b = divmod(int(flat), len(members))
+        if a < b and a not in used and b not in used and np.isfinite(dist[a, b]):
+            pairs.append((members[a], members[b]))
+            used.update((a, b))
+    return sorted(pairs)
+
+
+def evaluate_images(
+    truths: Sequence[TruthImage],
+    detector: object,
+    overview_max_side: int = 4096,
+    *,
+    um_per_px_fallback: float | None = None,
+    progress: bool = True,
+    description: str = "detect",
+) -> DetectorReport:
+    """Run ``detector`` on every image of ``truths`` and score it (see the module docstring).
+
+    Images go through the production path (:func:`labpipe.analysis.detect_specimens`), boxes in
+    full-resolution pixels of the displayed frame; the truth is turned into that frame first
+    (:func:`~labpipe.evaluation.truth.to_displayed_frame`). Images known only by their count are
+    scored by their count; AP and IoU matching use the images with boxes.
+    """
+    from labpipe.analysis import detect_specimens
+    from labpipe.imaging import open_image
+
+    report = DetectorReport(str(getattr(detector, "version", type(detector).__name__)))
+    all_dets: list[tuple[list[list[float]], list[float]]] = []
+    all_truth: list[list[tuple[float, float, float, float]]] = []
+    all_ignore: list[list[tuple[float, float, float, float]]] = []
+    for entry in tqdm(truths, desc=description, disable=not progress, unit="img"):
+        t0 = time.perf_counter()
+        with open_image(entry.path, um_per_px_fallback=entry.um_per_px or um_per_px_fallback) as plate:
+            found, _ = detect_specimens(detector, plate, overview_max_side)  # type: ignore[arg-type]
+            truth = to_displayed_frame(entry, plate.stored_size, plate.orientation)
+        seconds = time.perf_counter() - t0
+        boxes = [tuple(float(v) for v in b) for b, _ in found]
+        scores = [float(s) for _, s in found]
+        if not truth.has_boxes:
+            assert truth.expected_count is not None
+            report.images.append(
+                ImageResult(
+                    truth.file_name,
+                    truth.expected_count,
+                    len(boxes),
+                    min(len(boxes), truth.expected_count),
+                    seconds,
+                    false_positives=max(0, len(boxes) - truth.expected_count),
+                    expected_count=truth.expected_count,
+                    boxes=boxes,  # type: ignore[arg-type]
+                    scores=scores,
+                    truth=truth,
+                )
+            )
+            continue
+        m = match_with_ignore(boxes, scores, truth.specimens, truth.ignore, truth.debris, 0.5)
+        matched = {t for _, t, _ in m.matches}
+        report.images.append(
+            ImageResult(
+                truth.file_name,
+                m.n_truth,
+                m.n_counted,
+                m.true_positives,
+                seconds,
+                false_positives=m.false_positives,
+                debris_false_positives=m.debris_false_positives,
+                ignored=m.ignored,
+                boxes=boxes,  # type: ignore[arg-type]
+                scores=scores,
+                status=m.status,
+                truth=truth,
+                found=[i in matched for i in range(m.n_truth)],
+            )
+        )
+        all_dets.append(([list(b) for b in boxes], scores))
+        all_truth.append(truth.specimens)
+        all_ignore.append(truth.ignore)
+    if all_truth:
+        report.ap50, report.ap50_95 = coco_ap(all_dets, all_truth, all_ignore)
+    return report
 
 
 def evaluate_detector(
@@ -227,32 +410,12 @@ def evaluate_detector(
     um_per_px_fallback: float | None = None,
     progress: bool = True,
 ) -> DetectorReport:
-    """Run ``detector`` on every image of the COCO file ``coco_path`` (files in ``images_dir``).
+    """:func:`evaluate_images` on every image of the COCO file ``coco_path`` (files in ``images_dir``).
 
-    Every annotation counts as a specimen (a one-class detector). Images go through the production
-    path (:func:`labpipe.analysis.detect_specimens`), boxes in full-resolution pixels.
+    A category named ``debris`` is debris, ``iscrowd`` or ``attributes.uncertain`` marks ignore
+    regions, every other annotation is a specimen (:func:`~labpipe.evaluation.truth.read_coco_truth`).
     """
-    from labpipe.analysis import detect_specimens
-    from labpipe.detect.detr_data import read_coco_set
-    from labpipe.imaging import open_image
-
-    entries = read_coco_set(Path(coco_path), category=None)
-    report = DetectorReport(str(getattr(detector, "version", type(detector).__name__)))
-    all_dets: list[tuple[list[list[float]], list[float]]] = []
-    all_truth: list[list[tuple[float, float, float, float]]] = []
-    for entry in tqdm(entries, desc="detect", disable=not progress, unit="img"):
-        path = Path(images_dir) / entry.file_name
-        t0 = time.perf_counter()
-        with open_image(path, um_per_px_fallback=entry.um_per_px or um_per_px_fallback) as plate:
-            found, _ = detect_specimens(detector, plate, overview_max_side)  # type: ignore[arg-type]
-        seconds = time.perf_counter() - t0
-        boxes = [list(map(float, b)) for b, _ in found]
-        scores = [float(s) for _, s in found]
-        result = match_detections(boxes, entry.boxes, scores, 0.5)
-        report.images.append(
-            ImageResult(entry.file_name, len(entry.boxes), len(boxes), result.true_positives, seconds)
-        )
-        all_dets.append((boxes, scores))
-        all_truth.append(entry.boxes)
-    report.ap50, report.ap50_95 = coco_ap(all_dets, all_truth)
-    return report
+    truths = read_coco_truth(Path(coco_path), Path(images_dir))
+    return evaluate_images(
+        truths, detector, overview_max_side, um_per_px_fallback=um_per_px_fallback, progress=progress
+    )

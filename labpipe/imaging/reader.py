@@ -690,6 +690,16 @@ class PlateImage:
             f"levels={self.levels})"
         )
 
+    @property
+    def orientation(self) -> int:
+        """EXIF orientation (1..8) under which a JPEG or PNG is shown; 1 for TIFF (not applied)."""
+        return int(getattr(self._source, "orientation", 1))
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the pixel array as stored in the file, before any EXIF turn."""
+        return (self.height, self.width) if self.orientation >= 5 else (self.width, self.height)
+
     def __enter__(self) -> PlateImage:
         return self
 
