@@ -1,5 +1,9 @@
 """The empty plate: dark surround, glass rim, filter paper, lighting, stitching seams, sensor noise.
 
+The dish floor is filter paper (``"paper"``: beetle samples) or a dark grey dish bottom
+(``"dark"``: springtail samples in ethanol, luminance about 0.2, with faint mottling and
+scratches); everything else (rim, surround, lighting, seams, noise) is the same for both.
+
 Every value is a function of the pixel's absolute coordinates (plus the plate's seed), computed
 with elementwise operations only, so a region renders to the same numbers whichever tiles it is
 cut into. Textures are precomputed once per process as periodic tables and looked up by
@@ -154,11 +158,22 @@ class PlateBackground:
         Draw stitching seams (per-tile gain steps and faint lines on a 2000-px grid).
     seed:
         The plate's seed.
+    floor:
+        ``"paper"`` (filter paper) or ``"dark"`` (a dark grey dish bottom).
     """
 
     def __init__(
-        self, width: int, height: int, dish: DishGeometry, um_per_px: float, seams: bool, seed: int
+        self,
+        width: int,
+        height: int,
+        dish: DishGeometry,
+        um_per_px: float,
+        seams: bool,
+        seed: int,
+        floor: str = "paper",
     ) -> None:
+        if floor not in ("paper", "dark"):
+            raise ValueError(f"floor must be 'paper' or 'dark', got {floor!r}")
         self.width, self.height = width, height
         self.dish = dish
         self.um_per_px = um_per_px
@@ -199,6 +214,19 @@ class PlateBackground:
         self.seam_gain = np.clip(1.0 + rng.normal(0, 0.006, (n_gy, n_gx, 3)), 0.985, 1.015).astype(np.float32)
         self.seam_gain *= np.clip(1.0 + rng.normal(0, 0.008, (n_gy, n_gx, 1)), 0.98, 1.02).astype(np.float32)
         self.seam_line = np.float32(rng.uniform(0.96, 0.985))
+        # texture weights: paper grain with a few fibres; a dark dish bottom is smoother, with
+        # faint scratches (the fibre strokes, weaker) and a stronger relative grain (its light is dim)
+        self.grain_w, self.fibre_w = np.float32(0.93), np.float32(0.35)
+        self.floor = floor
+        if floor == "dark":
+            drng = np.random.default_rng([seed, 31338])  # its own stream: paper plates stay as they were
+            tint = np.array(drng.uniform(0.97, 1.03, 3), np.float32)
+            self.paper_rgb = (
+                np.array([47.0, 56.0, 52.0], np.float32) * np.float32(drng.uniform(0.85, 1.25)) * tint
+            )
+            self.tex_amp = np.float32(drng.uniform(0.04, 0.06))
+            self.grain_w, self.fibre_w = np.float32(0.8), np.float32(0.25)
+            self.noise_sigma *= np.float32(1.4)
         self._lut = self._dish_lut()
 
     # ------------------------------------------------------------------ dish profile
@@ -280,11 +308,12 @@ class PlateBackground:
         return out
 
     def _paper_lum(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        """Relative brightness of the paper: fibre texture plus low-frequency mottling."""
+        """Relative brightness of the dish floor: grain and fibre (or scratch) texture plus
+        low-frequency mottling."""
         grain, fibres = _paper_texture(self.seed, float(self.um_per_px))
         oy, ox = int(self.tex_off[1]), int(self.tex_off[0])
-        lum = _wrap_take(grain, ys + oy, xs + ox) * (self.tex_amp * np.float32(0.93))
-        lum += _wrap_take(fibres, ys + oy, xs + ox) * (self.tex_amp * np.float32(0.35))
+        lum = _wrap_take(grain, ys + oy, xs + ox) * (self.tex_amp * self.grain_w)
+        lum += _wrap_take(fibres, ys + oy, xs + ox) * (self.tex_amp * self.fibre_w)
         lum += np.float32(1.0)
         fx = xs.astype(np.float64)
         fy = ys.astype(np.float64)

@@ -18,7 +18,9 @@ def write_coco(truth: PlateTruth, image_file_name: str, path: Path) -> None:
 
     Debris is not annotated (a detector should not find it). Each annotation carries
     ``bbox`` ``[x, y, w, h]`` in full-resolution pixels, ``area`` (``w * h``), ``iscrowd`` 0 and
-    ``attributes`` ``{"touching": bool, "source": str}``. The image entry carries the scale in
+    ``attributes`` ``{"touching": bool, "source": str, "taxon": str}`` (``source``: the photo's
+    file name or ``"procedural"``; ``taxon``: ``"procedural-beetle"``, ``"carabid"``,
+    ``"springtail"``, ...). The image entry carries the scale in
     ``um_per_px``. Written atomically (a temporary file renamed into place).
     """
     path = Path(path)
@@ -33,7 +35,11 @@ def write_coco(truth: PlateTruth, image_file_name: str, path: Path) -> None:
                 "bbox": [x, y, w, h],
                 "area": w * h,
                 "iscrowd": 0,
-                "attributes": {"touching": bool(obj.touching), "source": str(obj.source)},
+                "attributes": {
+                    "touching": bool(obj.touching),
+                    "source": str(obj.source),
+                    "taxon": str(obj.taxon),
+                },
             }
         )
     doc = {

@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -32,6 +33,8 @@ from scipy import ndimage as ndi
 from labpipe.synth.background import DishGeometry, PlateBackground
 from labpipe.synth.specimens import (
     ALPHA_MASK_LEVEL,
+    EXTRACTORS,
+    Extractor,
     Recipe,
     Sprite,
     build_sprite,
@@ -40,7 +43,9 @@ from labpipe.synth.specimens import (
 )
 
 __all__ = [
+    "BACKGROUNDS",
     "DEBRIS_MAX_UM",
+    "CutoutSource",
     "GroundTruthObject",
     "PlateSpec",
     "PlateTruth",
@@ -58,7 +63,67 @@ _SPECIMEN_GAP_UM = 40.0
 _DEBRIS_GAP_UM = 25.0
 _TRIALS = 400
 _ANGLE_RETRIES = 8
-_MAX_PHOTOS = 40
+_MAX_PHOTOS = {"pinned": 40, "plain": 120, "well": 40}
+"""Distinct photos a plate cuts per source (then reused at other sizes and angles): cutting out
+pinned beetles and wells is slow, springtail crops are small and quick."""
+
+PROCEDURAL_TAXON = "procedural-beetle"
+DEBRIS_TAXON = "debris"
+BACKGROUNDS: tuple[str, ...] = ("paper", "dark")
+
+
+@dataclass(frozen=True)
+class CutoutSource:
+    """A folder of photographs of one taxon, cut out to paste onto plates.
+
+    Attributes
+    ----------
+    folder:
+        Photographs, one animal each (``.png``, ``.jpg``, ``.tif``; taken in name order, then
+        shuffled by the plate's seed).
+    taxon:
+        Written into each specimen's truth and COCO attributes (``"carabid"``, ``"springtail"``).
+    extractor:
+        ``"pinned"`` (pinned beetles on a light background, ``carabidae-crops``), ``"plain"`` (one
+        animal on a plain background of either polarity, ``collembola/positive``) or ``"well"``
+        (a well photographed from above, ``bioscan-wells/single``).
+    fraction:
+        Share of the plate's specimens (rounded) cut from this folder.
+    length_um:
+        Range of body lengths, drawn log-uniformly; None takes the spec's ``specimen_length_um``.
+
+    Example
+    -------
+    >>> CutoutSource(Path("collembola/positive"), "springtail", "plain", 0.4, (300.0, 2000.0)).taxon
+    'springtail'
+    """
+
+    folder: Path
+    taxon: str
+    extractor: Extractor
+    fraction: float
+    length_um: tuple[float, float] | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        if not self.taxon or self.taxon in (PROCEDURAL_TAXON, DEBRIS_TAXON):
+            raise ValueError(f"cut-out source {self.folder}: taxon {self.taxon!r} is empty or reserved")
+        if self.extractor not in EXTRACTORS:
+            raise ValueError(
+                f"cut-out source {self.folder}: extractor must be one of {EXTRACTORS}, got {self.extractor!r}"
+            )
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(
+                f"cut-out source {self.folder}: fraction must be within [0, 1], got {self.fraction}"
+            )
+        if self.length_um is not None:
+            lo, hi = self.length_um
+            if not 0 < lo <= hi:
+                raise ValueError(
+                    f"cut-out source {self.folder}: length_um must be 0 < min <= max, got {self.length_um}"
+                )
+        if not Path(self.folder).is_dir():
+            raise ValueError(f"cut-out source {self.folder} is not a folder")
 
 
 @dataclass
@@ -87,9 +152,19 @@ class PlateSpec:
         A folder of photographs of single beetles (like ``../shared/data/carabidae-crops``); a
         fraction ``real_fraction`` of the specimens are cut from them, the rest are procedural.
     real_fraction:
-        Fraction of specimens (rounded) cut from ``real_cutouts``.
+        Fraction of specimens (rounded) cut from ``real_cutouts``. ``real_cutouts`` with
+        ``real_fraction`` is the same as a first :class:`CutoutSource` ``(real_cutouts, "carabid",
+        "pinned", real_fraction)``, and lays out exactly as before cut-out sources existed.
     seed:
         Seeds every random choice.
+    cutout_sources:
+        Further folders of real cut-outs, each with its taxon, extractor, share of the specimens
+        and body lengths (:class:`CutoutSource`); the shares of all sources (``real_fraction``
+        included, where ``real_cutouts`` is set) add up to at most 1, the rest are procedural.
+    background:
+        ``"paper"``: filter paper in the dish (beetle samples). ``"dark"``: a dark grey dish
+        bottom (springtail samples in ethanol): pale animals show pale on dark, and debris is pale
+        dust and lint.
     """
 
     width: int = 6000
@@ -104,6 +179,8 @@ class PlateSpec:
     real_cutouts: Path | None = None
     real_fraction: float = 0.5
     seed: int = 0
+    cutout_sources: tuple[CutoutSource, ...] = ()
+    background: Literal["paper", "dark"] = "paper"
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -123,6 +200,22 @@ class PlateSpec:
             raise ValueError(f"real_fraction must be within [0, 1], got {self.real_fraction}")
         if self.real_cutouts is not None and not Path(self.real_cutouts).is_dir():
             raise ValueError(f"real_cutouts {self.real_cutouts} is not a folder")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
+        for source in self.cutout_sources:
+            if not isinstance(source, CutoutSource):
+                raise ValueError(f"cutout_sources must hold CutoutSource objects, got {source!r}")
+            source.validate()
+        total = sum(source.fraction for source in self.sources())
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"the fractions of the cut-out sources add up to {total:g}, more than 1")
+
+    def sources(self) -> tuple[CutoutSource, ...]:
+        """Every source of real cut-outs: ``real_cutouts`` first (as carabids), then ``cutout_sources``."""
+        first: tuple[CutoutSource, ...] = ()
+        if self.real_cutouts is not None:
+            first = (CutoutSource(Path(self.real_cutouts), "carabid", "pinned", self.real_fraction),)
+        return first + tuple(self.cutout_sources)
 
 
 @dataclass
@@ -140,12 +233,16 @@ class GroundTruthObject:
         True for both members of a touching pair.
     source:
         ``"procedural"`` or the file name of the photograph a real cut-out came from.
+    taxon:
+        ``"procedural-beetle"``, the cut-out source's taxon (``"carabid"`` for ``real_cutouts``,
+        ``"springtail"``, ...), or ``"debris"``.
     """
 
     bbox: tuple[int, int, int, int]
     kind: str
     touching: bool
     source: str
+    taxon: str
 
 
 @dataclass(frozen=True)
@@ -417,11 +514,13 @@ class _Layout:
         c = self.grid.cell
         self.grid.add(self.grid.cells(mask), x // c, y // c, gap_px)
 
-    def commit(self, shape: _Shape, x: int, y: int, kind: str, touching: bool, source: str) -> None:
+    def commit(
+        self, shape: _Shape, x: int, y: int, kind: str, touching: bool, source: str, taxon: str
+    ) -> None:
         bx, by, bw, bh = _mask_box(shape.mask)
         h, w = shape.sprite.alpha.shape
         self.placements.append(_Placement(shape.recipe, x, y, h, w))
-        self.objects.append(GroundTruthObject((x + bx, y + by, bw, bh), kind, touching, source))
+        self.objects.append(GroundTruthObject((x + bx, y + by, bw, bh), kind, touching, source, taxon))
 
 
 class _CrowdedError(ValueError):
@@ -442,55 +541,78 @@ def _too_crowded(spec: PlateSpec, what: str) -> _CrowdedError:
 
 def _specimen_recipes(
     spec: PlateSpec, rng: np.random.Generator, usable_radius: float
-) -> list[tuple[Recipe, str]]:
-    """Recipes (and sources) for all specimens: pairs' members first, then the separated ones.
+) -> list[tuple[Recipe, str, str]]:
+    """Recipes, sources and taxa for all specimens: pairs' members first, then the separated ones.
 
     On a crowded plate more procedural beetles have their legs drawn in: the share grows from
-    30 % with the fraction of the dish their bodies would cover. Real cut-outs come from the
-    folder's photos in a random order; a plate uses at most ``_MAX_PHOTOS`` of them (reused at
-    other sizes and angles), so that cutting them out stays quick.
+    30 % with the fraction of the dish their bodies would cover. Each cut-out source takes its
+    share of the specimens (a random set of them); its photos come in a random order, and a plate
+    cuts at most ``_MAX_PHOTOS`` of them per source (reused at other sizes and angles), so that
+    cutting them out stays quick. A source with its own ``length_um`` redraws its specimens'
+    lengths after every other draw, so a spec with ``real_cutouts`` alone draws the same random
+    numbers in the same order as before cut-out sources existed.
     """
     n = spec.n_specimens + 2 * spec.n_touching_pairs
     lo, hi = spec.specimen_length_um
     lengths_um = np.exp(rng.uniform(math.log(lo), math.log(hi), n))
     seeds = rng.integers(0, 2**31 - 1, n)
     angles = rng.uniform(0, 2 * math.pi, n)
-    body_cover = float(np.sum(0.3 * (lengths_um / spec.um_per_px) ** 2)) / (math.pi * usable_radius**2)
-    compact = rng.random(n) < max(0.3, min(1.0, (body_cover - 0.05) / 0.15))
-    files: list[Path] = []
-    n_real = 0
-    if spec.real_cutouts is not None:
-        files = list_cutout_files(Path(spec.real_cutouts))
+    compact_draw = rng.random(n)
+    sources = spec.sources()
+    folders: list[list[Path]] = []
+    for source in sources:
+        files = list_cutout_files(Path(source.folder))
         if not files:
-            raise ValueError(f"real_cutouts {spec.real_cutouts} holds no images")
-        n_real = round(spec.real_fraction * n)
-    real = np.zeros(n, bool)
-    real[rng.permutation(n)[:n_real]] = True
-    queue = [files[int(k)] for k in rng.permutation(len(files))]
-    usable: list[Path] = []
-    reuse = itertools.count()
+            raise ValueError(f"cut-out folder {source.folder} holds no images")
+        folders.append(files)
+    # specimen i belongs to source k where its rank in a random order falls in k's share
+    bounds = np.round(np.cumsum([0.0] + [src.fraction for src in sources]) * n).astype(int)
+    owner = np.full(n, -1)
+    order = rng.permutation(n)
+    for k in range(len(sources)):
+        owner[order[bounds[k] : bounds[k + 1]]] = k
+    # one shuffle per folder (without any source, an empty one: the random stream stays as it was)
+    queues = [[files[int(j)] for j in rng.permutation(len(files))] for files in folders or [[]]]
+    for k, source in enumerate(sources):
+        mine = np.flatnonzero(owner == k)
+        if source.length_um is not None and mine.size:
+            s_lo, s_hi = source.length_um
+            lengths_um[mine] = np.exp(rng.uniform(math.log(s_lo), math.log(s_hi), mine.size))
+    body_cover = float(np.sum(0.3 * (lengths_um / spec.um_per_px) ** 2)) / (math.pi * usable_radius**2)
+    compact = compact_draw < max(0.3, min(1.0, (body_cover - 0.05) / 0.15))
+    usable: list[list[Path]] = [[] for _ in sources]
+    reuse = [itertools.count() for _ in sources]
 
-    def next_photo() -> Path:
-        while queue and len(usable) < _MAX_PHOTOS:
+    def next_photo(k: int) -> Path:
+        source, queue = sources[k], queues[k]
+        while queue and len(usable[k]) < _MAX_PHOTOS[source.extractor]:
             path = queue.pop(0)
-            if load_cutout(path) is not None:
-                usable.append(path)
+            if load_cutout(path, source.extractor) is not None:
+                usable[k].append(path)
                 return path
-        if not usable:
-            raise ValueError(f"no usable beetle could be cut out of any image in {spec.real_cutouts}")
-        return usable[next(reuse) % len(usable)]
+        if not usable[k]:
+            raise ValueError(
+                f"no usable specimen could be cut out of any image in {source.folder} "
+                f"(extractor {source.extractor!r})"
+            )
+        return usable[k][next(reuse[k]) % len(usable[k])]
 
-    out: list[tuple[Recipe, str]] = []
+    out: list[tuple[Recipe, str, str]] = []
     for i in range(n):
         length_px = float(lengths_um[i] / spec.um_per_px)
-        if real[i]:
-            path = next_photo()
-            out.append((Recipe("real", int(seeds[i]), length_px, float(angles[i]), path), path.name))
+        k = int(owner[i])
+        if k >= 0:
+            path = next_photo(k)
+            source = sources[k]
+            recipe = Recipe(
+                "real", int(seeds[i]), length_px, float(angles[i]), path, extractor=source.extractor
+            )
+            out.append((recipe, path.name, source.taxon))
         else:
             recipe = Recipe(
                 "procedural", int(seeds[i]), length_px, float(angles[i]), compact=bool(compact[i])
             )
-            out.append((recipe, "procedural"))
+            out.append((recipe, "procedural", PROCEDURAL_TAXON))
     return out
 
 
@@ -524,7 +646,7 @@ def _plan_once(spec: PlateSpec, rng: np.random.Generator) -> PlateTruth:
     n_pair = 2 * spec.n_touching_pairs
     pairs = [(recipes[2 * k], recipes[2 * k + 1]) for k in range(spec.n_touching_pairs)]
     pairs.sort(key=lambda p: -(p[0][0].length_px + p[1][0].length_px))
-    for (ra, sa), (rb, sb) in pairs:
+    for (ra, sa, ta), (rb, sb, tb) in pairs:
         placed = False
         for attempt in range(_ANGLE_RETRIES):
             direction = float(rng.uniform(0, 2 * math.pi))
@@ -543,28 +665,29 @@ def _plan_once(spec: PlateSpec, rng: np.random.Generator) -> PlateTruth:
                 continue
             x, y = spot
             lay.place(union, x, y, gap)
-            lay.commit(a, x - ux, y - uy, "specimen", True, sa)
-            lay.commit(b, x - ux + off[0], y - uy + off[1], "specimen", True, sb)
+            lay.commit(a, x - ux, y - uy, "specimen", True, sa, ta)
+            lay.commit(b, x - ux + off[0], y - uy + off[1], "specimen", True, sb, tb)
             placed = True
             break
         if not placed:
             raise _too_crowded(spec, "a touching pair")
 
     singles = sorted(recipes[n_pair:], key=lambda r: -r[0].length_px)
-    for recipe, source in singles:
+    for recipe, source, taxon in singles:
         for attempt in range(_ANGLE_RETRIES):
             r = _retry(recipe, attempt, rng)
             shape = _Shape(r, build_sprite(r, full=False))
             spot = lay.find_spot(shape.mask, shape.sprite.center)
             if spot is not None:
                 lay.place(shape.mask, *spot, gap)
-                lay.commit(shape, *spot, "specimen", False, source)
+                lay.commit(shape, *spot, "specimen", False, source, taxon)
                 break
         else:
             raise _too_crowded(spec, f"a specimen {recipe.length_px * spec.um_per_px:.0f} um long")
 
     debris_gap = max(3.0, _DEBRIS_GAP_UM / spec.um_per_px)
     limit_px = DEBRIS_MAX_UM / spec.um_per_px
+    pale = spec.background == "dark"  # dust and lint show pale on a dark dish
     for _ in range(spec.n_debris):
         size_um = float(rng.uniform(40.0, 270.0))
         recipe = Recipe(
@@ -572,10 +695,11 @@ def _plan_once(spec: PlateSpec, rng: np.random.Generator) -> PlateTruth:
             int(rng.integers(0, 2**31 - 1)),
             max(3.0, size_um / spec.um_per_px),
             float(rng.uniform(0, 2 * math.pi)),
+            pale=pale,
         )
         shape = _Shape(recipe, build_sprite(recipe, full=False))
         while max(_mask_box(shape.mask)[2:]) >= limit_px and recipe.length_px > 3.0:
-            recipe = Recipe("debris", recipe.seed, max(3.0, recipe.length_px * 0.85), recipe.angle)
+            recipe = dataclasses.replace(recipe, length_px=max(3.0, recipe.length_px * 0.85))
             shape = _Shape(recipe, build_sprite(recipe, full=False))
         if max(_mask_box(shape.mask)[2:]) >= limit_px:
             raise ValueError(
@@ -585,7 +709,7 @@ def _plan_once(spec: PlateSpec, rng: np.random.Generator) -> PlateTruth:
         if spot is None:
             raise _too_crowded(spec, "a debris particle")
         lay.place(shape.mask, *spot, debris_gap)
-        lay.commit(shape, *spot, "debris", False, "procedural")
+        lay.commit(shape, *spot, "debris", False, "procedural", DEBRIS_TAXON)
 
     # paste order: specimens (pairs, then singles), then debris; that is the commit order
     return PlateTruth(
@@ -603,7 +727,8 @@ def _plan_once(spec: PlateSpec, rng: np.random.Generator) -> PlateTruth:
 def layout_plate(spec: PlateSpec) -> PlateTruth:
     """Decide the plate: dish, and every object's sprite, position and exact box. Draws no image.
 
-    Deterministic in ``spec`` (including the seed, and the content of ``real_cutouts``).
+    Deterministic in ``spec`` (including the seed, and the content of ``real_cutouts`` and of
+    the cut-out sources' folders).
 
     Raises
     ------
@@ -627,7 +752,7 @@ class _Renderer:
         spec = truth.spec
         self.bit_depth = spec.bit_depth
         self.background = PlateBackground(
-            spec.width, spec.height, truth._geometry(), spec.um_per_px, spec.seams, spec.seed
+            spec.width, spec.height, truth._geometry(), spec.um_per_px, spec.seams, spec.seed, spec.background
         )
         pl = truth._placements
         self.fx0 = np.array([p.x for p in pl], dtype=np.int64)

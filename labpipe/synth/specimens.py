@@ -10,7 +10,9 @@ beetle is the large dark object near the centre; the label, the pin head (a beig
 pin are not part of it. :func:`extract_cutout` segments it with brightness/saturation thresholds
 relative to the photo's border, a morphological opening that keeps the body, and the dark
 appendages connected to it; a pin head lying on the body is painted over with the surrounding
-beetle colour, and the pin shaft leading to a pin head beside the body is cut off.
+beetle colour, and the pin shaft leading to a pin head beside the body is cut off. Other animals
+photographed on a plain background (springtails on a dark dish, insects in a well) are cut out by
+:func:`labpipe.synth.cutouts.extract_plain_cutout`; :func:`load_cutout` picks the extractor.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from scipy import ndimage as ndi
 __all__ = [
     "ALPHA_MASK_LEVEL",
     "CUTOUT_SUFFIXES",
+    "EXTRACTORS",
     "Cutout",
+    "Extractor",
     "Recipe",
     "Sprite",
     "build_sprite",
@@ -47,6 +51,12 @@ _LIGHT = np.array([-0.6, -0.8])
 """Direction towards the light in image coordinates (x right, y down): from the top left."""
 
 SpriteKind = Literal["procedural", "real", "debris"]
+Extractor = Literal["pinned", "plain", "well"]
+"""How a photograph is cut out: :func:`extract_cutout` (a pinned beetle on a light background),
+:func:`labpipe.synth.cutouts.extract_plain_cutout` on the crop's border (one animal on a plain
+background of either polarity), or the same on the central disc of a well photographed from above."""
+
+EXTRACTORS: tuple[str, ...] = ("pinned", "plain", "well")
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,12 @@ class Recipe:
     compact:
         Procedural beetles only: legs and antennae drawn in close to the body (as in most
         specimens preserved in ethanol); used to fit specimens into a crowded dish.
+    extractor:
+        ``"real"`` sprites only: how ``cutout`` is cut out (``"pinned"``, ``"plain"`` or
+        ``"well"``; see :data:`Extractor`). Plain and well cut-outs (animals in ethanol, lying on
+        the dish bottom) cast a fainter, tighter shadow than pinned beetles.
+    pale:
+        Debris only: a pale particle or fibre (dust and lint on a dark dish) instead of a dark one.
     """
 
     kind: SpriteKind
@@ -77,6 +93,8 @@ class Recipe:
     angle: float
     cutout: Path | None = None
     compact: bool = False
+    extractor: Extractor = "pinned"
+    pale: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,9 +146,12 @@ def build_sprite(recipe: Recipe, *, full: bool = True) -> Sprite:
     if recipe.kind == "real":
         if recipe.cutout is None:
             raise ValueError("a 'real' recipe needs a cutout path")
-        cutout = load_cutout(recipe.cutout)
+        cutout = load_cutout(recipe.cutout, recipe.extractor)
         if cutout is None:
-            raise ValueError(f"{recipe.cutout}: no usable beetle could be cut out of this image")
+            raise ValueError(
+                f"{recipe.cutout}: no usable specimen could be cut out of this image "
+                f"(extractor {recipe.extractor!r})"
+            )
         return _cutout_sprite(cutout, recipe, full)
     if recipe.kind == "debris":
         return _debris(recipe, full)
@@ -141,10 +162,20 @@ def build_sprite(recipe: Recipe, *, full: bool = True) -> Sprite:
 # shared helpers
 
 
-def _shadow_params(length_px: float, debris: bool) -> tuple[float, float, float, int]:
-    """Shadow offset length, blur sigma, opacity, and the frame padding they need."""
+def _shadow_params(length_px: float, debris: bool, faint: bool = False) -> tuple[float, float, float, int]:
+    """Shadow offset length, blur sigma, opacity, and the frame padding they need.
+
+    ``faint``: an animal in ethanol lying on the dish bottom (a springtail), not a pinned beetle
+    standing on its legs above the paper: the liquid and the diffuse light leave a shadow about a
+    third as dark, half as far from the body and less blurred.
+
+    >>> _shadow_params(100.0, debris=False)[2:], _shadow_params(100.0, debris=False, faint=True)[2:]
+    ((0.42, 13), (0.15, 10))
+    """
     if debris:
         offset, sigma, opacity = 0.6 + 0.03 * length_px, 0.8, 0.25
+    elif faint:
+        offset, sigma, opacity = 0.5 + 0.009 * length_px, 0.8 + 0.008 * length_px, 0.15
     else:
         offset, sigma, opacity = 1.0 + 0.018 * length_px, 1.0 + 0.014 * length_px, 0.42
     pad = math.ceil(offset + 3.0 * sigma) + 3
@@ -540,6 +571,12 @@ def _procedural_beetle(recipe: Recipe, full: bool) -> Sprite:
 # debris
 
 
+_DARK_FIBRES = [(70, 70, 75), (50, 45, 40), (40, 55, 110), (120, 40, 40), (150, 150, 150)]
+_DARK_PARTICLES = [(35, 28, 22), (60, 45, 30), (90, 70, 50), (50, 50, 50), (110, 85, 60)]
+_PALE_FIBRES = [(205, 205, 200), (175, 170, 160), (150, 165, 200), (200, 150, 150), (225, 225, 220)]
+_PALE_PARTICLES = [(200, 195, 185), (170, 160, 140), (215, 210, 200), (150, 150, 150), (185, 170, 145)]
+
+
 def _debris(recipe: Recipe, full: bool) -> Sprite:
     """A small particle (crumb, grain, fragment) or a short fibre, at most ``length_px`` across."""
     rng = np.random.default_rng(recipe.seed)
@@ -555,10 +592,8 @@ def _debris(recipe: Recipe, full: bool) -> Sprite:
         pts = np.stack([t, curve], axis=1)
         width = float(np.clip(rng.uniform(0.02, 0.06) * size, 1.0, 4.0))
         cv.limb("d", pts, [width] * (n - 1))
-        colour = np.array(
-            [(70, 70, 75), (50, 45, 40), (40, 55, 110), (120, 40, 40), (150, 150, 150)][int(rng.integers(5))],
-            np.float32,
-        )
+        palette = _PALE_FIBRES if recipe.pale else _DARK_FIBRES
+        colour = np.array(palette[int(rng.integers(5))], np.float32)
     else:
         m = 24
         ang = np.linspace(0, 2 * np.pi, m, endpoint=False) + rng.uniform(0, 0.2, m)
@@ -569,10 +604,8 @@ def _debris(recipe: Recipe, full: bool) -> Sprite:
         r = r / r.max() * size / 2.0 * 0.92
         pts = np.stack([r * np.cos(ang), elong * r * np.sin(ang)], axis=1)
         cv.polygon("d", pts)
-        colour = np.array(
-            [(35, 28, 22), (60, 45, 30), (90, 70, 50), (50, 50, 50), (110, 85, 60)][int(rng.integers(5))],
-            np.float32,
-        )
+        palette = _PALE_PARTICLES if recipe.pale else _DARK_PARTICLES
+        colour = np.array(palette[int(rng.integers(5))], np.float32)
     alpha_u8 = cv.render({"d": ("d",)})["d"]
     sl_y, sl_x, (fx, fy) = _crop_frame(alpha_u8, pad)
     body = alpha_u8 >= ALPHA_MASK_LEVEL
@@ -597,14 +630,14 @@ def _debris(recipe: Recipe, full: bool) -> Sprite:
 
 @dataclass(frozen=True, eq=False)
 class Cutout:
-    """A beetle segmented from a photograph.
+    """A specimen segmented from a photograph.
 
     Attributes
     ----------
     name:
         The photograph's file name.
     rgb:
-        ``(h, w, 3)`` uint8 colour (pin head painted over).
+        ``(h, w, 3)`` uint8 colour (a pinned beetle's pin head painted over).
     alpha:
         ``(h, w)`` uint8: the mask (``>= 128``), feathered by a fraction of a pixel.
     body:
@@ -631,18 +664,30 @@ def list_cutout_files(folder: Path) -> list[Path]:
 _CUTOUT_CACHE: dict[str, Cutout | None] = {}
 
 
-def load_cutout(path: Path) -> Cutout | None:
-    """The cut-out of one photograph, or None where no clean beetle could be segmented.
+def load_cutout(path: Path, extractor: Extractor = "pinned") -> Cutout | None:
+    """The cut-out of one photograph, or None where no clean specimen could be segmented.
 
-    Cached per process (keyed by path, size and modification time).
+    ``extractor`` picks the segmentation (see :data:`Extractor`): ``"pinned"``
+    (:func:`extract_cutout`), ``"plain"`` (:func:`labpipe.synth.cutouts.extract_plain_cutout`
+    with the crop's border as reference) or ``"well"`` (the same on the central disc
+    :data:`labpipe.synth.cutouts.WELL_DISC` of a well photo). Cached per process (keyed by
+    extractor, path, size and modification time).
     """
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"extractor must be one of {EXTRACTORS}, got {extractor!r}")
     path = Path(path)
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{extractor}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     if key not in _CUTOUT_CACHE:
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
-        _CUTOUT_CACHE[key] = extract_cutout(rgb, name=path.name)
+        if extractor == "pinned":
+            _CUTOUT_CACHE[key] = extract_cutout(rgb, name=path.name)
+        else:
+            from labpipe.synth.cutouts import WELL_DISC, extract_plain_cutout  # imports this module
+
+            disc = WELL_DISC if extractor == "well" else None
+            _CUTOUT_CACHE[key] = extract_plain_cutout(rgb, name=path.name, disc=disc)
     return _CUTOUT_CACHE[key]
 
 
@@ -920,7 +965,8 @@ def _cutout_sprite(cutout: Cutout, recipe: Recipe, full: bool) -> Sprite:
     h, w = cutout.alpha.shape
     sw, sh = max(2, round(w * scale)), max(2, round(h * scale))
     resample = Image.Resampling.LANCZOS
-    offset, sigma, opacity, pad = _shadow_params(recipe.length_px, debris=False)
+    faint = recipe.extractor != "pinned"
+    offset, sigma, opacity, pad = _shadow_params(recipe.length_px, debris=False, faint=faint)
     c, s = math.cos(recipe.angle), math.sin(recipe.angle)
     fw = math.ceil(abs(c) * sw + abs(s) * sh) + 2 * pad + 2
     fh = math.ceil(abs(s) * sw + abs(c) * sh) + 2 * pad + 2
@@ -947,7 +993,10 @@ def _cutout_sprite(cutout: Cutout, recipe: Recipe, full: bool) -> Sprite:
     if not full:
         return Sprite(alpha=alpha_u8, body=body, center=center)
     rng = np.random.default_rng(recipe.seed)
-    gain = np.float32(rng.uniform(0.82, 1.0))  # a little less light than in the photo studio
+    # a pinned beetle had a little more light in the photo studio than on a plate; a plain crop
+    # comes from a plate scan like the one it goes to
+    lo, hi = (0.82, 1.0) if recipe.extractor == "pinned" else (0.92, 1.04)
+    gain = np.float32(rng.uniform(lo, hi))
     a = cutout.alpha.astype(np.float32) * np.float32(1 / 255)
     premult = np.dstack([cutout.rgb * (a * gain)[..., None], cutout.alpha])
     rgba = warp(Image.fromarray(_to_u8(premult), "RGBa"), Image.Resampling.BICUBIC).convert("RGBA")
