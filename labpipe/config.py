@@ -79,10 +79,13 @@ class ImagingConfig:
 class DetectorConfig:
     kind: str = "classical"
     """``classical`` (segmentation, no weights) or the path of a DETR model directory."""
-    min_size_um: float = 400.0
+    min_size_um: float = 300.0
     """Objects whose longer side is shorter than this are debris (used when the scale is known)."""
-    min_size_px: int = 24
+    min_size_px: int = 16
     """Same rule in pixels of the detection overview, used when the scale is unknown."""
+    polarity: str = "auto"
+    """Classical detector: ``auto``, ``dark`` (dark animals on light paper), ``light`` (pale animals on
+    a dark bottom) or ``both``."""
     score_threshold: float = 0.5
     """Detections scoring below this are dropped."""
     split_touching: bool = True

@@ -52,12 +52,7 @@ def build_detector(settings: Settings) -> Detector:
     if cfg.kind == "classical":
         from labpipe.detect.classical import ClassicalDetector
 
-        return ClassicalDetector(
-            min_size_um=cfg.min_size_um,
-            min_size_px=cfg.min_size_px,
-            score_threshold=cfg.score_threshold,
-            split_touching=cfg.split_touching,
-        )
+        return ClassicalDetector.from_config(cfg)
     if Path(cfg.kind).expanduser().is_dir():
         from labpipe.detect.detr import DetrDetector
 

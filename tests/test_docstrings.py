@@ -18,9 +18,14 @@ MODULES = [
     "labpipe.crops.padding",
     "labpipe.daemon.service",
     "labpipe.detect.classical",
+    "labpipe.detect.extent",
+    "labpipe.detect.significance",
     "labpipe.detect.detr",
     "labpipe.detect.detr_data",
+    "labpipe.evaluation.detector",
+    "labpipe.evaluation.truth",
     "labpipe.imaging.tilecache",
+    "labpipe.metrics.detection",
     "labpipe.reports.counts",
 ]
 

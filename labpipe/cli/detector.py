@@ -147,13 +147,7 @@ def train_detector_command(
     if pseudo_labels:
         from labpipe.detect.classical import ClassicalDetector
 
-        cfg = obj.settings.detector
-        classical = ClassicalDetector(
-            min_size_um=cfg.min_size_um,
-            min_size_px=cfg.min_size_px,
-            score_threshold=cfg.score_threshold,
-            split_touching=cfg.split_touching,
-        )
+        classical = ClassicalDetector.from_config(obj.settings.detector)
         labelled = read_coco_set(coco, category=None) if coco else []
         known = {e.file_name for e in labelled}
         todo = [p for p in image_files(images_dir) if p.name not in known]

@@ -54,9 +54,16 @@ def nan_median_filter(grid: np.ndarray, size: int) -> np.ndarray:
 
 
 def block_medians(
-    image: np.ndarray, mask: np.ndarray, block: int, *, min_coverage: float = 0.5, max_samples: int = 16
+    image: np.ndarray,
+    mask: np.ndarray,
+    block: int,
+    *,
+    min_coverage: float = 0.5,
+    max_samples: int = 16,
+    quantile: float = 50.0,
 ) -> np.ndarray:
-    """Per-block, per-channel median of the masked pixels of a ``(H, W, C)`` image.
+    """Per-block, per-channel median (or another ``quantile``, in percent) of the masked pixels of
+    a ``(H, W, C)`` image.
 
     Blocks are ``block`` x ``block`` pixels from the top-left corner (the last row and column of
     blocks may be partial). A block where less than ``min_coverage`` of its pixels are in ``mask``
@@ -88,7 +95,10 @@ def block_medians(
     blocks = sub.reshape(gh, per, gw, per, c).transpose(0, 2, 4, 1, 3).reshape(gh, gw, c, per * per)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # blocks outside the mask are all NaN
-        med = np.nanmedian(blocks, axis=-1)
+        if quantile == 50.0:
+            med = np.nanmedian(blocks, axis=-1)
+        else:
+            med = np.nanpercentile(blocks, quantile, axis=-1)
     real = (inside_y.reshape(gh, per).sum(1)[:, None] * inside_x.reshape(gw, per).sum(1)[None, :]).astype(
         np.float64
     )
@@ -167,10 +177,14 @@ def estimate_background(
     window: int = 5,
     tolerance: float = 0.06,
     iterations: int = 3,
+    quantile: float = 50.0,
+    min_coverage: float = 0.5,
 ) -> np.ndarray:
     """Per-pixel background colour of a ``(H, W, C)`` image of specimens on a plain background.
 
-    1. Block medians of the pixels in ``mask`` (:func:`block_medians`).
+    1. Block medians of the pixels in ``mask`` (:func:`block_medians`), or another ``quantile``
+       of them: a high one (the 85th) keeps the paper's level in a block that dark specimens
+       cover for the most part, on a crowded plate.
     2. Repeat ``iterations`` times: fit a smooth quadratic trend through the cells still taken as
        background (:func:`fit_trend`); divide it out; compare each cell with the median of its
        ``window`` x ``window`` neighbourhood; a cell more than ``tolerance`` darker, or whose
@@ -194,6 +208,10 @@ def estimate_background(
         Relative darkening or colour change above which a block is taken as covered by specimens.
     iterations : int
         Rounds of trend fitting and outlier rejection.
+    quantile : float
+        Per-block statistic, in percent (50: the median).
+    min_coverage : float
+        A block with a smaller share of its pixels in ``mask`` has no value of its own.
 
     Returns
     -------
@@ -217,7 +235,7 @@ def estimate_background(
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance must be in (0, 1); given {tolerance}")
     m = np.ones(img.shape[:2], dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    grid = block_medians(img, m, block)
+    grid = block_medians(img, m, block, quantile=quantile, min_coverage=min_coverage)
     valid = ~np.isnan(grid).any(axis=-1)
     if not valid.any():
         # No background pixel at all (an empty mask): the image's own median is all we have.

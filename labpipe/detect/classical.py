@@ -46,6 +46,7 @@ tell a loose leg or wing as thick as a small body from a specimen.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -60,19 +61,28 @@ from labpipe.config import DetectorConfig
 from labpipe.detect.background import estimate_background
 from labpipe.detect.base import Detection
 from labpipe.detect.dish import Dish, find_dish, resize_mask
+from labpipe.detect.extent import appendage_mask, refine_box, upsample_labels
 from labpipe.detect.segment import (
     assign_to_bodies,
     find_bodies,
-    foreground_mask,
     foreground_strength,
     half_normal_noise,
     split_touching,
+)
+from labpipe.detect.significance import (
+    choose_polarity,
+    evidence,
+    grow_from_seeds,
+    local_noise,
+    object_strength,
 )
 
 __all__ = [
     "Candidate",
     "ClassicalDetector",
     "ClassicalResult",
+    "absorb_fragments",
+    "detection_score",
     "downsample_mean",
     "score_object",
     "to_float_rgb",
@@ -80,7 +90,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ALGORITHM = "classical-1"
+ALGORITHM = "classical-2"
 
 
 def to_float_rgb(image: np.ndarray, factor: int = 1) -> np.ndarray:
@@ -195,6 +205,58 @@ def score_object(
     return q_contrast**0.5 * q_size**0.25 * q_shape**0.25
 
 
+def _gate(ratio: float) -> float:
+    """``r**2 / (1 + r**2)``: 0 at 0, 0.5 at 1, towards 1 above (a logistic in ``log r``)."""
+    r2 = max(float(ratio), 0.0) ** 2
+    return r2 / (1.0 + r2)
+
+
+def detection_score(
+    evidence: float,
+    peak: float,
+    thickness: float,
+    solidity: float,
+    elongation: float,
+    *,
+    min_evidence: float = 2.0,
+    min_peak: float = 0.25,
+    min_thickness: float = 0.3,
+    min_solidity: float = 0.5,
+    max_elongation: float = 10.0,
+) -> float:
+    """Detection score in [0, 1]: the weakest of five cues, each 0.5 exactly at its limit.
+
+    ``score = min(g(evidence / min_evidence), g(peak / min_peak), g(thickness / min_thickness),
+    g(solidity / min_solidity), g(max_elongation / elongation))`` with ``g(r) = r^2 / (1 + r^2)``,
+    so a score of at least 0.5 means every cue is on the right side of its limit:
+
+    * ``evidence`` (:func:`~labpipe.detect.significance.evidence`): the object stands out from the
+      local texture, more easily the larger it is (the Rose criterion);
+    * ``peak``: its strongest tenth is at least ``min_peak`` darker or more coloured than the paper
+      (an animal has eyes and sclerites; a stain, a faint shadow or a fold of the sheet has not);
+    * ``thickness``: its body's largest inscribed diameter over the smallest specimen's length (a
+      loose leg, a fibre or a hair is thinner);
+    * ``solidity``: area over convex hull (crumpled texture and fragments are ragged);
+    * ``elongation``: axis ratio from second moments (a seam or a fibre is a line).
+
+    Examples
+    --------
+    >>> round(detection_score(2.0, 0.25, 0.3, 0.5, 10.0), 3)
+    0.5
+    >>> detection_score(8.0, 0.8, 1.0, 0.9, 2.0) > 0.75
+    True
+    >>> detection_score(8.0, 0.1, 1.0, 0.9, 2.0) < 0.2  # a faint stain, however large
+    True
+    """
+    return min(
+        _gate(evidence / min_evidence),
+        _gate(peak / min_peak),
+        _gate(thickness / min_thickness),
+        _gate(solidity / min_solidity),
+        _gate(max_elongation / max(elongation, 1e-9)),
+    )
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One segmented object before the score threshold (in the input array's pixel frame)."""
@@ -217,7 +279,15 @@ class Candidate:
     edge: bool = False
     """True when the body touches the edge of the searched region."""
     strength_percentiles: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    """50th, 75th and 90th percentiles of the body's foreground strength over the low threshold."""
+    """50th, 75th and 90th percentiles of the body's foreground strength."""
+    evidence: float = 0.0
+    """Size-aware detection statistic (:func:`~labpipe.detect.significance.evidence`)."""
+    peak: float = 0.0
+    """90th percentile of the body's foreground strength (its strongest parts: eyes, sclerites)."""
+    number: int = 0
+    """1-based index among the candidates of one image (its label in the regions image)."""
+    colour: tuple[float, ...] = ()
+    """Mean colour of the body (work image, 0-1; inverted in a pale-animal pass)."""
 
 
 @dataclass
@@ -232,7 +302,36 @@ class ClassicalResult:
     noise: tuple[float, float]
     timings: dict[str, float] = field(default_factory=dict)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
-    """With ``keep_masks``: ``foreground`` (bool) and ``bodies`` (int32 labels), at work resolution."""
+    """With ``keep_masks``: ``foreground`` and ``seeds`` (bool), and ``bodies`` (int32: each
+    candidate's region under its number), at work resolution."""
+    polarity: str = "dark"
+    """``"dark"`` (dark animals on light paper), ``"light"`` (pale animals on a dark bottom) or
+    ``"both"`` (a dark bottom holding both)."""
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What one polarity pass of :meth:`ClassicalDetector.analyse` found."""
+
+    candidates: list[Candidate]
+    kept: list[Candidate]
+    objects: np.ndarray
+    seeds: np.ndarray
+    regions: np.ndarray
+    thresholds: tuple[float, float]
+    noise: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class _Maps:
+    """The work-resolution images :meth:`ClassicalDetector._objects` measures candidates on."""
+
+    work: np.ndarray
+    fine: np.ndarray
+    coarse: np.ndarray
+    seeds: np.ndarray
+    seed_threshold: np.ndarray
+    search: np.ndarray
 
 
 class ClassicalDetector:
@@ -256,7 +355,7 @@ class ClassicalDetector:
     Attributes
     ----------
     version : str
-        ``classical-1@<hash of the settings>``.
+        ``classical-2@<hash of the settings>``.
 
     Examples
     --------
@@ -269,12 +368,13 @@ class ClassicalDetector:
 
     def __init__(
         self,
-        min_size_um: float = 400.0,
-        min_size_px: int = 24,
+        min_size_um: float = 300.0,
+        min_size_px: int = 16,
         score_threshold: float = 0.5,
         split_touching: bool = True,
         *,
         max_size_um: float = 12_000.0,
+        polarity: str = "auto",
     ) -> None:
         if min_size_um <= 0 or min_size_px <= 0:
             raise ValueError(f"minimum sizes must be > 0; given {min_size_um} um and {min_size_px} px")
@@ -287,24 +387,44 @@ class ClassicalDetector:
         self.score_threshold = float(score_threshold)
         self.split_touching = bool(split_touching)
         self.max_size_um = float(max_size_um)
-        # Tuned constants (see the module and function docstrings); all are in the version hash.
+        self.polarity = polarity
+        if polarity not in ("auto", "dark", "light", "both"):
+            raise ValueError(f"polarity must be 'auto', 'dark', 'light' or 'both'; given {polarity!r}")
+        # Constants (see the module and function docstrings); all are in the version hash.
         self.min_work_px = 16.0
+        self.border_fraction = 0.005
+        self.rim_fraction = 0.07  # of a found dish's radius: the glass wall and its inner shade
         self.min_background = 0.03
-        self.k_low, self.k_high = 5.0, 10.0
-        self.floor_low, self.floor_high = 0.06, 0.15
         self.chroma_weight = 1.5
+        self.noise_block_fraction = 4.0  # noise map blocks, in smallest-specimen lengths
+        self.median_fraction = 0.5  # median window for seeds, in smallest-specimen lengths
+        self.k_seed = 5.0
+        self.seed_floor = 0.04
+        self.k_edge = 3.0
+        self.edge_fraction = 0.35
         self.body_radius_fraction = 0.15
+        self.body_length_fraction = 0.7
         self.relative_radius = 0.2
+        self.colour_distance = 0.15
         self.neck_ratio = 0.6
         self.thin_ratio = 0.0
         self.split_solidity = 0.95
-        self.contrast_floor = 1.4
-        self.contrast_percentile = 50.0
-        self.thickness_floor = 0.45
+        self.min_evidence = 2.0
+        self.min_peak = 0.25
+        self.thickness_floor = 0.5
+        self.min_solidity = 0.5
+        self.max_elongation = 10.0
+        self.edge_evidence_factor = 3.0
+        self.paper_tolerance = 0.1
+        self.crowding_ratio = 0.85
+        self.refine = True
+        self.appendage_reach = 0.6  # how far legs may reach, in box lengths
+        self.k_appendage = 3.0
+        self.appendage_fraction = 0.25
         self.version: str = self._version()
 
     def _version(self) -> str:
-        """``classical-1@<8 hex digits>``: the algorithm and a hash of every setting that changes
+        """``classical-2@<8 hex digits>``: the algorithm and a hash of every setting that changes
         its output (stored with every specimen)."""
         params = {
             "min_size_um": self.min_size_um,
@@ -312,19 +432,42 @@ class ClassicalDetector:
             "score_threshold": self.score_threshold,
             "split_touching": self.split_touching,
             "max_size_um": self.max_size_um,
-            "min_work_px": self.min_work_px,
-            "min_background": self.min_background,
-            "k": [self.k_low, self.k_high],
-            "floor": [self.floor_low, self.floor_high],
-            "chroma_weight": self.chroma_weight,
-            "body_radius_fraction": self.body_radius_fraction,
-            "relative_radius": self.relative_radius,
-            "neck_ratio": self.neck_ratio,
-            "thin_ratio": self.thin_ratio,
-            "split_solidity": self.split_solidity,
-            "contrast_floor": self.contrast_floor,
-            "contrast_percentile": self.contrast_percentile,
-            "thickness_floor": self.thickness_floor,
+            "polarity": self.polarity,
+            **{
+                name: getattr(self, name)
+                for name in (
+                    "min_work_px",
+                    "border_fraction",
+                    "rim_fraction",
+                    "min_background",
+                    "chroma_weight",
+                    "noise_block_fraction",
+                    "median_fraction",
+                    "k_seed",
+                    "seed_floor",
+                    "k_edge",
+                    "edge_fraction",
+                    "body_radius_fraction",
+                    "body_length_fraction",
+                    "relative_radius",
+                    "colour_distance",
+                    "neck_ratio",
+                    "thin_ratio",
+                    "split_solidity",
+                    "min_evidence",
+                    "min_peak",
+                    "thickness_floor",
+                    "min_solidity",
+                    "max_elongation",
+                    "edge_evidence_factor",
+                    "paper_tolerance",
+                    "crowding_ratio",
+                    "refine",
+                    "appendage_reach",
+                    "k_appendage",
+                    "appendage_fraction",
+                )
+            },
         }
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
         return f"{ALGORITHM}@{digest}"
@@ -346,6 +489,7 @@ class ClassicalDetector:
             min_size_px=max(1, round(config.min_size_px / overview_factor)),
             score_threshold=config.score_threshold,
             split_touching=config.split_touching,
+            polarity=config.polarity,
         )
 
     def __repr__(self) -> str:
@@ -382,111 +526,219 @@ class ClassicalDetector:
         work = to_float_rgb(rgb, factor)
         wh, ww = work.shape[:2]
         min_w, max_w = min_len / factor, max_len / factor
+        # with a scale, nothing longer than 1.5 x the largest specimen is one (a dish rim, a
+        # shadow across the plate); without one, an animal may fill the picture
+        longest = 1.5 * max_len / factor if um_per_px else float("inf")
         timings = {"prepare": time.perf_counter() - t0}
 
         t = time.perf_counter()
         small_f = max(1, -(-max(wh, ww) // 256))
         small = downsample_mean(_channel_mean(work), small_f)
-        dish = find_dish(small)
+        dish = find_dish(small, border_fraction=self.border_fraction, rim_fraction=self.rim_fraction)
         if not dish.found:
             log.debug("no dish found: searching the whole image minus a border (%s)", dish.method)
         search = resize_mask(dish.mask, (wh, ww))
+        polarity = self.polarity
+        if polarity == "auto":
+            polarity = choose_polarity(small, resize_mask(search, small.shape))
         timings["dish"] = time.perf_counter() - t
 
+        # Dark animals on light paper: only darkening and colour count (anything brighter than
+        # white paper is glare). On a dark bottom, pale animals stand out by brightening and dark
+        # ones by darkening: both passes run and their boxes are merged.
+        passes = {"dark": ["dark"], "light": ["light"], "both": ["dark", "light"]}[polarity]
+        results: list[_Pass] = []
+        for direction in passes:
+            area = search
+            if results:
+                # what the first pass found is no background to the second (a dark beetle on a
+                # dark bottom would pass for bright noise once the image is inverted)
+                area = search & ~ndi.binary_dilation(results[-1].objects, iterations=2)
+            results.append(
+                self._pass(
+                    rgb, work, area, direction, min_w, max_w, factor, (h, w), timings, polarity, longest
+                )
+            )
         t = time.perf_counter()
-        # Blocks of a quarter of the largest specimen, but at least 8 across the image's short side.
-        block = max(4, min(round(max_w / 4), round(min(wh, ww) / 8)))
-        bg = estimate_background(work, search, block=block)
-        timings["background"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        strength = foreground_strength(work, bg, chroma_weight=self.chroma_weight)
-        # Nothing can be seen against a black background (an unlit corner, an all-dark image).
-        bg_lum = _channel_mean(bg)
-        search = search & (bg_lum > np.float32(self.min_background))
-        if not search.any():
-            log.debug("no lit background to search against")
-            timings["total"] = time.perf_counter() - t0
-            return ClassicalResult([], [], dish, factor, (np.inf, np.inf), (0.0, 0.0), timings)
-        # Noise from the signed darkening (the strength is clipped at 0), on its bright side only.
-        signed = 1.0 - _channel_mean(work) / np.maximum(bg_lum, np.float32(1e-6))
-        med = float(np.median(signed[search][:: max(1, int(search.sum()) // 250_000)]))
-        sigma = half_normal_noise(signed, search)
-        low = max(self.floor_low, self.k_low * sigma)
-        high = max(self.floor_high, self.k_high * sigma, low)
-        fg = foreground_mask(
-            strength,
-            low,
-            high,
-            search,
-            min_area=max(4, round(min_w / 4) ** 2),
-            max_hole_area=round((min_w / 2) ** 2),
-        )
-        timings["foreground"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        body_labels = np.zeros(fg.shape, dtype=np.int32) if keep_masks else None
-        candidates = self._objects(fg, strength, search, low, min_w, factor, (h, w), body_labels)
-        timings["objects"] = time.perf_counter() - t
-
-        detections = [Detection(*c.box, score=c.score) for c in candidates if c.score >= self.score_threshold]
+        candidates = [c for r in results for c in r.candidates]
+        kept = _suppress_overlaps([c for r in results for c in r.kept])
+        detections = [Detection(*c.box, score=c.score) for c in kept]
         detections.sort(key=lambda d: -d.score)
+        timings["merge"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
+        main = results[-1]
+        masks: dict[str, np.ndarray] = {}
+        if keep_masks:
+            masks = {"foreground": main.objects, "seeds": main.seeds, "bodies": main.regions}
         return ClassicalResult(
             detections=detections,
             candidates=candidates,
             dish=dish,
             factor=factor,
-            thresholds=(low, high),
-            noise=(med, sigma),
+            thresholds=main.thresholds,
+            noise=main.noise,
             timings=timings,
-            masks={"foreground": fg, "bodies": body_labels} if body_labels is not None else {},
+            masks=masks,
+            polarity=polarity,
+        )
+
+    def _pass(
+        self,
+        rgb: np.ndarray,
+        work: np.ndarray,
+        search: np.ndarray,
+        direction: str,
+        min_w: float,
+        max_w: float,
+        factor: int,
+        shape: tuple[int, int],
+        timings: dict[str, float],
+        polarity: str = "dark",
+        longest: float = float("inf"),
+    ) -> _Pass:
+        """One polarity: background, significance, objects, scores and extents."""
+        wh, ww = work.shape[:2]
+        if direction == "light":
+            work = np.float32(1.0) - work  # pale animals on a dark bottom: the same rules, inverted
+        t = time.perf_counter()
+        # Blocks of a quarter of the largest specimen, but at least 8 across the image's short side.
+        block = max(4, min(round(max_w / 4), round(min(wh, ww) / 8)))
+        if polarity == "dark":
+            bg = self._background(work, search, block, min_w)
+        else:
+            # on a dark bottom pale animals and pale debris are brighter than it: a high quantile
+            # would be theirs, so the plain median is the bottom's level
+            bg = estimate_background(work, search, block=block)
+        timings["background"] = timings.get("background", 0.0) + time.perf_counter() - t
+
+        t = time.perf_counter()
+        strength = foreground_strength(work, bg, chroma_weight=self.chroma_weight)
+        bg_lum = _channel_mean(bg)
+        search = search & (bg_lum > np.float32(self.min_background))
+        if not search.any():
+            log.debug("no lit background to search against")
+            nothing = np.zeros((wh, ww), dtype=bool)
+            return _Pass([], [], nothing, nothing, np.zeros((wh, ww), np.int32), (np.inf, np.inf), (0.0, 0.0))
+        signed = 1.0 - _channel_mean(work) / np.maximum(bg_lum, np.float32(1e-6))
+        noise_block = max(8, round(self.noise_block_fraction * min_w))
+        fine = ndi.gaussian_filter(strength, 1.0)
+        sigma_fine = local_noise(ndi.gaussian_filter(signed, 1.0), search, noise_block)
+        # The seed map is made where a 3 x 3 median spans half the smallest specimen (a median
+        # filter's cost grows with its window's area; seeds are only located coarsely).
+        q = max(1, round(self.median_fraction * min_w / 3))
+        median_size = max(3, round(self.median_fraction * min_w / q)) | 1
+        coarse = _enlarge(object_strength(downsample_mean(strength, q), median_size), q, (wh, ww))
+        sigma_coarse = _enlarge(
+            local_noise(
+                object_strength(downsample_mean(signed, q), median_size),
+                resize_mask(search, (-(-wh // q), -(-ww // q))),
+                max(8, noise_block // q),
+            ),
+            q,
+            (wh, ww),
+        )
+        # Colour noise (a dim dish bottom: a few grey levels are many percent of its channels)
+        # is in the strength but not in the luminance noise: a tenth of the searched pixels are
+        # paper even on a crowded plate, so the strength's tenth percentile measures it.
+        floor_coarse = max(self.seed_floor, self.k_seed * _quartile_noise(coarse, search))
+        floor_fine = self.k_edge * _quartile_noise(fine, search)
+        seed_threshold = np.maximum(np.float32(floor_coarse), np.float32(self.k_seed) * sigma_coarse)
+        seeds = (coarse > seed_threshold) & search
+        objects = grow_from_seeds(
+            fine,
+            seeds,
+            coarse,
+            np.maximum(np.float32(floor_fine), np.float32(self.k_edge) * sigma_fine),
+            edge_fraction=self.edge_fraction,
+            mask=search,
+        )
+        objects = _fill_small_holes(objects, round((min_w / 2) ** 2))
+        timings["foreground"] = timings.get("foreground", 0.0) + time.perf_counter() - t
+
+        t = time.perf_counter()
+        regions = np.zeros(objects.shape, dtype=np.int32)
+        maps = _Maps(work, fine, coarse, seeds, seed_threshold, search)
+        candidates = self._objects(objects, maps, min_w, factor, shape, regions, longest)
+        timings["objects"] = timings.get("objects", 0.0) + time.perf_counter() - t
+
+        t = time.perf_counter()
+        kept = [c for c in candidates if c.score >= self.score_threshold]
+        if self.refine and kept:
+            kept = [self._refine(c, rgb, bg, regions, search, factor, direction) for c in kept]
+        kept = absorb_fragments(kept, colour_distance=self.colour_distance)
+        timings["extent"] = timings.get("extent", 0.0) + time.perf_counter() - t
+        med = float(np.median(signed[search][:: max(1, int(search.sum()) // 250_000)]))
+        return _Pass(
+            candidates,
+            kept,
+            objects,
+            seeds,
+            regions,
+            (float(np.median(seed_threshold[search])), float(np.median(sigma_fine[search]))),
+            (med, float(np.median(sigma_coarse[search]))),
         )
 
     def _objects(
         self,
-        fg: np.ndarray,
-        strength: np.ndarray,
-        search: np.ndarray,
-        low: float,
+        objects: np.ndarray,
+        maps: _Maps,
         min_w: float,
         factor: int,
         shape: tuple[int, int],
-        body_labels: np.ndarray | None = None,
+        body_labels: np.ndarray,
+        longest: float = float("inf"),
     ) -> list[Candidate]:
-        """Bodies, split where touching, with their appendages; scored (work-pixel geometry)."""
-        labels, n = ndi.label(fg)
+        """Bodies, split where touching, with their appendages; scored (work-pixel geometry).
+
+        ``body_labels`` receives each candidate's whole region (body and appendages) under its
+        candidate number (1-based, in the order returned), for the extent step.
+        """
+        labels, n = ndi.label(objects)
         if n == 0:
             return []
         radius = max(1.0, self.body_radius_fraction * min_w)
-        pad = 2
-        # Per component, its bodies (legs and antennae opened away).
-        comps: list[tuple[int, int, np.ndarray, list[tuple[tuple[slice, slice], np.ndarray, float]]]] = []
+        unit_area = min_w**2
+        # Bounds that cost one pass over the image: a component whose strongest pixel is below the
+        # peak limit, or whose seeds could not reach the evidence limit even at their strongest,
+        # holds no body that could score 0.5; it is not analysed (texture, stains).
+        index = np.arange(1, n + 1)
+        ratio = np.where(maps.seeds, maps.coarse / maps.seed_threshold, 0.0)
+        best_ratio = np.asarray(ndi.maximum(ratio, labels, index))
+        seed_area = np.bincount(labels[maps.seeds], minlength=n + 1)[1:]
+        strongest = np.asarray(ndi.maximum(maps.fine, labels, index))
+        hopeless = (best_ratio * np.sqrt(seed_area / unit_area) < self.min_evidence) | (
+            strongest < self.min_peak
+        )
+        if self.score_threshold < 0.5:  # a lower threshold asks for the weak ones too
+            hopeless[:] = False
+        out: list[Candidate] = []
         for i, sl in enumerate(ndi.find_objects(labels), start=1):
-            if sl is None or max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) < min_w:
+            if (
+                sl is None
+                or hopeless[i - 1]
+                or max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) < min_w
+            ):
                 continue
-            y0, x0 = max(sl[0].start - pad, 0), max(sl[1].start - pad, 0)
-            y1, x1 = min(sl[0].stop + pad, fg.shape[0]), min(sl[1].stop + pad, fg.shape[1])
-            comp = labels[y0:y1, x0:x1] == i
+            comp = labels[sl] == i
+            colour = maps.work[sl]
             parts = find_bodies(
-                comp, min_length=min_w, min_radius=radius, relative_radius=self.relative_radius
+                comp,
+                min_length=self.body_length_fraction * min_w,
+                min_radius=radius,
+                relative_radius=self.relative_radius,
+                colour=colour,
+                colour_distance=self.colour_distance,
             )
-            kept = []
+            if parts.max() == 0:
+                continue
+            bodies = np.zeros(comp.shape, dtype=np.int32)
+            split_of: dict[int, bool] = {}
+            nb = 0
             for j, psl in enumerate(ndi.find_objects(parts), start=1):
                 if psl is None:
                     continue
                 part = parts[psl] == j
-                kept.append((psl, part, _solidity(part)))
-            if kept:
-                comps.append((y0, x0, comp, kept))
-
-        out: list[Candidate] = []
-        for y0, x0, comp, kept in comps:
-            bodies = np.zeros(comp.shape, dtype=np.int32)
-            split_of: dict[int, bool] = {}
-            nb = 0
-            for psl, part, sol in kept:
-                if self.split_touching and sol < self.split_solidity:
+                if self.split_touching and _solidity(part) < self.split_solidity:
                     sub = split_touching(
                         part,
                         min_distance=max(2, round(0.25 * min_w)),
@@ -504,12 +756,9 @@ class ClassicalDetector:
                     split_of[q] = k > 1
                 nb += k
             owners = assign_to_bodies(comp, bodies)
-            if body_labels is not None:
-                view = body_labels[y0 : y0 + comp.shape[0], x0 : x0 + comp.shape[1]]
-                view[bodies > 0] = bodies[bodies > 0] + int(body_labels.max())
-            h0, w0 = comp.shape
-            s_crop = strength[y0 : y0 + h0, x0 : x0 + w0]
-            inner = ndi.binary_erosion(search[y0 : y0 + h0, x0 : x0 + w0], iterations=2, border_value=1)
+            s_fine, s_coarse = maps.fine[sl], maps.coarse[sl]
+            seeds, seed_threshold = maps.seeds[sl], maps.seed_threshold[sl]
+            inner = ndi.binary_erosion(maps.search[sl], iterations=2, border_value=1)
             body_slices = ndi.find_objects(bodies, max_label=nb)
             owner_slices = ndi.find_objects(owners, max_label=nb)
             for q, (bsl, osl) in enumerate(zip(body_slices, owner_slices, strict=True), start=1):
@@ -517,43 +766,150 @@ class ClassicalDetector:
                     continue
                 bmask = bodies[bsl] == q
                 blen = max(bsl[0].stop - bsl[0].start, bsl[1].stop - bsl[1].start)
-                if blen < min_w:
+                olen = max(osl[0].stop - osl[0].start, osl[1].stop - osl[1].start)
+                if olen < min_w or blen > longest:
                     continue
                 by, bx = np.nonzero(bmask)
                 bd = ndi.distance_transform_edt(np.pad(bmask, 1))
                 thickness = 2.0 * float(bd.max()) / min_w
-                ev = np.sort(np.linalg.eigvalsh(np.cov(np.stack([by, bx]).astype(np.float64))))
-                elongation = float(np.sqrt(max(ev[1], 1e-9) / max(ev[0], 1e-9)))
+                if by.size >= 3:
+                    ev = np.sort(np.linalg.eigvalsh(np.cov(np.stack([by, bx]).astype(np.float64))))
+                    elongation = float(np.sqrt(max(ev[1], 1e-9) / max(ev[0], 1e-9)))
+                else:
+                    elongation = 1.0
                 solidity = _solidity(bmask)
-                pct = np.percentile(s_crop[bsl][bmask], [50.0, 75.0, 90.0, self.contrast_percentile]) / low
-                contrast = float(pct[3])
-                length_ratio = float(blen / min_w)
-                score = score_object(
-                    contrast,
-                    length_ratio,
+                seeded = bmask & seeds[bsl]
+                if seeded.any():
+                    contrast = float(np.median(s_coarse[bsl][seeded] / seed_threshold[bsl][seeded]))
+                    seed_area = float(seeded.sum())
+                else:
+                    contrast, seed_area = 0.0, 0.0
+                strength_body = s_fine[bsl][bmask]
+                peak = float(np.percentile(strength_body, 90))
+                evid = evidence(contrast, seed_area, unit_area)
+                edge = bool((bmask & ~inner[bsl]).any())
+                # where the body touches the searched region's border (the dish rim, the frame),
+                # the background is extrapolated from partly covered blocks: ask for more
+                judged = evid / self.edge_evidence_factor if edge else evid
+                score = detection_score(
+                    judged,
+                    peak,
                     thickness,
                     solidity,
                     elongation,
-                    contrast_floor=self.contrast_floor,
-                    thickness_floor=self.thickness_floor,
+                    min_evidence=self.min_evidence,
+                    min_peak=self.min_peak,
+                    min_thickness=self.thickness_floor,
+                    min_solidity=self.min_solidity,
+                    max_elongation=self.max_elongation,
                 )
+                y0, x0 = sl[0].start, sl[1].start
+                region = owners[osl] == q
+                view = body_labels[y0 + osl[0].start : y0 + osl[0].stop, x0 + osl[1].start : x0 + osl[1].stop]
+                view[region] = len(out) + 1
+                pct = np.percentile(strength_body, [50.0, 75.0, 90.0])
+                body_colour = tuple(float(v) for v in colour[bsl][bmask].mean(axis=0))
                 out.append(
                     Candidate(
                         box=_slice_box(osl, y0, x0, factor, shape),
                         body_box=_slice_box(bsl, y0, x0, factor, shape),
                         body_area=float(by.size * factor * factor),
-                        length_ratio=length_ratio,
+                        length_ratio=float(blen / min_w),
                         solidity=solidity,
                         contrast=contrast,
                         score=score,
                         split=split_of.get(q, False),
                         thickness=thickness,
                         elongation=elongation,
-                        edge=bool((bmask & ~inner[bsl]).any()),
+                        edge=edge,
                         strength_percentiles=(float(pct[0]), float(pct[1]), float(pct[2])),
+                        evidence=evid,
+                        peak=peak,
+                        number=len(out) + 1,
+                        colour=body_colour,
                     )
                 )
         return out
+
+    def _background(self, work: np.ndarray, search: np.ndarray, block: int, min_w: float) -> np.ndarray:
+        """The paper's colour per pixel, robust to crowding (light paper: nothing but glare is
+        brighter than it).
+
+        The usual estimate takes block medians (:func:`~labpipe.detect.background.estimate_background`).
+        Where specimens cover most of a dish, a block's median is a beetle; its 85th percentile
+        is still paper. Where the median estimate is far (15 %) darker than the 85th-percentile
+        one, the dish is crowded there: the background is estimated again from the pixels that
+        are not clearly darker than the 85th-percentile estimate, block medians of paper alone.
+        Elsewhere the median estimate stands (on a textured sheet the 85th percentile is the
+        texture's bright side, not the paper's level).
+        """
+        usual = estimate_background(work, search, block=block)
+        high = estimate_background(work, search, block=block, quantile=85.0)
+        crowded = _channel_mean(usual) < np.float32(self.crowding_ratio) * _channel_mean(high)
+        if not (crowded & search).any():
+            return usual
+        ratio = _channel_mean(work) / np.maximum(_channel_mean(high), np.float32(1e-6))
+        covered = ndi.binary_dilation(
+            ratio < np.float32(1.0 - self.paper_tolerance), iterations=max(1, round(min_w / 8))
+        )
+        paper = search & ~covered
+        if paper.sum() < 0.05 * max(int(search.sum()), 1):
+            return np.where(crowded[..., None], high, usual)
+        measured = estimate_background(work, paper, block=block, min_coverage=0.1)
+        return np.where(crowded[..., None], measured, usual)
+
+    def _refine(
+        self,
+        cand: Candidate,
+        rgb: np.ndarray,
+        bg: np.ndarray,
+        regions: np.ndarray,
+        search: np.ndarray,
+        factor: int,
+        polarity: str,
+    ) -> Candidate:
+        """The candidate's box set again on the input array: its body's region plus the thin legs
+        and antennae connected to it (:mod:`labpipe.detect.extent`)."""
+        h, w = rgb.shape[:2]
+        wh, ww = regions.shape
+        x, y, bw, bh = cand.box
+        grow = int(np.ceil(self.appendage_reach * max(bw, bh) / factor)) + 2
+        ry0, rx0 = max(0, int(y // factor) - grow), max(0, int(x // factor) - grow)
+        ry1 = min(wh, int(np.ceil((y + bh) / factor)) + grow)
+        rx1 = min(ww, int(np.ceil((x + bw) / factor)) + grow)
+        local = regions[ry0:ry1, rx0:rx1]
+        mine = local == cand.number
+        if not mine.any():
+            return cand
+        # the cell: pixels nearer to this candidate's region than to any other's
+        _, (iy, ix) = ndi.distance_transform_edt(local == 0, return_indices=True)
+        cell_work = (local[iy, ix] == cand.number) & search[ry0:ry1, rx0:rx1]
+        fy0, fx0 = ry0 * factor, rx0 * factor
+        fy1, fx1 = min(h, ry1 * factor), min(w, rx1 * factor)
+        shape = (fy1 - fy0, fx1 - fx0)
+        sub = to_float_rgb(rgb[fy0:fy1, fx0:fx1])
+        if polarity == "light":
+            sub = np.float32(1.0) - sub
+        bg_full = np.repeat(np.repeat(bg[ry0:ry1, rx0:rx1], factor, axis=0), factor, axis=1)[
+            : shape[0], : shape[1]
+        ]
+        s_full = foreground_strength(sub, bg_full, chroma_weight=self.chroma_weight)
+        body = upsample_labels(mine, factor, shape)
+        cell = upsample_labels(cell_work, factor, shape)
+        # the noise of these very pixels, from the paper in the window that is brighter than its
+        # background (a half-normal's median is 0.6745 sigma)
+        signed = 1.0 - _channel_mean(sub) / np.maximum(_channel_mean(bg_full), np.float32(1e-6))
+        paper = upsample_labels(local == 0, factor, shape)
+        sigma = half_normal_noise(signed, paper) if paper.any() else 0.0
+        # the body again at this resolution: the work image's pixels straddle its edge
+        core = body & (s_full > max(self.k_appendage * sigma, self.edge_fraction * cand.peak))
+        if core.any():
+            body = core
+        threshold = max(self.k_appendage * sigma, self.appendage_fraction * cand.peak)
+        box = refine_box(appendage_mask(s_full, body, cell, threshold), (fy0, fx0))
+        if box is None:
+            return cand
+        return dataclasses.replace(cand, box=box)
 
 
 def _channel_mean(a: np.ndarray) -> np.ndarray:
@@ -563,6 +919,115 @@ def _channel_mean(a: np.ndarray) -> np.ndarray:
         out += a[..., c]
     out *= np.float32(1.0 / a.shape[-1])
     return out
+
+
+def absorb_fragments(
+    kept: list[Candidate],
+    *,
+    inside: float = 0.6,
+    reach: float = 0.0,
+    area_ratio: float = 0.25,
+    colour_distance: float = 0.15,
+) -> list[Candidate]:
+    """Give pieces of an animal back to it: a small detection lying mostly within a larger one's
+    reach, of the same colour, is a leg, an antenna or a wing cut off from its body by a thin,
+    faint joint; it is dropped and the larger box grows to cover it.
+
+    A piece joins when at least ``inside`` of its box lies in the other's box widened by ``reach``
+    of its size on every side (a leg's length), its body is smaller than ``area_ratio`` of the
+    other's, and their mean colours differ by at most ``colour_distance``. A small animal of
+    another colour beside a large one (a pale springtail at a dark beetle's leg) stays on its own.
+
+    Examples
+    --------
+    >>> big = Candidate((0, 0, 100, 60), (20, 10, 60, 40), 2000.0, 5.0, 0.9, 5.0, 0.9, False)
+    >>> big = dataclasses.replace(big, colour=(0.2, 0.1, 0.1))
+    >>> leg = dataclasses.replace(big, box=(95, 40, 25, 8), body_area=100.0)
+    >>> other = dataclasses.replace(leg, colour=(0.7, 0.7, 0.8))
+    >>> [c.box for c in absorb_fragments([big, leg], reach=0.25)]
+    [(0, 0, 120, 60)]
+    >>> len(absorb_fragments([big, other], reach=0.25))
+    2
+    """
+    from labpipe.metrics.detection import intersection_over_first
+
+    order = sorted(kept, key=lambda c: -c.body_area)
+    out: list[Candidate] = []
+    for c in order:
+        host = None
+        if out:
+            widened = [
+                (
+                    o.box[0] - reach * o.box[2],
+                    o.box[1] - reach * o.box[3],
+                    (1 + 2 * reach) * o.box[2],
+                    (1 + 2 * reach) * o.box[3],
+                )
+                for o in out
+            ]
+            share = intersection_over_first([c.box], widened)[0]
+            for k in np.argsort(-share):
+                o = out[int(k)]
+                if share[k] < inside:
+                    break
+                same = (
+                    len(c.colour) == len(o.colour)
+                    and float(np.linalg.norm(np.subtract(c.colour, o.colour))) <= colour_distance
+                )
+                if c.body_area < area_ratio * o.body_area and same:
+                    host = int(k)
+                    break
+        if host is None:
+            out.append(c)
+            continue
+        o = out[host]
+        x0, y0 = min(o.box[0], c.box[0]), min(o.box[1], c.box[1])
+        x1 = max(o.box[0] + o.box[2], c.box[0] + c.box[2])
+        y1 = max(o.box[1] + o.box[3], c.box[1] + c.box[3])
+        out[host] = dataclasses.replace(o, box=(x0, y0, x1 - x0, y1 - y0))
+    return out
+
+
+def _quartile_noise(strength: np.ndarray, mask: np.ndarray) -> float:
+    """A noise level of a non-negative strength map: its 10th percentile inside ``mask`` over
+    0.46 (the 10th percentile of the magnitude of 2-D Gaussian noise, a Rayleigh variable, is
+    0.46 sigma); a tenth of the pixels being paper is enough."""
+    values = strength[mask]
+    if values.size == 0:
+        return 0.0
+    return float(np.percentile(values[:: max(1, values.size // 250_000)], 10)) / 0.46
+
+
+def _enlarge(image: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour enlargement of a 2-D image by an integer ``factor``, cut to ``shape``."""
+    if factor == 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)[: shape[0], : shape[1]]
+
+
+def _suppress_overlaps(kept: list[Candidate], iou: float = 0.5) -> list[Candidate]:
+    """Best score first, drop a candidate whose box overlaps a kept one by ``iou`` or more (the
+    same animal found by both polarity passes)."""
+    from labpipe.metrics.detection import iou_matrix
+
+    order = sorted(kept, key=lambda c: -c.score)
+    out: list[Candidate] = []
+    for c in order:
+        if out and float(iou_matrix([c.box], [o.box for o in out]).max()) >= iou:
+            continue
+        out.append(c)
+    return out
+
+
+def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
+    """``mask`` with enclosed holes of at most ``max_area`` pixels filled (glare on elytra)."""
+    holes = ndi.binary_fill_holes(mask) & ~mask
+    labels, n = ndi.label(holes)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = max_area + 1
+    return mask | (sizes <= max_area)[labels]
 
 
 def _solidity(mask: np.ndarray) -> float:

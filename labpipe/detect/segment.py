@@ -255,6 +255,8 @@ def find_bodies(
     min_radius: float,
     relative_radius: float = 0.2,
     stump_fraction: float = 0.15,
+    colour: np.ndarray | None = None,
+    colour_distance: float = 0.15,
 ) -> np.ndarray:
     """Label the bodies in one connected blob of foreground (a specimen, or several touching).
 
@@ -283,6 +285,13 @@ def find_bodies(
     stump_fraction : float
         A part closer than about twice the opening radius to a larger body, not in line with it,
         and smaller than this fraction of its area is the thick base of a leg, not a body.
+    colour : (H, W, C) float array, optional
+        The image under ``component``. Parts of one animal share its cuticle's colour; a part
+        whose mean colour differs from the larger body's by more than ``colour_distance``
+        (Euclidean, in the image's units) is another animal touching it (a pale springtail at a
+        dark beetle's leg), never a leg stump or a head to re-unite.
+    colour_distance : float
+        See ``colour``.
 
     Returns
     -------
@@ -319,14 +328,38 @@ def find_bodies(
             n += 1
             out[part] = n
     if n > 1:
-        out = _tidy_bodies(out, comp, r1, stump_fraction)
+        means = _mean_colours(out, n, colour) if colour is not None else None
+        out = _tidy_bodies(out, comp, r1, stump_fraction, means, colour_distance)
     return out
 
 
-def _tidy_bodies(bodies: np.ndarray, comp: np.ndarray, radius: float, small_fraction: float) -> np.ndarray:
+def _mean_colours(labels: np.ndarray, n: int, colour: np.ndarray) -> np.ndarray:
+    """Per label 0..n, the mean of ``colour`` (H, W, C) over its pixels."""
+    c = np.asarray(colour, dtype=np.float64)
+    if c.ndim == 2:
+        c = c[..., None]
+    if c.shape[:2] != labels.shape:
+        raise ValueError(f"colour shape {c.shape} does not match the labels' {labels.shape}")
+    flat = labels.ravel()
+    area = np.maximum(np.bincount(flat, minlength=n + 1), 1)
+    return np.stack(
+        [np.bincount(flat, weights=c[..., k].ravel(), minlength=n + 1) / area for k in range(c.shape[2])],
+        axis=1,
+    )
+
+
+def _tidy_bodies(
+    bodies: np.ndarray,
+    comp: np.ndarray,
+    radius: float,
+    small_fraction: float,
+    means: np.ndarray | None = None,
+    colour_distance: float = 0.15,
+) -> np.ndarray:
     """Re-unite body parts that the opening cut apart, and drop stumps of legs.
 
-    Two parts joined in ``comp`` by a bridge no longer than about ``2 * radius``:
+    Two parts of clearly different colours (``means``, per label) are two animals and are left
+    alone. Otherwise, two parts joined in ``comp`` by a bridge no longer than about ``2 * radius``:
 
     * lying in line along the larger part's axis (:func:`_in_line`: a head or pronotum cut off at
       a narrow waist), they are one body, bridge included;
@@ -352,6 +385,8 @@ def _tidy_bodies(bodies: np.ndarray, comp: np.ndarray, radius: float, small_frac
     for (a, b), (_, y, x) in sorted(contacts.items(), key=lambda kv: -kv[1][0]):
         big, small = (a, b) if mom[a, 0] >= mom[b, 0] else (b, a)
         if find(a) == find(b):
+            continue
+        if means is not None and float(np.linalg.norm(means[a] - means[b])) > colour_distance:
             continue
         if _in_line(mom, big, small, (y, x), 1.2):
             parent[find(small)] = find(big)

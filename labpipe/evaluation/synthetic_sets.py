@@ -7,7 +7,8 @@ fill the gap with real animals on a rendered dish (:mod:`labpipe.synth`):
   (``carabidae-crops``) and real springtails (``collembola/positive``, 0.3-2 mm), touching pairs
   and debris, on filter paper;
 * ``dark``: springtails pale on a dark dish bottom (as springtail samples in ethanol are imaged);
-* ``crowded``: a 12000 x 12000 dish holding 500 specimens of all three kinds.
+* ``crowded``: a 12000 x 12000 dish holding 500 specimens of all three kinds (beetles of 1-4 mm,
+  as in ``labpipe bench``'s crowded plate: larger ones do not fit).
 
 Plates are rendered once into a cache folder (named by a hash of their spec) and reused.
 """
@@ -50,7 +51,14 @@ def plate_specs(data: Path, *, quick: bool = False) -> dict[str, object]:
     if quick:
         return {
             "synthetic: small mixed plate with springtails": replace(
-                mixed, width=3000, height=3000, n_specimens=24, n_touching_pairs=3, n_debris=15, seed=5
+                mixed,
+                width=3000,
+                height=3000,
+                n_specimens=20,
+                n_touching_pairs=2,
+                n_debris=15,
+                specimen_length_um=(1000.0, 3000.0),
+                seed=5,
             )
         }
     return {
@@ -68,7 +76,14 @@ def plate_specs(data: Path, *, quick: bool = False) -> dict[str, object]:
             seed=12,
         ),
         "synthetic: crowded 12000x12000 dish, 500 specimens": replace(
-            mixed, width=12000, height=12000, n_specimens=440, n_touching_pairs=30, n_debris=150, seed=13
+            mixed,
+            width=12000,
+            height=12000,
+            n_specimens=440,
+            n_touching_pairs=30,
+            n_debris=150,
+            specimen_length_um=(1000.0, 4000.0),
+            seed=13,
         ),
     }
 
