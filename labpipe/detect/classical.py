@@ -418,7 +418,7 @@ class ClassicalDetector:
         self.paper_tolerance = 0.1
         self.crowding_ratio = 0.85
         self.refine = True
-        self.appendage_reach = 0.6  # how far legs may reach, in box lengths
+        self.appendage_reach = 0.4  # beyond the work box, in box lengths
         self.k_appendage = 3.0
         self.appendage_fraction = 0.25
         self.version: str = self._version()
@@ -701,11 +701,15 @@ class ClassicalDetector:
         # Bounds that cost one pass over the image: a component whose strongest pixel is below the
         # peak limit, or whose seeds could not reach the evidence limit even at their strongest,
         # holds no body that could score 0.5; it is not analysed (texture, stains).
-        index = np.arange(1, n + 1)
-        ratio = np.where(maps.seeds, maps.coarse / maps.seed_threshold, 0.0)
-        best_ratio = np.asarray(ndi.maximum(ratio, labels, index))
+        seeded = maps.seeds & (labels > 0)
+        best_ratio = np.zeros(n + 1)
+        np.maximum.at(best_ratio, labels[seeded], maps.coarse[seeded] / maps.seed_threshold[seeded])
+        best_ratio = best_ratio[1:]
         seed_area = np.bincount(labels[maps.seeds], minlength=n + 1)[1:]
-        strongest = np.asarray(ndi.maximum(maps.fine, labels, index))
+        inside = labels > 0
+        strongest = np.zeros(n + 1)
+        np.maximum.at(strongest, labels[inside], maps.fine[inside])
+        strongest = strongest[1:]
         hopeless = (best_ratio * np.sqrt(seed_area / unit_area) < self.min_evidence) | (
             strongest < self.min_peak
         )
@@ -881,9 +885,12 @@ class ClassicalDetector:
         mine = local == cand.number
         if not mine.any():
             return cand
-        # the cell: pixels nearer to this candidate's region than to any other's
-        _, (iy, ix) = ndi.distance_transform_edt(local == 0, return_indices=True)
-        cell_work = (local[iy, ix] == cand.number) & search[ry0:ry1, rx0:rx1]
+        # the cell: the searched pixels outside every other candidate's region (and a pixel
+        # around it), so a neighbour's legs never widen this box
+        others = (local > 0) & ~mine
+        cell_work = search[ry0:ry1, rx0:rx1].copy()
+        if others.any():
+            cell_work &= ~ndi.binary_dilation(others)
         fy0, fx0 = ry0 * factor, rx0 * factor
         fy1, fx1 = min(h, ry1 * factor), min(w, rx1 * factor)
         shape = (fy1 - fy0, fx1 - fx0)

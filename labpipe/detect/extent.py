@@ -9,14 +9,12 @@ detector (:func:`appendage_mask`, :func:`refine_box`):
 * pixels around it whose strength exceeds ``max(k * noise, fraction * body peak)`` and that are
   connected to the core join it: legs and antennae are thin but, unlike the paper's texture,
   continuous with the body (hysteresis from the body [1]_);
-* only pixels closer to this body than to any other may join (its Voronoi cell [2]_), so a
-  neighbour's legs never widen the box.
+* pixels of another candidate's region (and a pixel around it) may not join, so a neighbour's
+  legs never widen the box.
 
 References
 ----------
 .. [1] J. Canny, "A computational approach to edge detection", IEEE PAMI 8 (1986).
-.. [2] G. Voronoi, "Nouvelles applications des paramètres continus à la théorie des formes
-   quadratiques", J. reine angew. Math. 133 (1908): each point goes to its nearest site.
 """
 
 from __future__ import annotations
