@@ -25,12 +25,9 @@ __all__ = [
 Box = Sequence[float]
 
 
-def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
-    """Pairwise intersection-over-union of ``a`` (N boxes) and ``b`` (M boxes): an N x M array.
-
-    >>> iou_matrix([[0, 0, 2, 2]], [[1, 0, 2, 2]]).round(3).tolist()
-    [[0.333]]
-    """
+def _intersections(a: Sequence[Box], b: Sequence[Box]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise intersection areas (N x M) of ``[x, y, w, h]`` boxes, and the areas of ``a`` (N x 1)
+    and of ``b`` (M)."""
     aa = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     bb = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     if (aa[:, 2:] < 0).any() or (bb[:, 2:] < 0).any():
@@ -39,8 +36,17 @@ def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
     bx0, by0, bx1, by1 = bb[:, 0], bb[:, 1], bb[:, 0] + bb[:, 2], bb[:, 1] + bb[:, 3]
     iw = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None)
     ih = np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
-    inter = iw * ih
-    union = aa[:, 2:3] * aa[:, 3:4] + bb[:, 2] * bb[:, 3] - inter
+    return iw * ih, aa[:, 2:3] * aa[:, 3:4], bb[:, 2] * bb[:, 3]
+
+
+def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
+    """Pairwise intersection-over-union of ``a`` (N boxes) and ``b`` (M boxes): an N x M array.
+
+    >>> iou_matrix([[0, 0, 2, 2]], [[1, 0, 2, 2]]).round(3).tolist()
+    [[0.333]]
+    """
+    inter, area_a, area_b = _intersections(a, b)
+    union = area_a + area_b - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / union, 0.0)
 
@@ -140,15 +146,9 @@ def intersection_over_first(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
     >>> intersection_over_first([[0, 0, 2, 2]], [[1, 0, 10, 10]]).round(3).tolist()
     [[0.5]]
     """
-    aa = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    bb = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    ax0, ay0, ax1, ay1 = aa[:, 0:1], aa[:, 1:2], aa[:, 0:1] + aa[:, 2:3], aa[:, 1:2] + aa[:, 3:4]
-    bx0, by0, bx1, by1 = bb[:, 0], bb[:, 1], bb[:, 0] + bb[:, 2], bb[:, 1] + bb[:, 3]
-    iw = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None)
-    ih = np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
-    area = aa[:, 2:3] * aa[:, 3:4]
+    inter, area, _ = _intersections(a, b)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(area > 0, iw * ih / area, 0.0)
+        return np.where(area > 0, inter / area, 0.0)
 
 
 DetectionStatus = str

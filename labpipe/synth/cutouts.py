@@ -22,7 +22,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from labpipe.synth.specimens import Cutout, _fill_holes, _largest, _open, _to_u8
+from labpipe.synth.specimens import Cutout, _fill_holes, _largest, _open, _to_u8, feathered_alpha
 
 __all__ = ["WELL_DISC", "extract_plain_cutout", "otsu_threshold", "plain_cutout_reason"]
 
@@ -259,15 +259,7 @@ def _cutout(img: np.ndarray, mask: np.ndarray, body: np.ndarray, name: str) -> C
     ys, xs = np.nonzero(body)
     evals = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(float)))
     body_length = 4.0 * math.sqrt(max(float(evals[-1]), 1e-9))
-    h, w = mask.shape
-    alpha = ndi.gaussian_filter(mask.astype(np.float32), 0.6)
-    alpha[mask & (alpha < 0.5)] = 0.5  # feathering must not move the mask's outline
-    alpha[~mask & (alpha >= 0.5)] = 0.499
-    ys_m, xs_m = np.nonzero(alpha > 0)
-    crop = (
-        slice(max(0, ys_m.min() - 3), min(h, ys_m.max() + 4)),
-        slice(max(0, xs_m.min() - 3), min(w, xs_m.max() + 4)),
-    )
+    alpha, crop = feathered_alpha(mask)
     return Cutout(
         name=name,
         rgb=_to_u8(img[crop]),

@@ -905,15 +905,8 @@ def _extract(rgb: np.ndarray, name: str) -> tuple[Cutout | None, str]:
     white = int(((val2 > 0.75) & (sat2 < 0.15) & mask).sum())
     if white > 0.02 * mask.sum():
         return None, f"{white / mask.sum():.1%} of the mask is near-white (label or pin head)"
-    alpha = ndi.gaussian_filter(mask.astype(np.float32), 0.6)
-    alpha[mask & (alpha < 0.5)] = 0.5  # feathering must not move the mask's outline
-    alpha[~mask & (alpha >= 0.5)] = 0.499
     # keep only the beetle's box (plus a margin for the feathering): smaller to warp later
-    ys_m, xs_m = np.nonzero(alpha > 0)
-    crop = (
-        slice(max(0, ys_m.min() - 3), min(h, ys_m.max() + 4)),
-        slice(max(0, xs_m.min() - 3), min(w, xs_m.max() + 4)),
-    )
+    alpha, crop = feathered_alpha(mask)
     cut = Cutout(
         name=name,
         rgb=_to_u8(img[crop]),
@@ -922,6 +915,21 @@ def _extract(rgb: np.ndarray, name: str) -> tuple[Cutout | None, str]:
         body_length=body_length,
     )
     return cut, "ok"
+
+
+def feathered_alpha(mask: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """A cut-out's alpha (``mask`` feathered by a fraction of a pixel, its outline unmoved) and
+    the slices of its box plus a 3-pixel margin for the feathering."""
+    h, w = mask.shape
+    alpha = ndi.gaussian_filter(mask.astype(np.float32), 0.6)
+    alpha[mask & (alpha < 0.5)] = 0.5  # feathering must not move the mask's outline
+    alpha[~mask & (alpha >= 0.5)] = 0.499
+    ys_m, xs_m = np.nonzero(alpha > 0)
+    crop = (
+        slice(max(0, ys_m.min() - 3), min(h, ys_m.max() + 4)),
+        slice(max(0, xs_m.min() - 3), min(w, xs_m.max() + 4)),
+    )
+    return alpha, crop
 
 
 def _body_ellipse(xs: np.ndarray, ys: np.ndarray, shape: tuple[int, int], factor: float) -> np.ndarray:
