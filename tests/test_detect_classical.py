@@ -13,12 +13,12 @@ from scipy import ndimage as ndi
 from labpipe.detect.background import block_medians, estimate_background, fit_trend, upsample_grid
 from labpipe.detect.base import Detection
 from labpipe.detect.boxes import box_iou, iou_matrix, match_boxes, nms
-from labpipe.detect.classical import ClassicalDetector, downsample_mean, score_object, to_float_rgb
+from labpipe.detect.classical import ClassicalDetector, detection_score, downsample_mean, to_float_rgb
 from labpipe.detect.dish import find_circle, find_dish, fit_circle, resize_mask
 from labpipe.detect.segment import (
     assign_to_bodies,
+    fill_small_holes,
     find_bodies,
-    foreground_mask,
     foreground_strength,
     half_normal_noise,
     open_mask,
@@ -232,18 +232,20 @@ def test_noise_is_measured_on_the_bright_side_so_crowding_does_not_inflate_it() 
     assert half_normal_noise(np.array([0.1, 0.2])) == 0.0
 
 
-def test_foreground_mask_grows_from_seeds_and_fills_only_small_holes() -> None:
+def test_objects_grow_from_seeds_and_only_small_holes_are_filled() -> None:
+    from labpipe.detect.significance import grow_from_seeds
+
     s = np.zeros((30, 30))
-    s[2:12, 2:12] = 0.3  # above low only: no seed, dropped
+    s[2:12, 2:12] = 0.3  # above the edge threshold only: no seed, dropped
     s[15:28, 15:28] = 0.3
     s[20, 20] = 0.9  # a seed
     s[17:19, 17:19] = 0.0  # a 4-pixel hole (a reflection)
     s[22:27, 22:27] = 0.0  # a 25-pixel hole (paper enclosed by legs)
-    fg = foreground_mask(s, 0.2, 0.5, max_hole_area=10)
+    fg = fill_small_holes(grow_from_seeds(s, s > 0.5, s, 0.2, edge_fraction=0.0), max_area=10)
     assert not fg[5, 5] and fg[20, 20]
     assert fg[17, 17] and not fg[24, 24]
-    with pytest.raises(ValueError, match="low <= high"):
-        foreground_mask(s, 0.5, 0.2)
+    with pytest.raises(ValueError, match="2-D"):
+        fill_small_holes(np.zeros((2, 2, 2), bool), 4)
 
 
 def test_opening_removes_lines_thinner_than_the_disc() -> None:
@@ -331,12 +333,13 @@ def test_appendages_join_the_body_they_grow_from() -> None:
 
 
 def test_score_is_bounded_and_rewards_contrast_size_and_compactness() -> None:
-    good = score_object(5.0, 3.0, 1.5, 0.9, 2.0)
-    assert good == 1.0
-    assert score_object(1.0, 3.0, 1.5, 0.9, 2.0) == 0.0  # at the noise level
-    assert score_object(5.0, 3.0, 0.3, 0.9, 2.0) == 0.0  # a fibre: long but thin
-    assert score_object(5.0, 3.0, 1.5, 0.9, 12.0) == 0.0  # a loose leg: 12:1
-    assert 0 < score_object(2.5, 1.2, 0.7, 0.6, 4.0) < good
+    good = detection_score(8.0, 0.8, 1.5, 0.9, 2.0)
+    assert 0.5 < good <= 1.0
+    assert detection_score(1.0, 0.8, 1.5, 0.9, 2.0) < 0.5  # near the noise level
+    assert detection_score(8.0, 0.8, 0.2, 0.9, 2.0) < 0.5  # a fibre: long but thin
+    assert detection_score(8.0, 0.8, 1.5, 0.9, 12.0) < 0.5  # a loose leg: 12:1
+    assert detection_score(8.0, 0.1, 1.5, 0.9, 2.0) < 0.5  # a faint stain, however large
+    assert 0 < detection_score(2.5, 0.3, 0.7, 0.6, 4.0) < good
 
 
 # ---------------------------------------------------------------------------------------------

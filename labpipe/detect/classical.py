@@ -3,32 +3,38 @@
 No weights. Finds beetles (and other arthropods) lying on filter paper in a Petri dish, or on the
 floor of a microplate well, in a reduced-resolution *overview* of the plate image.
 
-Pipeline (each step a pure function in :mod:`labpipe.detect.dish`, :mod:`~labpipe.detect.background`
-and :mod:`~labpipe.detect.segment`, tested alone):
+Pipeline (each step a pure function in :mod:`labpipe.detect.dish`, :mod:`~labpipe.detect.background`,
+:mod:`~labpipe.detect.significance`, :mod:`~labpipe.detect.segment` and
+:mod:`~labpipe.detect.extent`, tested alone):
 
 1. Work resolution: the overview is block-averaged by an integer factor so that the smallest
    specimen still spans ``min_work_px`` (16) pixels, or at least 8 where the longer side would
    otherwise exceed 2560 px (:func:`to_float_rgb`, :func:`downsample_mean`).
 2. Dish (:func:`~labpipe.detect.dish.find_dish`, on a <= 256 px luminance image): a bright disc in
    a dark surround, else a well-supported large circle (a well wall), else the whole image minus a
-   border (logged at debug level). The rim is excluded.
-3. Background (:func:`~labpipe.detect.background.estimate_background`): robust block medians
-   around a quadratic lighting trend, blocks a quarter of the largest specimen.
-4. Foreground (:func:`~labpipe.detect.segment.foreground_strength`): darkening and colour change
-   after flat-field division, never brightening (glare). Thresholds ``max(floor, k * sigma)``
-   with ``sigma`` the noise measured on the bright side of the dish
-   (:func:`~labpipe.detect.segment.half_normal_noise`), ``k`` = 5 (low) and 10 (high);
-   hysteresis, specks removed, small holes (reflections) filled
-   (:func:`~labpipe.detect.segment.foreground_mask`).
-5. Bodies (:func:`~labpipe.detect.segment.find_bodies`): an opening relative to each blob's own
-   thickness keeps bodies and drops legs, antennae and fibres; bodies shorter than the minimum
-   size are debris. Touching bodies are split by distance transform + watershed, guarded against
-   cutting one specimen in pieces (:func:`~labpipe.detect.segment.split_touching`). Legs and
-   antennae are then given back to the body they grow from
-   (:func:`~labpipe.detect.segment.assign_to_bodies`), so each box covers a whole specimen; loose
-   legs and fibres have no body and are not reported.
-6. Score (:func:`score_object`) from contrast, size, thickness and shape; detections below
-   ``score_threshold`` are dropped.
+   thin border (logged at debug level). The rim and its inner shade are excluded.
+3. Polarity (:func:`~labpipe.detect.significance.choose_polarity`): on light paper only darkening
+   and colour count (anything brighter is glare); on a dark bottom a second pass on the inverted
+   image finds pale animals, and the two passes' boxes are merged (non-maximum suppression).
+4. Background (:meth:`ClassicalDetector._background`): block medians around a quadratic lighting
+   trend (:func:`~labpipe.detect.background.estimate_background`); where specimens cover most of
+   the paper, the paper measured between them.
+5. Significance (:mod:`~labpipe.detect.significance`): darkening and colour change after
+   flat-field division (:func:`~labpipe.detect.segment.foreground_strength`); seeds where the
+   strength median-filtered over half the smallest specimen exceeds ``k_seed`` times a *local*
+   noise map (and a floor for colour noise); objects grown from them to ``edge_fraction`` of each
+   seed's own peak (its visible edge, not its shadow); small holes (reflections) filled.
+6. Bodies (:func:`~labpipe.detect.segment.find_bodies`): an opening relative to each blob's own
+   thickness keeps bodies and drops legs, antennae and fibres; parts of clearly different colours
+   stay apart. Touching bodies are split by distance transform + watershed, guarded against
+   cutting one specimen in pieces (:func:`~labpipe.detect.segment.split_touching`); legs and
+   antennae go back to the body they grow from (:func:`~labpipe.detect.segment.assign_to_bodies`).
+7. Score (:func:`detection_score`): the weakest of a size-aware contrast (more asked of a body at
+   the searched region's border), a peak contrast, thickness, solidity and elongation; candidates
+   below ``score_threshold`` are dropped.
+8. Extent (:mod:`~labpipe.detect.extent`): each box is set again on the pixels of the given array,
+   the body plus the thin legs and antennae connected to it; a small piece of a larger animal's
+   colour lying inside its box joins it (:func:`absorb_fragments`).
 
 Sizes: ``min_size_um`` is used when the scale of the array is known (``um_per_px``); otherwise
 ``min_size_px`` is used **in the pixels of the array given to** :meth:`ClassicalDetector.detect` (the
@@ -39,7 +45,8 @@ resolution with :meth:`~labpipe.detect.base.Detection.scaled`.
 
 Known limits: two elongated specimens pressed side by side along their length, or touching head
 to tail in line, are one blob to the distance transform and are usually reported as one; a small
-specimen touching a much larger one may be taken for its leg. Pale, translucent specimens on a
+specimen of the same colour touching a much larger one may be taken for its leg; a leg or head
+joined to its body by a thin, faint line may be boxed on its own. Pale, translucent specimens on a
 white background are barely darker than it and may score below the threshold. The detector cannot
 tell a loose leg or wing as thick as a small body from a specimen.
 """
@@ -60,10 +67,12 @@ from skimage.morphology import convex_hull_image
 from labpipe.config import DetectorConfig
 from labpipe.detect.background import estimate_background
 from labpipe.detect.base import Detection
+from labpipe.detect.boxes import nms
 from labpipe.detect.dish import Dish, find_dish, resize_mask
-from labpipe.detect.extent import appendage_mask, refine_box, upsample_labels
+from labpipe.detect.extent import appendage_mask, enlarge, refine_box
 from labpipe.detect.segment import (
     assign_to_bodies,
+    fill_small_holes,
     find_bodies,
     foreground_strength,
     half_normal_noise,
@@ -84,7 +93,6 @@ __all__ = [
     "absorb_fragments",
     "detection_score",
     "downsample_mean",
-    "score_object",
     "to_float_rgb",
 ]
 
@@ -159,50 +167,6 @@ def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:
         for dx in range(factor):
             total += a[dy::factor, dx::factor]
     return total.astype(np.float32) / np.float32(factor * factor)
-
-
-def score_object(
-    contrast: float,
-    length_ratio: float,
-    thickness: float,
-    solidity: float,
-    elongation: float,
-    *,
-    contrast_floor: float = 1.4,
-    thickness_floor: float = 0.45,
-) -> float:
-    """Detection score in [0, 1] from an object's contrast, size and shape.
-
-    ``score = q_contrast ** 0.5 * q_size ** 0.25 * q_shape ** 0.25``, a weighted geometric mean: any
-    one bad cue pulls the score to 0, contrast counts most. With ``c0 = contrast_floor`` and
-    ``t0 = thickness_floor``:
-
-    * ``q_contrast = clip((contrast - c0) / 2.5, 0, 1)``; ``contrast`` is the body's median
-      foreground strength over the low (noise) threshold, so an object barely above the noise
-      scores 0 and one ``c0 + 2.5`` times the threshold scores 1;
-    * ``q_size = clip(length_ratio - 0.5, 0, 1) * clip((thickness - t0) / 0.4, 0, 1)``; the
-      body's longer side and its largest inscribed diameter, both over the minimum specimen size.
-      Bodies shorter than the minimum size are dropped before scoring; the thickness term rejects
-      specks and loose legs that are long enough but far thinner than a body (a beetle is about
-      half as wide as long);
-    * ``q_shape = clip((solidity - 0.3) / 0.4, 0, 1) * clip((10 - elongation) / 5, 0, 1)``:
-      bodies are compact (beetles 0.8-0.95; winged insects with legs down to 0.5) and at most about
-      5:1 (the axis ratio from second moments); fibres, rings, loose legs and crumpled fragments
-      are not.
-
-    Examples
-    --------
-    >>> score_object(4.0, 2.0, 1.0, 0.9, 2.0)
-    1.0
-    >>> score_object(1.2, 2.0, 1.0, 0.9, 2.0)
-    0.0
-    """
-    q_contrast = float(np.clip((contrast - contrast_floor) / 2.5, 0.0, 1.0))
-    q_size = float(
-        np.clip(length_ratio - 0.5, 0.0, 1.0) * np.clip((thickness - thickness_floor) / 0.4, 0.0, 1.0)
-    )
-    q_shape = float(np.clip((solidity - 0.3) / 0.4, 0.0, 1.0) * np.clip((10.0 - elongation) / 5.0, 0.0, 1.0))
-    return q_contrast**0.5 * q_size**0.25 * q_shape**0.25
 
 
 def _gate(ratio: float) -> float:
@@ -345,12 +309,15 @@ class ClassicalDetector:
         The same rule in pixels **of the array passed to** :meth:`detect` (scale unknown). The
         caller converts from full-resolution pixels.
     score_threshold : float
-        Detections scoring below this are dropped (see :func:`score_object`).
+        Detections scoring below this are dropped (see :func:`detection_score`).
     split_touching : bool
         Separate touching specimens (distance transform + watershed, guarded).
     max_size_um : float
         Largest specimen expected; sets the background model's block size (scale known). Without
         a scale a quarter of the shorter image side is used.
+    polarity : str
+        ``"auto"`` (chosen per image), ``"dark"`` (dark animals on light paper), ``"light"`` (pale
+        animals on a dark bottom) or ``"both"``.
 
     Attributes
     ----------
@@ -561,7 +528,9 @@ class ClassicalDetector:
             )
         t = time.perf_counter()
         candidates = [c for r in results for c in r.candidates]
-        kept = _suppress_overlaps([c for r in results for c in r.kept])
+        # the same animal found by both polarity passes is kept once, at its better score
+        found = [c for r in results for c in r.kept]
+        kept = [found[i] for i in nms([c.box for c in found], [c.score for c in found], 0.5)] if found else []
         detections = [Detection(*c.box, score=c.score) for c in kept]
         detections.sort(key=lambda d: -d.score)
         timings["merge"] = time.perf_counter() - t
@@ -627,8 +596,8 @@ class ClassicalDetector:
         # filter's cost grows with its window's area; seeds are only located coarsely).
         q = max(1, round(self.median_fraction * min_w / 3))
         median_size = max(3, round(self.median_fraction * min_w / q)) | 1
-        coarse = _enlarge(object_strength(downsample_mean(strength, q), median_size), q, (wh, ww))
-        sigma_coarse = _enlarge(
+        coarse = enlarge(object_strength(downsample_mean(strength, q), median_size), q, (wh, ww))
+        sigma_coarse = enlarge(
             local_noise(
                 object_strength(downsample_mean(signed, q), median_size),
                 resize_mask(search, (-(-wh // q), -(-ww // q))),
@@ -640,8 +609,8 @@ class ClassicalDetector:
         # Colour noise (a dim dish bottom: a few grey levels are many percent of its channels)
         # is in the strength but not in the luminance noise: a tenth of the searched pixels are
         # paper even on a crowded plate, so the strength's tenth percentile measures it.
-        floor_coarse = max(self.seed_floor, self.k_seed * _quartile_noise(coarse, search))
-        floor_fine = self.k_edge * _quartile_noise(fine, search)
+        floor_coarse = max(self.seed_floor, self.k_seed * _low_percentile_noise(coarse, search))
+        floor_fine = self.k_edge * _low_percentile_noise(fine, search)
         seed_threshold = np.maximum(np.float32(floor_coarse), np.float32(self.k_seed) * sigma_coarse)
         seeds = (coarse > seed_threshold) & search
         objects = grow_from_seeds(
@@ -652,7 +621,7 @@ class ClassicalDetector:
             edge_fraction=self.edge_fraction,
             mask=search,
         )
-        objects = _fill_small_holes(objects, round((min_w / 2) ** 2))
+        objects = fill_small_holes(objects, round((min_w / 2) ** 2))
         timings["foreground"] = timings.get("foreground", 0.0) + time.perf_counter() - t
 
         t = time.perf_counter()
@@ -789,7 +758,8 @@ class ClassicalDetector:
                 else:
                     contrast, seed_area = 0.0, 0.0
                 strength_body = s_fine[bsl][bmask]
-                peak = float(np.percentile(strength_body, 90))
+                pct = np.percentile(strength_body, [50.0, 75.0, 90.0])
+                peak = float(pct[2])
                 evid = evidence(contrast, seed_area, unit_area)
                 edge = bool((bmask & ~inner[bsl]).any())
                 # where the body touches the searched region's border (the dish rim, the frame),
@@ -811,7 +781,6 @@ class ClassicalDetector:
                 region = owners[osl] == q
                 view = body_labels[y0 + osl[0].start : y0 + osl[0].stop, x0 + osl[1].start : x0 + osl[1].stop]
                 view[region] = len(out) + 1
-                pct = np.percentile(strength_body, [50.0, 75.0, 90.0])
                 body_colour = tuple(float(v) for v in colour[bsl][bmask].mean(axis=0))
                 out.append(
                     Candidate(
@@ -897,16 +866,14 @@ class ClassicalDetector:
         sub = to_float_rgb(rgb[fy0:fy1, fx0:fx1])
         if polarity == "light":
             sub = np.float32(1.0) - sub
-        bg_full = np.repeat(np.repeat(bg[ry0:ry1, rx0:rx1], factor, axis=0), factor, axis=1)[
-            : shape[0], : shape[1]
-        ]
+        bg_full = enlarge(bg[ry0:ry1, rx0:rx1], factor, shape)
         s_full = foreground_strength(sub, bg_full, chroma_weight=self.chroma_weight)
-        body = upsample_labels(mine, factor, shape)
-        cell = upsample_labels(cell_work, factor, shape)
+        body = enlarge(mine, factor, shape)
+        cell = enlarge(cell_work, factor, shape)
         # the noise of these very pixels, from the paper in the window that is brighter than its
         # background (a half-normal's median is 0.6745 sigma)
         signed = 1.0 - _channel_mean(sub) / np.maximum(_channel_mean(bg_full), np.float32(1e-6))
-        paper = upsample_labels(local == 0, factor, shape)
+        paper = enlarge(local == 0, factor, shape)
         sigma = half_normal_noise(signed, paper) if paper.any() else 0.0
         # the body again at this resolution: the work image's pixels straddle its edge
         core = body & (s_full > max(self.k_appendage * sigma, self.edge_fraction * cand.peak))
@@ -932,28 +899,27 @@ def absorb_fragments(
     kept: list[Candidate],
     *,
     inside: float = 0.6,
-    reach: float = 0.0,
     area_ratio: float = 0.25,
     colour_distance: float = 0.15,
 ) -> list[Candidate]:
-    """Give pieces of an animal back to it: a small detection lying mostly within a larger one's
-    reach, of the same colour, is a leg, an antenna or a wing cut off from its body by a thin,
+    """Give pieces of an animal back to it: a small detection lying mostly inside a larger one's
+    box, of the same colour, is a leg, an antenna or a wing cut off from its body by a thin,
     faint joint; it is dropped and the larger box grows to cover it.
 
-    A piece joins when at least ``inside`` of its box lies in the other's box widened by ``reach``
-    of its size on every side (a leg's length), its body is smaller than ``area_ratio`` of the
-    other's, and their mean colours differ by at most ``colour_distance``. A small animal of
+    A piece joins when at least ``inside`` of its box lies in the other's box, its body is
+    smaller than ``area_ratio`` of the other's, and their mean colours differ by at most
+    ``colour_distance``. A small animal of
     another colour beside a large one (a pale springtail at a dark beetle's leg) stays on its own.
 
     Examples
     --------
     >>> big = Candidate((0, 0, 100, 60), (20, 10, 60, 40), 2000.0, 5.0, 0.9, 5.0, 0.9, False)
     >>> big = dataclasses.replace(big, colour=(0.2, 0.1, 0.1))
-    >>> leg = dataclasses.replace(big, box=(95, 40, 25, 8), body_area=100.0)
+    >>> leg = dataclasses.replace(big, box=(80, 40, 25, 8), body_area=100.0)
     >>> other = dataclasses.replace(leg, colour=(0.7, 0.7, 0.8))
-    >>> [c.box for c in absorb_fragments([big, leg], reach=0.25)]
-    [(0, 0, 120, 60)]
-    >>> len(absorb_fragments([big, other], reach=0.25))
+    >>> [c.box for c in absorb_fragments([big, leg])]
+    [(0, 0, 105, 60)]
+    >>> len(absorb_fragments([big, other]))
     2
     """
     from labpipe.metrics.detection import intersection_over_first
@@ -963,16 +929,7 @@ def absorb_fragments(
     for c in order:
         host = None
         if out:
-            widened = [
-                (
-                    o.box[0] - reach * o.box[2],
-                    o.box[1] - reach * o.box[3],
-                    (1 + 2 * reach) * o.box[2],
-                    (1 + 2 * reach) * o.box[3],
-                )
-                for o in out
-            ]
-            share = intersection_over_first([c.box], widened)[0]
+            share = intersection_over_first([c.box], [o.box for o in out])[0]
             for k in np.argsort(-share):
                 o = out[int(k)]
                 if share[k] < inside:
@@ -995,7 +952,7 @@ def absorb_fragments(
     return out
 
 
-def _quartile_noise(strength: np.ndarray, mask: np.ndarray) -> float:
+def _low_percentile_noise(strength: np.ndarray, mask: np.ndarray) -> float:
     """A noise level of a non-negative strength map: its 10th percentile inside ``mask`` over
     0.46 (the 10th percentile of the magnitude of 2-D Gaussian noise, a Rayleigh variable, is
     0.46 sigma); a tenth of the pixels being paper is enough."""
@@ -1003,38 +960,6 @@ def _quartile_noise(strength: np.ndarray, mask: np.ndarray) -> float:
     if values.size == 0:
         return 0.0
     return float(np.percentile(values[:: max(1, values.size // 250_000)], 10)) / 0.46
-
-
-def _enlarge(image: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour enlargement of a 2-D image by an integer ``factor``, cut to ``shape``."""
-    if factor == 1:
-        return image
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)[: shape[0], : shape[1]]
-
-
-def _suppress_overlaps(kept: list[Candidate], iou: float = 0.5) -> list[Candidate]:
-    """Best score first, drop a candidate whose box overlaps a kept one by ``iou`` or more (the
-    same animal found by both polarity passes)."""
-    from labpipe.metrics.detection import iou_matrix
-
-    order = sorted(kept, key=lambda c: -c.score)
-    out: list[Candidate] = []
-    for c in order:
-        if out and float(iou_matrix([c.box], [o.box for o in out]).max()) >= iou:
-            continue
-        out.append(c)
-    return out
-
-
-def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
-    """``mask`` with enclosed holes of at most ``max_area`` pixels filled (glare on elytra)."""
-    holes = ndi.binary_fill_holes(mask) & ~mask
-    labels, n = ndi.label(holes)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = max_area + 1
-    return mask | (sizes <= max_area)[labels]
 
 
 def _solidity(mask: np.ndarray) -> float:

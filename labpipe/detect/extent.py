@@ -22,19 +22,22 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["appendage_mask", "refine_box", "upsample_labels"]
+__all__ = ["appendage_mask", "enlarge", "refine_box"]
 
 
-def upsample_labels(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour enlargement of a label image by an integer ``factor``, cut to ``shape``.
+def enlarge(image: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour enlargement of an image (labels, a mask, a map; any trailing channels)
+    by an integer ``factor`` along its first two axes, cut to ``shape`` (rows, columns).
 
-    >>> upsample_labels(np.array([[1, 2]]), 2, (2, 3)).tolist()
+    >>> enlarge(np.array([[1, 2]]), 2, (2, 3)).tolist()
     [[1, 1, 2], [1, 1, 2]]
     """
     if factor < 1:
         raise ValueError(f"factor must be >= 1; given {factor}")
-    big = np.repeat(np.repeat(np.asarray(labels), factor, axis=0), factor, axis=1)
-    return big[: shape[0], : shape[1]]
+    a = np.asarray(image)
+    if factor == 1:
+        return a[: shape[0], : shape[1]]
+    return np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)[: shape[0], : shape[1]]
 
 
 def appendage_mask(

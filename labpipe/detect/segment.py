@@ -6,7 +6,7 @@ Pure functions on arrays:
   division [1]_: darkening and change of colour count, brightening (glare, reflections) does not.
 * :func:`robust_noise` -- median and MAD-based standard deviation [2]_ of values in the dish;
   :func:`half_normal_noise` -- the same from the bright side only, unaffected by crowding.
-* :func:`foreground_mask` -- hysteresis thresholding [3]_, small-speck removal and hole filling.
+* :func:`fill_small_holes` -- reflections inside a body filled, paper enclosed by legs kept.
 * :func:`open_mask` -- exact Euclidean opening by a disc, through the distance transform [4]_:
   what survives is the specimens' *bodies*; legs, antennae and fibres thinner than the disc do not.
 * :func:`find_bodies` -- an opening relative to each blob's own thickness, so legs and antennae
@@ -22,7 +22,6 @@ References
    dividing by the background.
 .. [2] F. R. Hampel, "The influence curve and its role in robust estimation", JASA 69 (1974): the
    median absolute deviation, scaled by 1.4826, estimates the standard deviation of Gaussian noise.
-.. [3] J. Canny, "A computational approach to edge detection", IEEE PAMI 8 (1986): hysteresis.
 .. [4] P. Soille, *Morphological Image Analysis*, 2nd ed. (2003), ch. 4: opening by a disc as the
    dilation of the set of points farther than the radius from the background.
 .. [5] S. Beucher and C. Lantuejoul, "Use of watersheds in contour detection" (1979); L. Vincent and
@@ -39,14 +38,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.filters import apply_hysteresis_threshold
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import expand_labels, watershed
 
 __all__ = [
     "assign_to_bodies",
+    "fill_small_holes",
     "find_bodies",
-    "foreground_mask",
     "foreground_strength",
     "half_normal_noise",
     "open_mask",
@@ -171,49 +169,31 @@ def half_normal_noise(
     return float(1.4826 * np.median(-neg))
 
 
-def foreground_mask(
-    strength: np.ndarray,
-    low: float,
-    high: float,
-    mask: np.ndarray | None = None,
-    *,
-    min_area: int = 4,
-    max_hole_area: int | None = None,
-) -> np.ndarray:
-    """Hysteresis threshold [3]_ of ``strength``, restricted to ``mask``, specks removed, holes filled.
+def fill_small_holes(mask: np.ndarray, max_area: int | None = None) -> np.ndarray:
+    """``mask`` with its enclosed holes of at most ``max_area`` pixels filled (any size if None).
 
-    Pixels above ``high`` seed objects; connected pixels above ``low`` join them. Components smaller
-    than ``min_area`` pixels are removed; enclosed holes (reflections on shiny elytra) up to
-    ``max_hole_area`` pixels (default: any size) are filled. Paper enclosed by legs, one's own or
-    a neighbour's, is a larger hole and should stay open.
+    Reflections on shiny elytra are small holes and are filled; paper enclosed by legs, one's own
+    or a neighbour's, is a larger hole and stays open.
 
     Examples
     --------
-    >>> s = np.zeros((7, 7)); s[1:6, 1:6] = 0.3; s[3, 3] = 0.0; s[2, 2] = 0.9
-    >>> int(foreground_mask(s, 0.2, 0.5).sum())
-    25
+    >>> m = np.ones((9, 9), bool); m[2, 2] = False; m[4:8, 4:8] = False
+    >>> f = fill_small_holes(m, 4)
+    >>> bool(f[2, 2]), bool(f[5, 5])
+    (True, False)
     """
-    s = np.asarray(strength)
-    if s.ndim != 2:
-        raise ValueError(f"strength must be 2-D; given shape {s.shape}")
-    if not low <= high:
-        raise ValueError(f"need low <= high; given low={low}, high={high}")
-    fg = apply_hysteresis_threshold(s, low, high)
-    if mask is not None:
-        fg &= np.asarray(mask, dtype=bool)
-    if min_area > 1:
-        labels, n = ndi.label(fg)
-        if n:
-            sizes = np.bincount(labels.ravel())
-            fg = (sizes >= min_area)[labels] & fg
-    holes = ndi.binary_fill_holes(fg) & ~fg
-    if max_hole_area is not None:
-        labels, n = ndi.label(holes)
-        if n:
-            sizes = np.bincount(labels.ravel())
-            sizes[0] = max_hole_area + 1
-            holes = (sizes <= max_hole_area)[labels]
-    return fg | holes
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D; given shape {m.shape}")
+    holes = ndi.binary_fill_holes(m) & ~m
+    if max_area is None:
+        return m | holes
+    labels, n = ndi.label(holes)
+    if n == 0:
+        return m
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = max_area + 1
+    return m | (sizes <= max_area)[labels]
 
 
 def open_mask(mask: np.ndarray, radius: float) -> np.ndarray:

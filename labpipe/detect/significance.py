@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from labpipe.detect.background import block_medians, nan_median_filter, upsample_grid
+from labpipe.detect.extent import enlarge
 
 __all__ = ["choose_polarity", "evidence", "grow_from_seeds", "local_noise", "object_strength"]
 
@@ -216,9 +217,7 @@ def _nearest_label(labels: np.ndarray, max_pixels: int = 1_000_000) -> np.ndarra
         padded = np.pad(labels, ((0, h % 2), (0, w % 2)))
         coarse = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).max(axis=(1, 3))
     _, (iy, ix) = ndi.distance_transform_edt(coarse == 0, return_indices=True)
-    nearest = coarse[iy, ix]
-    if step > 1:
-        nearest = np.repeat(np.repeat(nearest, 2, axis=0), 2, axis=1)[: labels.shape[0], : labels.shape[1]]
+    nearest = enlarge(coarse[iy, ix], step, labels.shape)
     return np.where(labels > 0, labels, nearest)
 
 
