@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from labpipe.analysis import (
     ImageAnalysis,
     SpecimenAnalysis,
-    analyse_image,
     crop_file_name,
     cut_crops,
     file_sha256,
@@ -32,7 +31,7 @@ from labpipe.detect.base import Detector
 from labpipe.errors import ConfigError, ImageReadError
 from labpipe.imaging import open_image
 from labpipe.logs import get_logger
-from labpipe.record import ensure_sample, record_analysis
+from labpipe.record import RecordResult, ensure_sample, record_analysis
 
 __all__ = [
     "Pipeline",
@@ -250,6 +249,9 @@ class Pipeline:
         self.classifier = classifier
         self.session_factory = session_factory
         self.crops_dir = settings.storage.crops_dir
+        self.last_record: RecordResult | None = None
+        """What the last :meth:`record_staged` did (for the inline runner's report)."""
+        self.last_record_stages: dict[str, float] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -268,7 +270,10 @@ class Pipeline:
             bind.dispose()
 
     def register(self, session: Session, path: Path, content_hash: str, sample_id: str | None) -> Image:
-        """The image row for these bytes (one per content hash), marked ``processing``."""
+        """The image row for these bytes (one per content hash), marked ``queued`` for the detect job.
+
+        An image already stored under these bytes keeps its row, its id and its specimens (the
+        record step reconciles them with the new run); ``path`` becomes where it is read from."""
         ensure_sample(session, sample_id)
         image = session.scalar(select(Image).where(Image.content_hash == content_hash))
         if image is None:
@@ -280,10 +285,10 @@ class Pipeline:
             )
             session.add(image)
         else:
-            image.source_path = str(path)
+            image.source_path = str(path)  # where the bytes are read now; archived_path stays
         if sample_id:
             image.sample_id = sample_id
-        image.status = ImageStatus.PROCESSING.value
+        image.status = ImageStatus.QUEUED.value
         image.error = None
         session.commit()
         return image
@@ -388,9 +393,16 @@ class Pipeline:
         return results
 
     def record_staged(
-        self, session: Session, image: Image, staged: StagedImage, results: list[Classification]
-    ) -> list[Specimen]:
-        """Record a fully classified staged image in one transaction (as :meth:`process_file` does).
+        self,
+        session: Session,
+        image: Image,
+        staged: StagedImage,
+        results: list[Classification],
+        *,
+        drop_human_work: bool = False,
+        actor: str = "labpipe daemon",
+    ) -> RecordResult:
+        """Record a fully classified staged image in one transaction (see :func:`record_analysis`).
 
         Consumes the stage directory: its crops move to their final paths and the rest is removed,
         whether the commit succeeds or not.
@@ -438,60 +450,68 @@ class Pipeline:
             staging_dir=staged.directory,
             stage_seconds=stages,
         )
-        return record_analysis(session, image, analysis, self.classifier, self.crops_dir)
+        t0 = time.perf_counter()
+        record = record_analysis(
+            session,
+            image,
+            analysis,
+            self.classifier,
+            self.crops_dir,
+            detector=self.detector,
+            drop_human_work=drop_human_work,
+            actor=actor,
+        )
+        stages["database"] = time.perf_counter() - t0
+        self.last_record, self.last_record_stages = record, stages
+        return record
 
-    def process_file(self, path: Path, sample_id: str | None = None) -> dict[str, Any]:
-        """Analyse ``path`` and record the result; returns the JSON-ready result.
+    def process_file(
+        self,
+        path: Path,
+        sample_id: str | None = None,
+        *,
+        drop_human_work: bool = False,
+        actor: str = "labpipe process",
+    ) -> dict[str, Any]:
+        """Process ``path`` through the daemon's own staged jobs, inline; returns the JSON-ready result.
 
-        Unreadable input raises :class:`ImageReadError` after the image row (if one could be
-        made) is marked ``failed`` with the reason.
+        The same detect, classify and record jobs as the workers (:mod:`labpipe.daemon.jobs`), with
+        their claim, failure handling and quarantine: one code path. A file outside the inbox is
+        never moved. Re-processing an image reconciles the new detections with its stored
+        specimens (see :mod:`labpipe.record`); ``drop_human_work`` drops, and reports, reviewed
+        specimens the run did not find again (default: keep and flag them).
+
+        Unreadable input raises :class:`ImageReadError` after the image row (if one could be made)
+        is marked ``quarantined`` with the reason.
         """
+        from labpipe.daemon.jobs import run_inline
+
         path = Path(path)
-        bound = log.bind(image=str(path), sample=sample_id)
         if not path.is_file():
             raise ImageReadError(path, "no such file", "check the path")
         started = time.perf_counter()
         content_hash = file_sha256(path)
         hash_seconds = time.perf_counter() - started
         with self.session_factory() as session:
-            image = self.register(session, path, content_hash, sample_id)
-            bound = bound.bind(image_id=image.id)
-            cfg = self.settings
-            try:
-                analysis = analyse_image(
+            image_id = self.register(session, path, content_hash, sample_id).id
+        outcome = run_inline(self, image_id, drop_human_work=drop_human_work, actor=actor)
+        with self.session_factory() as session:
+            image = session.get(Image, image_id)
+            assert image is not None
+            if image.status != ImageStatus.DONE.value:
+                raise ImageReadError(
                     path,
-                    detector=self.detector,
-                    classifier=self.classifier,
-                    staging_root=self.crops_dir,
-                    overview_max_side=cfg.imaging.overview_max_side,
-                    margin=cfg.crops.margin,
-                    batch_size=cfg.classifier.batch_size,
-                    um_per_px_fallback=cfg.um_per_px_fallback,
-                    max_pixels=cfg.imaging.max_pixels,
-                    max_decoded_pixels=cfg.imaging.max_decoded_pixels,
-                    content_hash=content_hash,
-                    tile_cache_mb=cfg.imaging.tile_cache_mb,
+                    image.error or f"processing ended as {outcome}",
+                    "see `labpipe status` and the logs; fix the file and process it again",
                 )
-            except ImageReadError as exc:
-                image.status = ImageStatus.FAILED.value
-                image.error = exc.message
-                session.commit()
-                bound.error("unreadable image", error=exc.message)
-                raise
-            except BaseException:
-                session.rollback()
-                image.status = ImageStatus.FAILED.value
-                image.error = "processing interrupted by an internal error; see the logs"
-                session.commit()
-                raise
-            t0 = time.perf_counter()
-            specimens = record_analysis(session, image, analysis, self.classifier, self.crops_dir)
-            image.seconds = time.perf_counter() - started
-            session.commit()
-            analysis.stage_seconds["hash"] = hash_seconds
-            analysis.stage_seconds["database"] = time.perf_counter() - t0
-            result = image_result(image, analysis, specimens)
-        bound.info(
+            specimens = sorted(image.specimens, key=lambda s: s.index_in_image)
+            result = image_result(image, None, specimens)
+        stages = {"hash": hash_seconds, **(self.last_record_stages or {})}
+        result["stage_seconds"] = {k: round(v, 3) for k, v in stages.items()}
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        if self.last_record is not None:
+            result["reconciliation"] = self.last_record.summary()
+        log.bind(image=str(path), image_id=image_id, sample=sample_id).info(
             "processed",
             specimens=len(result["specimens"]),
             rejected=result["counts"]["rejected"],

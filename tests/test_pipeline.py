@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from labpipe.cli.main import cli
 from labpipe.config import load_settings
 from labpipe.db.models import Classification, Image, ImageStatus, Specimen
-from labpipe.errors import ImageReadError
+from labpipe.errors import ImageReadError, LabpipeError
 from labpipe.metrics.detection import match_detections
 from labpipe.pipeline import Pipeline
 from labpipe.synth.plate import PlateSpec, write_plate
@@ -98,13 +98,14 @@ def test_a_crash_while_recording_leaves_the_previous_result_intact(
     real_replace = os.replace
 
     def failing_replace(src, dst):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError("disk full (simulated)")
+        if ".stage-" in str(src) and ".stage-" not in str(dst):  # a crop moving to its final place
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError("disk full (simulated)")
         return real_replace(src, dst)
 
     monkeypatch.setattr("labpipe.record.os.replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(LabpipeError, match="disk full"):
         pipeline.process_file(path, sample_id="LL-01")
     monkeypatch.undo()
     with pipeline.session_factory() as session:
@@ -115,7 +116,9 @@ def test_a_crash_while_recording_leaves_the_previous_result_intact(
     assert len(list(pipeline.crops_dir.rglob("*.png"))) == len(before["specimens"])
 
 
-def test_unreadable_file_is_marked_failed_with_its_reason(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_unreadable_file_is_quarantined_with_its_reason_and_left_in_place(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
     bad = tmp_path / "notes.tif"
     bad.write_text("this is not a TIFF")
     with pytest.raises(ImageReadError) as info:
@@ -123,8 +126,9 @@ def test_unreadable_file_is_marked_failed_with_its_reason(pipeline: Pipeline, tm
     assert "notes.tif" in info.value.message
     with pipeline.session_factory() as session:
         image = session.scalar(select(Image).where(Image.file_name == "notes.tif"))
-        assert image.status == ImageStatus.FAILED.value and image.error
+        assert image.status == ImageStatus.QUARANTINED.value and image.error
         assert session.scalar(select(func.count(Specimen.id))) == 0
+    assert bad.read_text() == "this is not a TIFF"  # not the inbox's: never moved
 
 
 def test_plate_with_no_specimens_is_done_with_zero(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -83,6 +83,13 @@ def _fail(exc: LabpipeError) -> None:
 @click.option("--threshold", type=float, help="Classifier rejection threshold (overrides config).")
 @click.option("--detector", "detector_kind", help="'classical' or a DETR model directory.")
 @click.option("--classifier", "classifier_model", help="Classifier model (builtin:... or a directory).")
+@click.option(
+    "--drop-reviewed",
+    is_flag=True,
+    help="Delete reviewed, plated or barcoded specimens that this run does not find again "
+    "(default: keep them, flagged 'not re-detected'). What is dropped is reported and kept in the "
+    "audit trail.",
+)
 @pass_ctx
 def process(
     obj: _Context,
@@ -92,12 +99,15 @@ def process(
     threshold: float | None,
     detector_kind: str | None,
     classifier_model: str | None,
+    drop_reviewed: bool,
 ) -> None:
     """Process IMAGES now (TIFF/BigTIFF, JPEG, PNG) and record the results in the database.
 
     Each image is read lazily, specimens are detected on an overview, cropped from full
     resolution with a margin, padded to squares, classified to family, and recorded in one
-    transaction. Re-processing the same file replaces its earlier results. Exit status 1 when
+    transaction, by the daemon's own jobs run inline. Re-processing the same bytes matches the new
+    detections to the stored specimens: those found again keep their ids, verifications, box edits,
+    wells and barcode links; reviewed ones not found again are kept and flagged. Exit status 1 when
     any image could not be read (the others are still processed).
     """
     obj.overrides.update(
@@ -119,7 +129,7 @@ def process(
     with pipeline:
         for path in images:
             try:
-                result = pipeline.process_file(path, sample_id=sample_id)
+                result = pipeline.process_file(path, sample_id=sample_id, drop_human_work=drop_reviewed)
             except LabpipeError as exc:
                 failures += 1
                 click.echo(f"error: {exc.message}", err=True)
@@ -145,6 +155,18 @@ def _format_image_result(result: dict[str, Any]) -> str:
     for family in families:
         lines.append(f"  {family:<20} {counts[family]:>5}")
     lines.append(f"  {'rejected':<20} {counts.get('rejected', 0):>5}")
+    rerun = result.get("reconciliation")
+    if rerun and (rerun["matched"] or rerun["deleted"] or rerun["not_redetected"] or rerun["dropped"]):
+        lines.append(
+            f"  re-run: {rerun['matched']} found again (ids kept), {rerun['new']} new, "
+            f"{rerun['deleted']} unreviewed not found again (removed)"
+        )
+        for key, what in (
+            ("not_redetected", "kept, flagged not re-detected"),
+            ("dropped", "DROPPED (--drop-reviewed)"),
+        ):
+            for item in rerun[key]:
+                lines.append(f"  specimen {item['id']} ({', '.join(item['work'])}): {what}")
     return "\n".join(lines)
 
 

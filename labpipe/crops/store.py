@@ -51,14 +51,18 @@ def image_crop_dir(sample_id: str | None, image_id: int) -> Path:
     return Path(sample) / f"{image_id:06d}"
 
 
-def crop_relpath(sample_id: str | None, image_id: int, specimen_id: int) -> Path:
-    """``<sample>/<image id>/<image id>-<specimen id>.png``, relative to the crops folder.
+def crop_relpath(sample_id: str | None, image_id: int, specimen_id: int, revision: int = 0) -> Path:
+    """``<sample>/<image id>/<image id>-<specimen id>[-r<revision>].png``, relative to the crops folder.
 
-    Derived only from database ids. A re-run of a plate creates new specimen rows and so new
-    paths: the crops of the previous, committed result are never overwritten before the new
-    result is committed.
+    Derived only from database ids. A re-run of a plate keeps the ids of the specimens it finds
+    again and gives their new crops the next free ``revision``: the crops of the previous,
+    committed result are never overwritten before the new result is committed.
+
+    >>> crop_relpath("S1", 3, 12).as_posix(), crop_relpath(None, 3, 12, 2).name
+    ('S1/000003/000003-0000012.png', '000003-0000012-r2.png')
     """
-    return image_crop_dir(sample_id, image_id) / f"{image_id:06d}-{specimen_id:07d}.png"
+    suffix = f"-r{revision}" if revision else ""
+    return image_crop_dir(sample_id, image_id) / f"{image_id:06d}-{specimen_id:07d}{suffix}.png"
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
@@ -43,7 +44,14 @@ from labpipe.logs import BoundLogger, get_logger
 from labpipe.pipeline import Pipeline, StagedImage, stage_directory
 from labpipe.record import ensure_classifier_model
 
-__all__ = ["DB_TRANSIENT_ERRORS", "Followups", "JobContext", "classify_job", "detect_job"]
+__all__ = [
+    "DB_TRANSIENT_ERRORS",
+    "Followups",
+    "JobContext",
+    "classify_job",
+    "detect_job",
+    "run_inline",
+]
 
 log = get_logger(__name__)
 
@@ -74,6 +82,10 @@ class JobContext:
     attempts: AttemptCounter
     transient: tuple[type[BaseException], ...] = field(default=DB_TRANSIENT_ERRORS)
     """Exceptions the task layer retries (database errors, plus the broker's own)."""
+    drop_human_work: bool = False
+    """Drop reviewed specimens a re-run does not find again (only ``labpipe process --drop-reviewed``)."""
+    actor: str = "labpipe daemon"
+    """Who the audit trail names for re-runs."""
 
     @classmethod
     def from_settings(cls, settings: Settings, transient: tuple[type[BaseException], ...] = ()) -> JobContext:
@@ -294,7 +306,9 @@ def _record(
         bound.info("already recorded by another worker")
         return "skipped"
     try:
-        specimens = ctx.pipeline.record_staged(session, image, staged, results)
+        record = ctx.pipeline.record_staged(
+            session, image, staged, results, drop_human_work=ctx.drop_human_work, actor=ctx.actor
+        )
     except Exception as exc:
         # The stage directory is consumed either way: start the image again from detection.
         if ctx.is_transient(exc):
@@ -305,9 +319,53 @@ def _record(
         return _fail(ctx, session, image, f"internal error while recording: {exc!r}", bound)
     bound.info(
         "processed",
-        specimens=len(specimens),
+        specimens=len(record.specimens),
         rejected=sum(1 for r in results if r.rejected),
         seconds=round(image.seconds or 0.0, 3),
     )
     _finish(ctx, session, image, bound)
     return "done"
+
+
+class _InlineFollowups:
+    """Followups that queue the next jobs in this process instead of the broker."""
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[str, tuple[Any, ...], dict[str, Any]]] = deque()
+
+    def classify(self, image_id: int, attempt: str, batch: int) -> None:
+        self.pending.append(("classify", (image_id, attempt, batch), {}))
+
+    def detect(
+        self, image_id: int, *, takeover: bool, resumed: bool, content_hash: str | None = None
+    ) -> None:
+        self.pending.append(
+            ("detect", (image_id,), {"takeover": takeover, "resumed": resumed, "content_hash": content_hash})
+        )
+
+
+def run_inline(
+    pipeline: Pipeline, image_id: int, *, drop_human_work: bool = False, actor: str = "labpipe process"
+) -> str:
+    """Run a queued image's detect job and every job it asks for, here and now (``labpipe process``).
+
+    The very jobs the workers run, with the same claim, quarantine and recording; only the
+    followups go to a local queue instead of the broker. Returns the last job's outcome word.
+    """
+    settings = pipeline.settings
+    ctx = JobContext(
+        settings,
+        pipeline,
+        AttemptCounter(settings.storage.root / "state" / "attempts"),
+        drop_human_work=drop_human_work,
+        actor=actor,
+    )
+    followups = _InlineFollowups()
+    outcome = detect_job(ctx, image_id, followups)
+    while followups.pending:
+        kind, args, kwargs = followups.pending.popleft()
+        if kind == "classify":
+            outcome = classify_job(ctx, *args, followups)
+        else:
+            outcome = detect_job(ctx, *args, followups, **kwargs)
+    return outcome

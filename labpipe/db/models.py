@@ -32,9 +32,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "NAMING_CONVENTION",
     "Agreement",
+    "AuditEvent",
     "BarcodeLink",
     "Base",
     "Classification",
+    "DetectionState",
     "Image",
     "ImageStatus",
     "Model",
@@ -113,6 +115,18 @@ class ModelKind(StrEnum):
     DETECTOR = "detector"
 
 
+class DetectionState(StrEnum):
+    """Whether the latest detection run found a specimen again (``specimens.detection_state``)."""
+
+    DETECTED = "detected"
+    """Found by the detection run that is stored for its image."""
+    NOT_REDETECTED = "not_redetected"
+    """Holds a person's work (a verification, a box edit, a well or a barcode link) but the latest
+    detection run did not find it again: kept, flagged, never deleted by a re-run."""
+    DRAWN = "drawn"
+    """Added by a person (a box drawn by hand), not by a detector."""
+
+
 class VerificationStatus(StrEnum):
     """A person's verdict on a specimen (``verifications.status``)."""
 
@@ -169,7 +183,10 @@ class Image(Base):
     """A plate image: one file, identified by the sha256 of its content."""
 
     __tablename__ = "images"
-    __table_args__ = (sa.CheckConstraint(_in("status", ImageStatus), name="status"),)
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", ImageStatus), name="status"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sample_id: Mapped[str | None] = mapped_column(
@@ -222,7 +239,11 @@ class Specimen(Base):
     """One detected object on a plate image: its box in full-resolution pixels and its crop."""
 
     __tablename__ = "specimens"
-    __table_args__ = (sa.UniqueConstraint("image_id", "index_in_image"),)
+    __table_args__ = (
+        sa.UniqueConstraint("image_id", "index_in_image"),
+        sa.CheckConstraint(_in("detection_state", DetectionState), name="detection_state"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), index=True)
@@ -237,6 +258,15 @@ class Specimen(Base):
     score: Mapped[float] = mapped_column(sa.Float)
     """Detector score."""
     detector_version: Mapped[str] = mapped_column(sa.String(_VERSION))
+    detector_model_id: Mapped[int | None] = mapped_column(sa.ForeignKey("models.id"), index=True)
+    """The detector's registry row (kind ``detector``: version, weights hash, settings)."""
+    detection_state: Mapped[str] = mapped_column(
+        sa.String(16), default=DetectionState.DETECTED.value, server_default=DetectionState.DETECTED.value
+    )
+    """One of :class:`DetectionState`."""
+    box_edited_by: Mapped[str | None] = mapped_column(sa.String(_NAME))
+    """Who last set the box by hand (``None``: the detector's box); a re-run keeps a person's box."""
+    box_edited_at: Mapped[dt.datetime | None] = mapped_column()
     crop_path: Mapped[str] = mapped_column(sa.Text)
     crop_size: Mapped[int] = mapped_column(sa.Integer)
     """Side, in pixels, of the square (padded) crop as stored."""
@@ -273,7 +303,7 @@ class Model(Base):
     """A registered model version (classifier or detector): the provenance of every classification."""
 
     __tablename__ = "models"
-    __table_args__ = (sa.CheckConstraint(_in("kind", ModelKind), name="kind"),)
+    __table_args__ = (sa.CheckConstraint(_in("kind", ModelKind), name="kind"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(_NAME))
@@ -290,6 +320,9 @@ class Model(Base):
     is_default: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     """Evaluation results recorded at training or registration."""
+    settings: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    """The settings that shape the model's output (a detector's thresholds and sizes, a
+    classifier's rejection rule), recorded when the row is made."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     classifications: Mapped[list[Classification]] = relationship(
@@ -304,7 +337,7 @@ class Classification(Base):
     """What one model version said about one specimen (at most one row per specimen and model)."""
 
     __tablename__ = "classifications"
-    __table_args__ = (sa.UniqueConstraint("specimen_id", "model_id"),)
+    __table_args__ = (sa.UniqueConstraint("specimen_id", "model_id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     specimen_id: Mapped[int] = mapped_column(sa.ForeignKey("specimens.id", ondelete="CASCADE"), index=True)
@@ -318,6 +351,13 @@ class Classification(Base):
     """Why it was rejected (low confidence, out of distribution, not an arthropod)."""
     top_k: Mapped[list[list[Any]]] = mapped_column(sa.JSON)
     """``[[family, probability], ...]``, best first."""
+    threshold: Mapped[float | None] = mapped_column(sa.Float)
+    """The rejection threshold that decided this call (``None``: recorded before it was stored)."""
+    rule: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    """The rest of the decision rule (for example the out-of-distribution test and its cut-off), so
+    that a stored call can be re-decided without running the network again."""
+    decided_at: Mapped[dt.datetime | None] = mapped_column()
+    """When the call was last re-decided from its stored probabilities (``None``: never)."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     specimen: Mapped[Specimen] = relationship(back_populates="classifications")
@@ -334,7 +374,10 @@ class Verification(Base):
     """A person's label for a specimen (the reference that classifications are checked against)."""
 
     __tablename__ = "verifications"
-    __table_args__ = (sa.CheckConstraint(_in("status", VerificationStatus), name="status"),)
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", VerificationStatus), name="status"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     specimen_id: Mapped[int] = mapped_column(sa.ForeignKey("specimens.id", ondelete="CASCADE"), index=True)
@@ -344,6 +387,9 @@ class Verification(Base):
     verified_by: Mapped[str] = mapped_column(sa.String(_NAME))
     verified_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     note: Mapped[str | None] = mapped_column(sa.Text)
+    retracted_at: Mapped[dt.datetime | None] = mapped_column()
+    """When the verification was undone (it then no longer counts; the row stays as history)."""
+    retracted_by: Mapped[str | None] = mapped_column(sa.String(_NAME))
 
     specimen: Mapped[Specimen] = relationship(back_populates="verifications")
 
@@ -367,6 +413,7 @@ class BarcodeLink(Base):
     __table_args__ = (
         sa.UniqueConstraint("plate", "well"),
         sa.CheckConstraint(_in("agreement", Agreement), name="agreement"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -397,3 +444,33 @@ class BarcodeLink(Base):
 
     def __repr__(self) -> str:
         return f"BarcodeLink(id={self.id!r}, plate={self.plate!r}, well={self.well!r})"
+
+
+class AuditEvent(Base):
+    """One change a person (or a command on a person's behalf) made to the lab's records.
+
+    Append-only: who, what, when, and the values before and after, so that any change can be
+    traced and undone (:mod:`labpipe.audit`). ``specimen_id`` and ``image_id`` are plain numbers,
+    not foreign keys: the trail outlives the rows it talks about.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(sa.String(_NAME))
+    """The person (or ``labpipe <command>`` for the program acting on an explicit request)."""
+    action: Mapped[str] = mapped_column(sa.String(32), index=True)
+    """``verify``, ``box_edit``, ``undo``, ``set_default``, ``reprocess``, ``drop_reviewed``, ..."""
+    specimen_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)
+    image_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)
+    model_id: Mapped[int | None] = mapped_column(sa.Integer)
+    before: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    undone_by: Mapped[int | None] = mapped_column(sa.Integer)
+    """The id of the ``undo`` event that reverted this one."""
+
+    def __repr__(self) -> str:
+        return f"AuditEvent(id={self.id!r}, action={self.action!r}, specimen_id={self.specimen_id!r})"

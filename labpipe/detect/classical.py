@@ -393,7 +393,13 @@ class ClassicalDetector:
     def _version(self) -> str:
         """``classical-2@<8 hex digits>``: the algorithm and a hash of every setting that changes
         its output (stored with every specimen)."""
-        params = {
+        digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{ALGORITHM}@{digest}"
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """Every setting that changes the output (recorded in the detector's registry row)."""
+        return {
             "min_size_um": self.min_size_um,
             "min_size_px": self.min_size_px,
             "score_threshold": self.score_threshold,
@@ -436,8 +442,6 @@ class ClassicalDetector:
                 )
             },
         }
-        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{ALGORITHM}@{digest}"
 
     @classmethod
     def from_config(cls, config: DetectorConfig, overview_factor: float = 1.0) -> ClassicalDetector:

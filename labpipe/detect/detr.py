@@ -406,7 +406,8 @@ class DetrDetector:
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
         model, info, preprocessing = load_detr_model(self.model_dir, self.device)
-        digest = model_dir_hash(self.model_dir)[:12]
+        self.weights_hash = model_dir_hash(self.model_dir)
+        digest = self.weights_hash[:12]
         self._setup(
             model,
             info,
@@ -465,6 +466,13 @@ class DetrDetector:
         self.version = (
             f"detr:{name}(tile={self.tile_size},overlap={self.tile_overlap},score>={self.score_threshold:g})"
         )
+        self.settings: dict[str, object] = {
+            "model_dir": str(self.model_dir),
+            "tile_size": self.tile_size,
+            "tile_overlap": self.tile_overlap,
+            "score_threshold": self.score_threshold,
+        }
+        """What shapes the output (recorded in the detector's registry row)."""
         self.last_tile_counts: list[int] = []
         """Detections per tile in the last call (for diagnostics and tests)."""
         self.warn_crowded = True

@@ -124,6 +124,8 @@ def finish_move(session: Session, image: Image, storage: StorageConfig, reason_c
     source = Path(image.source_path)
     if not source.is_file():
         return None
+    if not source.resolve().is_relative_to(storage.inbox_dir.resolve()):
+        return None  # not received in the inbox: never ours to move
     bound = log.bind(image=str(source), image_id=image.id)
     if image.status == ImageStatus.DONE.value:
         target = move_original(source, storage.inbox_dir, storage.archive_dir, image.content_hash)

@@ -1,0 +1,215 @@
+"""The audit trail: every change to people's work is an :class:`~labpipe.db.models.AuditEvent`.
+
+Who, what, when, and the values before and after. Box edits and verifications write one event
+each; :func:`undo` reverts an event from its stored ``before`` (a box goes back to its previous
+coordinates, a verification is retracted: it stays as history but no longer counts) and writes an
+``undo`` event of its own, so an undo can be traced, too.
+
+The functions here flush, never commit: the caller's transaction decides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from labpipe.db.models import AuditEvent, BarcodeLink, Specimen, Verification, utcnow
+from labpipe.errors import LabpipeError
+
+__all__ = [
+    "AuditError",
+    "edit_box",
+    "events_for",
+    "record_event",
+    "specimen_snapshot",
+    "undo",
+]
+
+
+class AuditError(LabpipeError):
+    """An edit or undo that cannot be done (unknown specimen or event, bad box, already undone)."""
+
+
+def record_event(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    specimen_id: int | None = None,
+    image_id: int | None = None,
+    model_id: int | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    note: str | None = None,
+    at: dt.datetime | None = None,
+) -> AuditEvent:
+    """Append one event (flushed, so it has its id)."""
+    event = AuditEvent(
+        at=at or utcnow(),
+        actor=" ".join(str(actor or "unknown").split())[:255] or "unknown",
+        action=action,
+        specimen_id=specimen_id,
+        image_id=image_id,
+        model_id=model_id,
+        before=before,
+        after=after,
+        note=note,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def _box(specimen: Specimen) -> dict[str, Any]:
+    return {
+        "box": [specimen.x, specimen.y, specimen.w, specimen.h],
+        "box_edited_by": specimen.box_edited_by,
+        "box_edited_at": specimen.box_edited_at.isoformat() if specimen.box_edited_at else None,
+    }
+
+
+def specimen_snapshot(session: Session, specimen: Specimen) -> dict[str, Any]:
+    """Everything a person attached to ``specimen``, as JSON (kept in the trail when it is dropped)."""
+    links = session.scalars(select(BarcodeLink).where(BarcodeLink.specimen_id == specimen.id)).all()
+    return {
+        **_box(specimen),
+        "index_in_image": specimen.index_in_image,
+        "crop_path": specimen.crop_path,
+        "verifications": [
+            {
+                "status": v.status,
+                "family": v.family,
+                "verified_by": v.verified_by,
+                "verified_at": v.verified_at.isoformat() if v.verified_at else None,
+                "note": v.note,
+                "retracted_at": v.retracted_at.isoformat() if v.retracted_at else None,
+            }
+            for v in specimen.verifications
+        ],
+        "barcode_links": [
+            {"id": b.id, "plate": b.plate, "well": b.well, "sampleid": b.sampleid, "bin_uri": b.bin_uri}
+            for b in links
+        ],
+    }
+
+
+def edit_box(
+    session: Session,
+    specimen_id: int,
+    box: tuple[int, int, int, int],
+    *,
+    edited_by: str,
+    note: str | None = None,
+) -> AuditEvent:
+    """Set a specimen's box by hand (full-resolution pixels ``x, y, w, h``), keeping the old one in
+    the trail. A re-run keeps a person's box. The crop is not re-cut here (the caller may)."""
+    specimen = session.get(Specimen, specimen_id)
+    if specimen is None:
+        raise AuditError(f"specimen {specimen_id}", "no such specimen", "check the id")
+    x, y, w, h = (int(v) for v in box)
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise AuditError(str(list(box)), "a box needs x, y >= 0 and a positive width and height")
+    image = specimen.image
+    if image.width and image.height and (x + w > image.width or y + h > image.height):
+        raise AuditError(
+            str(list(box)),
+            f"the box leaves the image ({image.width} x {image.height} px)",
+            "give the box in full-resolution pixels of the displayed image",
+        )
+    who = " ".join(str(edited_by or "").split())
+    if not who:
+        raise AuditError("edited_by", "a box edit needs the name of the person", "log in with a name")
+    before = _box(specimen)
+    now = utcnow()
+    specimen.x, specimen.y, specimen.w, specimen.h = x, y, w, h
+    specimen.box_edited_by, specimen.box_edited_at = who[:255], now
+    return record_event(
+        session,
+        actor=who,
+        action="box_edit",
+        specimen_id=specimen.id,
+        image_id=specimen.image_id,
+        before=before,
+        after=_box(specimen),
+        note=note,
+        at=now,
+    )
+
+
+def events_for(session: Session, specimen_id: int) -> list[AuditEvent]:
+    """A specimen's trail, newest first."""
+    return list(
+        session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.specimen_id == specimen_id)
+            .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+        )
+    )
+
+
+def undo(session: Session, event_id: int, *, undone_by: str) -> AuditEvent:
+    """Revert one ``box_edit`` or ``verify`` event; returns the ``undo`` event.
+
+    A box goes back to the value before the edit (refused when the box was edited again since:
+    undo the later edit first). A verification is retracted.
+    """
+    event = session.get(AuditEvent, event_id)
+    if event is None:
+        raise AuditError(f"event {event_id}", "no such audit event", "list a specimen's events first")
+    if event.undone_by is not None:
+        raise AuditError(f"event {event_id}", f"already undone by event {event.undone_by}")
+    who = " ".join(str(undone_by or "").split())
+    if not who:
+        raise AuditError("undone_by", "an undo needs the name of the person")
+    if event.action == "box_edit":
+        specimen = session.get(Specimen, event.specimen_id) if event.specimen_id else None
+        if specimen is None:
+            raise AuditError(f"event {event_id}", "its specimen no longer exists")
+        later = session.scalar(
+            select(AuditEvent.id).where(
+                AuditEvent.specimen_id == specimen.id,
+                AuditEvent.action == "box_edit",
+                AuditEvent.id > event.id,
+                AuditEvent.undone_by.is_(None),
+            )
+        )
+        if later is not None:
+            raise AuditError(
+                f"event {event_id}", f"the box was edited again (event {later})", "undo that first"
+            )
+        before = event.before or {}
+        current = _box(specimen)
+        specimen.x, specimen.y, specimen.w, specimen.h = (int(v) for v in before["box"])
+        specimen.box_edited_by = before.get("box_edited_by")
+        edited_at = before.get("box_edited_at")
+        specimen.box_edited_at = dt.datetime.fromisoformat(edited_at) if edited_at else None
+        after = _box(specimen)
+    elif event.action == "verify":
+        verification_id = (event.after or {}).get("verification_id")
+        verification = session.get(Verification, verification_id) if verification_id else None
+        if verification is None:
+            raise AuditError(f"event {event_id}", "its verification no longer exists")
+        current = {"retracted_at": None}
+        verification.retracted_at, verification.retracted_by = utcnow(), who[:255]
+        after = {"verification_id": verification.id, "retracted_at": verification.retracted_at.isoformat()}
+    else:
+        raise AuditError(
+            f"event {event_id}",
+            f"a {event.action!r} event cannot be undone",
+            "undo box edits or verifications",
+        )
+    undo_event = record_event(
+        session,
+        actor=who,
+        action="undo",
+        specimen_id=event.specimen_id,
+        image_id=event.image_id,
+        before=current,
+        after={**after, "undid": event.id},
+    )
+    event.undone_by = undo_event.id
+    session.flush()
+    return undo_event
