@@ -45,18 +45,20 @@ __all__ = [
 log = get_logger(__name__)
 
 
-def build_detector(settings: Settings) -> Detector:
-    """The detector named by ``[detector] kind``."""
+def build_detector(settings: Settings, kind: str | None = None) -> Detector:
+    """The detector named by ``kind`` (default ``[detector] kind``), with ``[detector]``'s settings:
+    the one place a detector is built from configuration."""
     cfg = settings.detector
-    if cfg.kind == "classical":
+    kind = cfg.kind if kind is None else kind
+    if kind == "classical":
         from labpipe.detect.classical import ClassicalDetector
 
         return ClassicalDetector.from_config(cfg)
-    if Path(cfg.kind).expanduser().is_dir():
+    if Path(kind).expanduser().is_dir():
         from labpipe.detect.detr import DetrDetector
 
         return DetrDetector(
-            Path(cfg.kind).expanduser(),
+            Path(kind).expanduser(),
             score_threshold=cfg.score_threshold,
             tile_size=cfg.tile_size,
             tile_overlap=cfg.tile_overlap,
@@ -65,7 +67,7 @@ def build_detector(settings: Settings) -> Detector:
         )
     raise ConfigError(
         "[detector] kind",
-        f"unknown detector {cfg.kind!r}: neither 'classical' nor a model directory",
+        f"unknown detector {kind!r}: neither 'classical' nor a model directory",
         "use 'classical' or the path of a DETR model directory (see `labpipe train detector`)",
     )
 
@@ -163,6 +165,8 @@ class StagedImage:
     detector_version: str
     per_batch: int
     """Specimens per classification task, fixed at staging so every worker splits alike."""
+    classifier_spec: str = ""
+    """The classifier chosen when the image was detected: every batch of it uses that one."""
     specimens: list[StagedSpecimen] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -243,23 +247,83 @@ class Pipeline:
         detector: Detector,
         classifier: FamilyClassifier,
         session_factory: sessionmaker[Session],
+        *,
+        classifier_spec: str = "",
+        detector_spec: str = "",
+        pinned: bool = True,
     ) -> None:
         self.settings = settings
         self.detector = detector
         self.classifier = classifier
         self.session_factory = session_factory
         self.crops_dir = settings.storage.crops_dir
+        self.classifier_spec = classifier_spec
+        """The spec ``classifier`` was loaded from (what a staged image asks the classify job for)."""
+        self.detector_spec = detector_spec
+        self.pinned = pinned
+        """Models given explicitly (a command-line override): the registry default is not followed."""
+        self._classifiers: dict[str, FamilyClassifier] = (
+            {classifier_spec: classifier} if classifier_spec else {}
+        )
         self.last_record: RecordResult | None = None
         """What the last :meth:`record_staged` did (for the inline runner's report)."""
         self.last_record_stages: dict[str, float] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
+    def from_settings(
+        cls, settings: Settings, *, classifier: str | None = None, detector: str | None = None
+    ) -> Pipeline:
+        """The pipeline with the active models (:mod:`labpipe.active_models`): the registry's
+        defaults, else the configuration's. ``classifier``/``detector``: explicit overrides, which
+        pin the pipeline to them (a running pipeline otherwise follows default changes)."""
+        from labpipe.active_models import active_classifier, active_detector
         from labpipe.classify.loader import configured_classifier
         from labpipe.db.database import open_database
 
-        classifier = configured_classifier(settings)
-        return cls(settings, build_detector(settings), classifier, open_database(settings.database_url))
+        factory = open_database(settings.database_url)
+        with factory() as session:
+            clf = active_classifier(session, settings, classifier)
+            det = active_detector(session, settings, detector)
+        for active, configured in ((clf, settings.classifier.model), (det, settings.detector.kind)):
+            if active.source == "registry default" and active.spec != configured:
+                log.info(
+                    "using the registry's default model, not the configured one",
+                    kind=active.kind,
+                    version=active.version,
+                    configured=configured,
+                )
+        return cls(
+            settings,
+            build_detector(settings, det.spec),
+            configured_classifier(settings, model=clf.spec),
+            factory,
+            classifier_spec=clf.spec,
+            detector_spec=det.spec,
+            pinned=bool(classifier or detector),
+        )
+
+    def use_classifier(self, spec: str) -> FamilyClassifier:
+        """Switch to the classifier ``spec`` (loaded once, then kept for later switches)."""
+        if spec and spec != self.classifier_spec:
+            from labpipe.classify.loader import configured_classifier
+
+            if spec not in self._classifiers:
+                self._classifiers[spec] = configured_classifier(self.settings, model=spec)
+            self.classifier, self.classifier_spec = self._classifiers[spec], spec
+            log.info("classifier switched", spec=spec, version=self.classifier.version)
+        return self.classifier
+
+    def follow_defaults(self, session: Session) -> None:
+        """Load the registry's current default models if they changed (not when pinned)."""
+        if self.pinned:
+            return
+        from labpipe.active_models import active_classifier, active_detector
+
+        self.use_classifier(active_classifier(session, self.settings).spec)
+        det = active_detector(session, self.settings)
+        if det.spec != self.detector_spec:
+            self.detector, self.detector_spec = build_detector(self.settings, det.spec), det.spec
+            log.info("detector switched", spec=det.spec, version=self.detector.version)
 
     def __enter__(self) -> Pipeline:
         return self
@@ -347,6 +411,7 @@ class Pipeline:
                     um_per_px=plate.um_per_px,
                     detector_version=self.detector.version,
                     per_batch=max(1, per_batch),
+                    classifier_spec=self.classifier_spec,
                 )
                 with CropWriter() as writer:
                     for crop in cut_crops(plate, boxes, cfg.crops.margin, directory, writer):
@@ -374,6 +439,7 @@ class Pipeline:
         Idempotent: a batch whose results are already stored is not classified again. Crops are
         read ``classifier.batch_size`` at a time, so memory stays as in :meth:`process_file`.
         """
+        self.use_classifier(staged.classifier_spec)
         target = staged.results_file(batch)
         if target.is_file():
             try:
@@ -409,6 +475,7 @@ class Pipeline:
         """
         if len(results) != len(staged.specimens):
             raise ValueError(f"{len(staged.specimens)} staged specimens but {len(results)} results")
+        self.use_classifier(staged.classifier_spec)
         stray = {r.model_version for r in results} - {self.classifier.version, ""}
         if stray:
             raise ConfigError(

@@ -5,10 +5,10 @@ model itself (its weight files and labels), never typed by a person. Registering
 a row; nothing is overwritten, and every classification row points at the row of the model that
 made it, so "which model said this" is a join (the Antenna habit: provenance is schema).
 
-``set_default`` marks one classifier row as the default. The pipeline keeps using
-``[classifier] model`` from the configuration; setting it to ``registry:default`` makes it use the
-default row's model (its directory, or its built-in spec), and ``registry:<version>`` names one
-registered version. Both are resolved by :func:`resolve_registry_spec`, which
+``set_default`` marks one row of its kind as the default: that is the one setting every part of
+labpipe follows (:mod:`labpipe.active_models`); ``[classifier] model`` is used only while no
+default is registered. ``registry:<version>`` names one registered version anywhere a model spec is
+taken; it is resolved by :func:`resolve_registry_spec`, which
 :func:`labpipe.classify.loader.load_classifier` calls.
 """
 
@@ -132,23 +132,19 @@ def find_model(session: Session, version: str) -> Model:
     raise ConfigError(version, f"{len(matches)} registered versions start with this", f"registered: {known}")
 
 
-def set_default(session: Session, version: str) -> Model:
-    """Make the classifier ``version`` (or a unique prefix) the default; the previous default is unset."""
-    row = find_model(session, version)
-    for other in session.scalars(select(Model).where(Model.kind == row.kind, Model.is_default.is_(True))):
-        other.is_default = False
-    row.is_default = True
-    session.flush()
-    return row
+def set_default(session: Session, version: str, actor: str | None = None) -> Model:
+    """Make ``version`` (or a unique prefix) the default of its kind; the previous default is unset
+    and the change is recorded in the audit trail (see :mod:`labpipe.active_models`)."""
+    from labpipe.active_models import change_default, local_actor
+
+    return change_default(session, version, actor=actor or local_actor())
 
 
 def default_model(session: Session) -> Model | None:
     """The default classifier row, if one is set."""
-    return session.scalar(
-        select(Model)
-        .where(Model.kind == ModelKind.CLASSIFIER.value, Model.is_default.is_(True))
-        .order_by(Model.id)
-    )
+    from labpipe.active_models import default_row
+
+    return default_row(session, ModelKind.CLASSIFIER)
 
 
 def _lookup(session: Session, key: str, subject: str) -> str:

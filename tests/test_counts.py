@@ -38,6 +38,7 @@ from labpipe.reports.counts import (
     compute_counts,
     count_families,
     counts_to_csv,
+    counts_to_table,
     matrix_to_csv,
     poisson_binomial_interval,
     poisson_binomial_pmf,
@@ -304,10 +305,10 @@ def test_cli_counts_in_every_format(lab, tmp_path: Path) -> None:
     assert _by_sample(json.loads(out.stdout))["S1"]["families"]["Carabidae"] == 3
     out = run.invoke(cli, [*base, "counts", "--csv", "--sample", "S2"])
     assert out.stdout.splitlines() == [
-        "sample,family,count",
-        "S2,Formicidae,2",
-        "S2,Apidae,1",
-        "S2,rejected,0",
+        "sample,family,count,model_versions,mixed_models",
+        f"S2,Formicidae,2,{MODEL},no",
+        f"S2,Apidae,1,{MODEL},no",
+        f"S2,rejected,0,{MODEL},no",
     ]
     matrix_file = tmp_path / "matrix.csv"
     out = run.invoke(cli, [*base, "counts", "--format", "matrix", "--out", str(matrix_file)])
@@ -383,3 +384,42 @@ def test_unassigned_images_are_counted_apart(lab) -> None:
     _, session = lab
     entry = _by_sample(count_families(session))[None]
     assert entry["specimens"] == len(NONE_SPECS) and len(S1_SPECS) == 8
+
+
+def test_the_default_classifier_decides_and_a_sample_of_two_models_is_flagged(lab) -> None:
+    """A default set after classification wins where it has a call; the sample says it mixes models."""
+    from labpipe.active_models import change_default
+    from labpipe.db.models import Classification, Image, Model, ModelKind, Specimen
+
+    _, session = lab
+    newer = Model(
+        name="families-v2",
+        kind=ModelKind.CLASSIFIER.value,
+        version="families-v2@w333333333333-l444444444444",
+        weights_hash="3" * 64,
+        labels_hash="4" * 64,
+        labels=["Apidae", "Formicidae"],
+    )
+    session.add(newer)
+    session.flush()
+    first = session.scalars(
+        select(Specimen).join(Image).where(Image.sample_id == "S2").order_by(Specimen.index_in_image)
+    ).first()
+    # the older model called it Formicidae; the new one says Apidae
+    session.add(
+        Classification(
+            specimen_id=first.id, model_id=newer.id, family="Apidae", probability=0.9, top_k=[["Apidae", 0.9]]
+        )
+    )
+    change_default(session, MODEL, actor="test")  # the old model is the default: it still decides
+    session.flush()
+    s2 = _by_sample(count_families(session, sample_id="S2"))["S2"]
+    assert s2["families"] == {"Formicidae": 2, "Apidae": 1} and s2["mixed_models"] is False
+    change_default(session, newer.version, actor="test")
+    session.flush()
+    s2 = _by_sample(count_families(session, sample_id="S2"))["S2"]
+    assert s2["families"] == {"Apidae": 2, "Formicidae": 1}
+    assert s2["mixed_models"] is True and s2["model_versions"] == sorted([MODEL, newer.version])
+    csv_rows = counts_to_csv([s2]).splitlines()[1:]
+    assert all(row.endswith(f"{MODEL};{newer.version},yes") for row in csv_rows)
+    assert "MIXED MODELS" in counts_to_table([s2])

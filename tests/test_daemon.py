@@ -523,3 +523,71 @@ def test_daemon_stopped_and_started_again_processes_everything_once(
     images = assert_processed_exactly_once(daemon)
     assert len(images) == 10 and all(i.status == ImageStatus.DONE.value for i in images.values())
     assert not [p for p in daemon.inbox.rglob("*") if p.is_file()]
+
+
+# -- one answer to "which model" -----------------------------------------------------------------
+
+
+def _cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "labpipe.cli.main", *args],
+        env=daemon.env(),
+        cwd=daemon.root.parent,
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+
+
+def test_after_set_default_a_running_serve_classifies_the_next_plate_with_the_new_default(
+    embedded: Callable[..., Daemon], plates: list[Path], shared_data: Path, tmp_path: Path
+) -> None:
+    """`models set-default` reaches a running daemon; counts flag the sample that now mixes models."""
+    from labpipe.classify.training import TrainOptions, train_classifier
+
+    families = tmp_path / "families"
+    for family, folder in (("Formicidae", "ants-bees/ants"), ("Carabidae", "carabidae-crops")):
+        (families / family).mkdir(parents=True)
+        for path in sorted((shared_data / folder).iterdir())[:10]:
+            (families / family / path.name).symlink_to(path)
+    options = TrainOptions(name="two-families", views=0, epochs=4, threads=1)
+    trained = train_classifier(families, tmp_path / "two-families", options, progress=False)
+
+    daemon = embedded()
+    start_all(daemon, "embedded")
+    drop(plates[0], daemon.inbox / "MIX" / "first.tif", "first")
+    daemon.wait_finished(1, timeout=180)
+    _cli(daemon, "models", "add", str(tmp_path / "two-families"))
+    out = _cli(daemon, "models", "set-default", trained.version)
+    assert trained.version in out.stdout.decode()
+    drop(plates[1], daemon.inbox / "MIX" / "second.tif", "second")
+    daemon.wait_finished(2, timeout=180)
+
+    with daemon.session() as session:
+        from labpipe.db.models import AuditEvent, Model
+
+        versions = dict(
+            session.execute(
+                select(Image.file_name, Model.version)
+                .join(Specimen, Specimen.image_id == Image.id)
+                .join(Classification, Classification.specimen_id == Specimen.id)
+                .join(Model, Model.id == Classification.model_id)
+                .distinct()
+            ).all()
+        )
+        assert versions["second.tif"] == trained.version
+        assert versions["first.tif"] != trained.version
+        (event,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "set_default")).all()
+        assert event.after == {"kind": "classifier", "version": trained.version}
+
+    csv_text = _cli(daemon, "counts", "--sample", "MIX", "--format", "csv").stdout.decode()
+    header, *rows = csv_text.splitlines()
+    assert header == "sample,family,count,model_versions,mixed_models"
+    assert rows and all(row.endswith(",yes") for row in rows), csv_text
+    assert trained.version in rows[0] and versions["first.tif"] in rows[0]
+    # reclassify with the default brings the sample back to one model
+    _cli(daemon, "reclassify", "--sample", "MIX", "--json")
+    csv_text = _cli(daemon, "counts", "--sample", "MIX", "--format", "csv").stdout.decode()
+    assert all(row.endswith(f",{trained.version},no") for row in csv_text.splitlines()[1:]), csv_text
+    for name in list(daemon.processes):
+        assert daemon.stop(name) == 0, daemon.log_tail()

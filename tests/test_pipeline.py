@@ -161,7 +161,7 @@ def test_cli_process_json_and_counts(plate, tmp_path: Path) -> None:
     assert sum(sample["families"].values()) + sample["rejected"] == sample["specimens"]
     assert sample["families"] == {k: v for k, v in record["counts"].items() if k != "rejected" and v}
     csv_out = runner.invoke(cli, [*base, "counts", "--csv"])
-    assert csv_out.stdout.splitlines()[0] == "sample,family,count"
+    assert csv_out.stdout.splitlines()[0] == "sample,family,count,model_versions,mixed_models"
 
 
 def test_cli_reports_bad_files_and_still_processes_the_good_ones(plate, tmp_path: Path) -> None:

@@ -446,6 +446,28 @@ def test_registry_and_reclassify_keep_earlier_results_and_count_per_model(
     assert set(new_counts[0]["families"]) <= {"Carabidae", "Formicidae"}
     assert latest == new_counts  # the newest classification per specimen is the new model's
 
+    # --threshold re-decides this model's stored calls from their probabilities (no network run)
+    strict = json.loads(
+        run.invoke(cli, [*base, "reclassify", "--threshold", "0.999", "--json"], env=env).stdout
+    )
+    assert (strict["classified"], strict["redecided"]) == (0, 4)
+    factory = open_database(url)
+    with factory() as session:
+        strict_counts = count_families(session, "S1", model_version=version)
+        rows = session.scalars(select(Classification).where(Classification.threshold == 0.999)).all()
+        assert len(rows) == 4 and all(r.decided_at is not None for r in rows)
+        assert all(r.rejected == (r.probability < 0.999) for r in rows)
+    factory.kw["bind"].dispose()
+    assert strict_counts[0]["rejected"] == sum(r.probability < 0.999 for r in rows) >= 1
+    assert strict["changed"] == strict_counts[0]["rejected"] - new_counts[0]["rejected"]
+    lenient = json.loads(run.invoke(cli, [*base, "reclassify", "--threshold", "0", "--json"], env=env).stdout)
+    assert lenient["redecided"] == 4
+    factory = open_database(url)
+    with factory() as session:
+        lenient_counts = count_families(session, "S1", model_version=version)
+    factory.kw["bind"].dispose()
+    assert lenient_counts[0]["rejected"] <= new_counts[0]["rejected"]  # only out-of-distribution stay
+
 
 def test_unknown_model_versions_are_refused_naming_the_registered_ones(tmp_path: Path) -> None:
     url = f"sqlite:///{(tmp_path / 'x.sqlite').as_posix()}"

@@ -542,7 +542,9 @@ def test_exports_download_as_attachments_and_match_the_counts(lab, local: TestCl
         "_unassigned",
     ]
     with_expected = local.get("/exports/counts.csv", params={"sample": "S1", "expected": "true"}).text
-    assert with_expected.splitlines()[0] == "sample,family,count,expected,expected_low,expected_high"
+    assert with_expected.splitlines()[0] == (
+        "sample,family,count,expected,expected_low,expected_high,model_versions,mixed_models"
+    )
     dwca = zipfile.ZipFile(io.BytesIO(local.get("/exports/dwca.zip", params={"sample": "S1"}).content))
     assert "occurrence.txt" in dwca.namelist()
     bold = zipfile.ZipFile(io.BytesIO(local.get("/exports/bold.zip", params={"sample": "S2"}).content))

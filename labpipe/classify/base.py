@@ -17,6 +17,7 @@ __all__ = [
     "Classification",
     "FamilyClassifier",
     "reason_code",
+    "redecide",
 ]
 
 REJECT_LOW_CONFIDENCE = "low_confidence"
@@ -69,3 +70,31 @@ class FamilyClassifier(Protocol):
     def classify(self, crops: Sequence[np.ndarray]) -> list[Classification]:
         """Classify square RGB ``uint8`` crops (any size; resized inside), batched internally."""
         ...
+
+
+def redecide(
+    family: str | None, probability: float, rejected: bool, reason: str | None, threshold: float
+) -> tuple[bool, str | None]:
+    """Decide a stored call again at ``threshold``, from its stored best family and probability.
+
+    Only ``low_confidence`` depends on the threshold; a call rejected for any other reason (not an
+    arthropod, out of distribution, family unresolved) stays rejected with its reason. Returns
+    ``(rejected, reason)``.
+
+    >>> redecide("Carabidae", 0.42, True, "low_confidence: Carabidae 0.42 < threshold 0.50", 0.4)
+    (False, None)
+    >>> redecide("Carabidae", 0.42, False, None, 0.6)
+    (True, 'low_confidence: Carabidae 0.42 < threshold 0.60')
+    >>> redecide("Carabidae", 0.9, True, "out_of_distribution: far from the training crops", 0.1)[0]
+    True
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], given threshold {threshold}")
+    code = reason_code(reason) if rejected else None
+    if code is not None and code != REJECT_LOW_CONFIDENCE:
+        return True, reason
+    if family is None:
+        return True, reason or f"{REJECT_FAMILY_UNRESOLVED}: no family"
+    if probability >= threshold:
+        return False, None
+    return True, f"{REJECT_LOW_CONFIDENCE}: {family} {probability:.2f} < threshold {threshold:.2f}"

@@ -110,17 +110,11 @@ def process(
     wells and barcode links; reviewed ones not found again are kept and flagged. Exit status 1 when
     any image could not be read (the others are still processed).
     """
-    obj.overrides.update(
-        {
-            "classifier.threshold": threshold,
-            "detector.kind": detector_kind,
-            "classifier.model": classifier_model,
-        }
-    )
+    obj.overrides.update({"classifier.threshold": threshold})
     from labpipe.pipeline import Pipeline
 
     try:
-        pipeline = Pipeline.from_settings(obj.settings)
+        pipeline = Pipeline.from_settings(obj.settings, classifier=classifier_model, detector=detector_kind)
     except LabpipeError as exc:
         _fail(exc)
         return

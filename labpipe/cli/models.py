@@ -453,9 +453,12 @@ def models_add(obj: Any, path: str, name: str | None, make_default: bool, as_jso
 @click.argument("version")
 @click.pass_obj
 def models_set_default(obj: Any, version: str) -> None:
-    """Make VERSION (or a unique prefix of it) the default classifier.
+    """Make VERSION (or a unique prefix of it) the default model of its kind (classifier or detector).
 
-    The pipeline uses it where the configuration says [classifier] model = "registry:default".
+    The default is the one setting every part of labpipe follows: a running daemon classifies its
+    next image with it, and `process`, `reclassify`, the API and the web UI use it too. The change is
+    recorded in the audit trail with your user name. ([classifier] model / [detector] kind in the
+    configuration apply only while no default is registered.)
     """
     from labpipe.db.database import open_database
     from labpipe.registry import set_default
@@ -465,7 +468,7 @@ def models_set_default(obj: Any, version: str) -> None:
         with factory() as session:
             row = set_default(session, version)
             session.commit()
-            click.echo(f"default classifier: {row.version}")
+            click.echo(f"default {row.kind}: {row.version}")
     except LabpipeError as exc:
         _fail(exc)
     finally:
@@ -480,19 +483,28 @@ def models_set_default(obj: Any, version: str) -> None:
 @click.option(
     "--model",
     "model",
-    required=True,
-    help="Model directory, builtin:<name>, registered version (or prefix), registry:default.",
+    help="Model directory, builtin:<name>, registered version (or prefix), registry:default "
+    "(default: the active default classifier, see `labpipe models list`).",
 )
 @click.option("--sample", "sample_id", help="Only this sample's specimens.")
-@click.option("--threshold", type=float, help="Rejection threshold (default: the model's own / config).")
+@click.option(
+    "--threshold",
+    type=float,
+    help="Rejection threshold (default: the model's own / config). Stored calls of this model "
+    "decided at another threshold are re-decided from their stored probabilities.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def reclassify(obj: Any, model: str, sample_id: str | None, threshold: float | None, as_json: bool) -> None:
+def reclassify(
+    obj: Any, model: str | None, sample_id: str | None, threshold: float | None, as_json: bool
+) -> None:
     """Classify stored crops again with --model, without re-detecting; earlier results are kept.
 
     Adds one classification per specimen for the model's version (specimens that already have one
-    are skipped, so it is safe to run twice); one transaction per image. Compare versions with
-    `labpipe counts --model VERSION`.
+    are not classified again, so it is safe to run twice); one transaction per image. Without
+    --model it brings every specimen to the active default classifier, so a sample counted by two
+    models is counted by one again. With --threshold, this model's stored calls are re-decided at
+    that threshold. Compare versions with `labpipe counts --model VERSION`.
     """
     from labpipe.classify.loader import configured_classifier
     from labpipe.db.database import open_database
@@ -503,7 +515,12 @@ def reclassify(obj: Any, model: str, sample_id: str | None, threshold: float | N
     try:
         factory = open_database(settings.database_url)
         with factory() as session:
-            spec = resolve_model_argument(model, session)
+            if model:
+                spec = resolve_model_argument(model, session)
+            else:
+                from labpipe.active_models import active_classifier
+
+                spec = active_classifier(session, settings).spec
         classifier = configured_classifier(settings, model=spec, threshold=threshold)
         try:
             result = reclassify_stored(
@@ -513,6 +530,7 @@ def reclassify(obj: Any, model: str, sample_id: str | None, threshold: float | N
                 sample_id=sample_id,
                 batch_size=settings.classifier.batch_size,
                 progress=not as_json,
+                redecide_stored=threshold is not None,
             )
         finally:
             _dispose(factory)
@@ -526,5 +544,10 @@ def reclassify(obj: Any, model: str, sample_id: str | None, threshold: float | N
         f"{result.model_version}: classified {result.classified} specimens on {result.images} images "
         f"({result.already_done} already done, {len(result.missing_crops)} crops missing)"
     )
+    if result.redecided:
+        click.echo(
+            f"re-decided {result.redecided} stored calls at threshold {threshold:g} "
+            f"({result.changed} changed between accepted and rejected)"
+        )
     for family, n in result.counts.items():
         click.echo(f"  {family:<22}{n:>6}")

@@ -223,6 +223,7 @@ def detect_job(
                     followups.classify(image_id, staged.attempt, batch)
                 bound.info("resumed from the staged detections", batches=len(missing), attempt_no=attempt_no)
                 return "resumed"
+        ctx.pipeline.follow_defaults(session)  # a default changed meanwhile: this image uses the new one
         attempt = uuid.uuid4().hex[:12]
         bound = bound.bind(attempt=attempt)
         bound.info("detect started", attempt_no=attempt_no)

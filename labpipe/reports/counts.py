@@ -49,7 +49,7 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from labpipe.classify.base import REJECT_LOW_CONFIDENCE, REJECT_OUT_OF_DISTRIBUTION, reason_code
@@ -354,7 +354,14 @@ class SampleCounts:
             "expected": {f: e.as_dict() for f, e in self.expected.items()},
             "expected_other": self.expected_other.as_dict(),
             "model_versions": list(self.model_versions),
+            "mixed_models": self.mixed_models,
         }
+
+    @property
+    def mixed_models(self) -> bool:
+        """The sample's predicted counts come from more than one classifier version: compare with
+        care, or bring it to one model with ``labpipe reclassify``."""
+        return len(self.model_versions) > 1
 
 
 def aggregate(
@@ -468,12 +475,31 @@ class CountFilter:
 
 
 def _chosen_classifications(model_version: str | None) -> Any:
-    query = select(Classification.specimen_id, func.max(Classification.id).label("cid")).group_by(
-        Classification.specimen_id
-    )
+    """Each specimen's classification that counts: the one by ``model_version`` when given; else the
+    default classifier's when it has one, else the newest (so after ``models set-default`` and
+    ``reclassify`` a sample is counted by one model again)."""
     if model_version is not None:
-        query = query.join(Model, Model.id == Classification.model_id).where(Model.version == model_version)
-    return query.subquery("chosen")
+        query = (
+            select(Classification.specimen_id, func.max(Classification.id).label("cid"))
+            .join(Model, Model.id == Classification.model_id)
+            .where(Model.version == model_version)
+            .group_by(Classification.specimen_id)
+        )
+        return query.subquery("chosen")
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=Classification.specimen_id,
+            order_by=(case((Model.is_default.is_(True), 0), else_=1), Classification.id.desc()),
+        )
+        .label("rank")
+    )
+    ranked = (
+        select(Classification.specimen_id, Classification.id.label("cid"), rank)
+        .join(Model, Model.id == Classification.model_id)
+        .subquery("ranked_classification")
+    )
+    return select(ranked.c.specimen_id, ranked.c.cid).where(ranked.c.rank == 1).subquery("chosen")
 
 
 def _latest_verifications() -> Any:
@@ -485,8 +511,10 @@ def _latest_verifications() -> Any:
         )
         .label("rank")
     )
-    return select(Verification.specimen_id, Verification.status, Verification.family, rank).subquery(
-        "latest_verification"
+    return (
+        select(Verification.specimen_id, Verification.status, Verification.family, rank)
+        .where(Verification.retracted_at.is_(None))  # an undone verification no longer counts
+        .subquery("latest_verification")
     )
 
 
@@ -602,31 +630,39 @@ def count_families(
 def counts_to_csv(table: list[dict[str, Any]], expected: bool = False) -> str:
     """Long format, one row per sample x family, with ``rejected`` as its own row.
 
-    Header ``sample,family,count``; with ``expected``, also ``expected,expected_low,expected_high``
-    for every family with a count or an expected count, and an ``other`` row (expected mass on no
-    listed family).
+    Header ``sample,family,count,model_versions,mixed_models``: the classifier versions behind the
+    sample's predicted counts (``;``-separated) and whether there is more than one. With
+    ``expected``, also ``expected,expected_low,expected_high`` for every family with a count or an
+    expected count, and an ``other`` row (expected mass on no listed family).
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["sample", "family", "count"]
-    writer.writerow([*header, "expected", "expected_low", "expected_high"] if expected else header)
+    provenance = ["model_versions", "mixed_models"]
+    writer.writerow(
+        [*header, "expected", "expected_low", "expected_high", *provenance]
+        if expected
+        else [*header, *provenance]
+    )
     for entry in table:
         sample = entry["sample"] or ""
+        versions = entry.get("model_versions", [])
+        tail = [";".join(versions), "yes" if len(versions) > 1 else "no"]
         if not expected:
             for family, n in entry["families"].items():
-                writer.writerow([sample, family, n])
-            writer.writerow([sample, REJECTED, entry[REJECTED]])
+                writer.writerow([sample, family, n, *tail])
+            writer.writerow([sample, REJECTED, entry[REJECTED], *tail])
             continue
         exp = entry.get("expected", {})
         families = list(entry["families"]) + sorted(set(exp) - set(entry["families"]))
         for family in families:
             e = exp.get(family, {"mean": 0.0, "low": 0, "high": 0})
             writer.writerow(
-                [sample, family, entry["families"].get(family, 0), e["mean"], e["low"], e["high"]]
+                [sample, family, entry["families"].get(family, 0), e["mean"], e["low"], e["high"], *tail]
             )
-        writer.writerow([sample, REJECTED, entry[REJECTED], "", "", ""])
+        writer.writerow([sample, REJECTED, entry[REJECTED], "", "", "", *tail])
         o = entry.get("expected_other", {"mean": 0.0, "low": 0, "high": 0})
-        writer.writerow([sample, OTHER, "", o["mean"], o["low"], o["high"]])
+        writer.writerow([sample, OTHER, "", o["mean"], o["low"], o["high"], *tail])
     return buffer.getvalue()
 
 
@@ -645,6 +681,11 @@ def counts_to_table(table: list[dict[str, Any]], expected: bool = True) -> str:
             f"sample {entry['sample'] or '(none)'}: {entry['images']} images, "
             f"{entry['specimens']} specimens{tail}"
         )
+        if len(entry.get("model_versions", [])) > 1:
+            lines.append(
+                f"  MIXED MODELS: {', '.join(entry['model_versions'])} "
+                "(bring it to one with `labpipe reclassify --sample ...`)"
+            )
         exp = entry.get("expected", {}) if expected else {}
         families = list(entry["families"]) + sorted(set(exp) - set(entry["families"]))
         for family in families:

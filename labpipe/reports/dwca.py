@@ -156,6 +156,9 @@ def occurrence_records(
             f"Family identified from specimen images by labpipe (model {', '.join(models) or 'none'}; "
             f"{rule}); {verified} of {n} verified by a person"
         )
+        if counts.mixed_models:
+            mixed = ", ".join(counts.model_versions)
+            remarks += f"; WARNING: this sample's counts mix classifier versions ({mixed})"
         expected = counts.expected.get(family)
         occurrence_remarks = (
             f"expected count {expected.mean:.2f} (95% interval {expected.low}-{expected.high}) "
