@@ -266,6 +266,14 @@ class DwcaConfig:
 
 
 @dataclass
+class ReviewConfig:
+    families_file: Path = Path("families.csv")
+    """The lab's own list of family names (CSV with a ``family`` column), relative to the storage root
+    unless absolute. A family a person types must be in the shipped list, a registered model's labels
+    or this file; a new name is added to it when the person confirms it."""
+
+
+@dataclass
 class Settings:
     storage: StorageConfig = field(default_factory=StorageConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -280,6 +288,7 @@ class Settings:
     plates: PlatesConfig = field(default_factory=PlatesConfig)
     bold: BoldConfig = field(default_factory=BoldConfig)
     dwca: DwcaConfig = field(default_factory=DwcaConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     source: str = "defaults"
     """Where the settings came from (for logs and error messages)."""
 
@@ -288,6 +297,11 @@ class Settings:
         if self.database.url:
             return self.database.url
         return f"sqlite:///{(self.storage.root / 'labpipe.sqlite').as_posix()}"
+
+    @property
+    def families_path(self) -> Path:
+        """The lab's list of family names (``[review] families_file`` under the storage root)."""
+        return self.storage.resolve(self.review.families_file)
 
     @property
     def um_per_px_fallback(self) -> float | None:

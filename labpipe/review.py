@@ -7,10 +7,17 @@ prediction in the counts (:func:`labpipe.reports.counts.resolve`). The four verd
 
 ==============  ===========================================================================
 ``confirmed``   the model's family is right (``family`` may repeat it, or stay empty)
-``corrected``   the family is ``family`` instead (required: from the model's labels or free text)
+``corrected``   the family is ``family`` instead (required)
 ``not_specimen`` debris, a shadow, a label: excluded from every count
 ``multiple``    the box holds several specimens (counted once; ``family`` optional)
 ==============  ===========================================================================
+
+Every family a person gives must be a name this lab knows (:mod:`labpipe.families`: the shipped
+list of arthropod families, a registered model's labels, or the lab's own list); it is stored in
+the listed spelling (``"carabidae "`` becomes ``Carabidae``). Anything else, a typo such as
+``Carbidae``, is refused with the closest known names (:class:`UnknownFamilyError`), so it never
+reaches the counts, the plate legend or a training folder. A truly new name is recorded only with
+``add_family=True``, which also adds it to the lab's list.
 
 :func:`export_training_folder` writes ``OUT/<Family>/<file>.png``: every specimen whose latest
 verification names a family (confirmed or corrected), the crop copied as is, plus ``labels.csv``
@@ -43,13 +50,18 @@ from labpipe.db.models import (
     utcnow,
 )
 from labpipe.errors import LabpipeError
+from labpipe.families import FamilyListError, accepted_families, add_lab_family, check_new_family_name
+from labpipe.samples import NotFoundError
 
 __all__ = [
     "MAX_BULK",
     "ReviewError",
     "TrainingExport",
+    "UnknownFamilyError",
+    "UnknownSpecimenError",
     "export_training_folder",
     "latest_verifications",
+    "model_families",
     "record_verification",
     "record_verifications",
 ]
@@ -63,6 +75,29 @@ _NAME_MAX = 255
 
 class ReviewError(LabpipeError):
     """A verification that cannot be recorded (unknown specimen, missing family, bad verdict)."""
+
+
+class UnknownSpecimenError(ReviewError, NotFoundError):
+    """A verification names a specimen that does not exist (HTTP 404)."""
+
+
+class UnknownFamilyError(ReviewError):
+    """A family that is not a name this lab knows: a typo, or a new name not yet confirmed."""
+
+    def __init__(self, family: str, suggestions: Sequence[str]) -> None:
+        self.family = family
+        self.suggestions = list(suggestions)
+        confirm = (
+            f"to add {family} as a new name, confirm it: tick 'add to the list' in the web form, "
+            'or send "add_family": true to the API'
+        )
+        if self.suggestions:
+            best, *others = self.suggestions
+            also = f" (or {', '.join(others)})" if others else ""
+            hint = f"did you mean {best}{also}? {confirm[0].upper()}{confirm[1:]}"
+        else:
+            hint = f"check the spelling; {confirm}"
+        super().__init__(family, "not a family known to this lab", hint)
 
 
 def _clean_family(family: str | None) -> str | None:
@@ -105,6 +140,8 @@ def record_verifications(
     verified_by: str,
     note: str | None = None,
     at: dt.datetime | None = None,
+    families_file: Path | None = None,
+    add_family: bool = False,
 ) -> list[Verification]:
     """Add one verification per specimen (all with the same verdict, person and time); flushed, not
     committed.
@@ -117,15 +154,27 @@ def record_verifications(
         A :class:`~labpipe.db.models.VerificationStatus` value.
     family:
         The family: required for ``corrected``, optional for ``confirmed`` and ``multiple``,
-        ignored for ``not_specimen``.
+        ignored for ``not_specimen``. It must be a name this lab knows (case and spacing are
+        ignored; the listed spelling is stored).
     verified_by, note, at:
         Who, why, and when (default: now, UTC).
+    families_file:
+        The lab's own list of family names (``Settings.families_path``); ``None``: only the
+        shipped list and the registered models' labels are known.
+    add_family:
+        The person confirms that ``family`` is a new name: it is recorded and appended to
+        ``families_file`` (created with a header if missing). Without it an unknown name is refused.
 
     Raises
     ------
+    UnknownFamilyError
+        The family is not a known name (and ``add_family`` is not given); it carries the closest
+        known names.
+    UnknownSpecimenError
+        An id that is no specimen.
     ReviewError
-        Unknown verdict, a correction without a family, no name, too many specimens, or an id that
-        is no specimen (then nothing is added).
+        Unknown verdict, a correction without a family, no name, too many specimens, a new name that
+        cannot be a family name or cannot be added. Whatever is refused, nothing is added.
 
     A specimen's barcode records that were waiting for review (``needs_review``) are marked
     reviewed: a person has now looked at it.
@@ -136,10 +185,18 @@ def record_verifications(
         raise ReviewError(None, "no specimen selected", "tick at least one specimen")
     if len(ids) > MAX_BULK:
         raise ReviewError(None, f"{len(ids)} specimens selected, at most {MAX_BULK} at once")
+    family, new_name = _known_family(session, family, families_file, add_family=add_family)
     found = set(session.scalars(select(Specimen.id).where(Specimen.id.in_(ids))))
     missing = [i for i in ids if i not in found]
     if missing:
-        raise ReviewError(f"specimen {missing[0]}", "no such specimen", "it may have been re-processed")
+        raise UnknownSpecimenError(
+            f"specimen {missing[0]}", "no such specimen", "it may have been re-processed"
+        )
+    if new_name is not None and families_file is not None:
+        try:
+            add_lab_family(families_file, new_name, added_by=who)
+        except FamilyListError as exc:
+            raise ReviewError(exc.subject, exc.problem, exc.hint) from exc
     when = at or utcnow()
     note = (note or "").strip() or None
     rows = [
@@ -167,12 +224,48 @@ def record_verification(
     verified_by: str,
     note: str | None = None,
     at: dt.datetime | None = None,
+    families_file: Path | None = None,
+    add_family: bool = False,
 ) -> Verification:
     """One specimen's verification (see :func:`record_verifications`); flushed, not committed."""
     (row,) = record_verifications(
-        session, [specimen_id], status, family=family, verified_by=verified_by, note=note, at=at
+        session,
+        [specimen_id],
+        status,
+        family=family,
+        verified_by=verified_by,
+        note=note,
+        at=at,
+        families_file=families_file,
+        add_family=add_family,
     )
     return row
+
+
+def _known_family(
+    session: Session, family: str | None, families_file: Path | None, *, add_family: bool
+) -> tuple[str | None, str | None]:
+    """``(family to store, new name to add to the lab's list or None)``; see :func:`record_verifications`."""
+    if family is None:
+        return None, None
+    try:
+        known = accepted_families(session, families_file)
+    except FamilyListError as exc:
+        raise ReviewError(exc.subject, exc.problem, exc.hint) from exc
+    canonical = known.canonical(family)
+    if canonical is not None:
+        return canonical, None
+    if not add_family:
+        raise UnknownFamilyError(family, known.closest(family))
+    if families_file is None:
+        raise ReviewError(
+            family, "cannot add a new family name: no lab list is configured", "set [review] families_file"
+        )
+    try:
+        clean = check_new_family_name(family)
+    except FamilyListError as exc:
+        raise ReviewError(exc.subject, exc.problem, exc.hint) from exc
+    return clean, clean
 
 
 def latest_verifications() -> Any:
@@ -233,8 +326,9 @@ class TrainingExport:
         }
 
 
-def _newest_family(session: Session, ids: Sequence[int]) -> dict[int, str | None]:
-    """Each specimen's newest classification's best family (for confirmations that name none)."""
+def model_families(session: Session, ids: Sequence[int]) -> dict[int, str | None]:
+    """Each specimen's newest classification's best family, even when rejected (what a confirmation
+    that names no family confirms); specimens never classified are left out."""
     if not ids:
         return {}
     newest = (
@@ -293,7 +387,7 @@ def export_training_folder(
         query = query.where(latest.c.verified_at >= since)
     rows = session.execute(query).all()
     confirmed_without = [r[0] for r in rows if r[3] == VerificationStatus.CONFIRMED and not r[4]]
-    predicted = _newest_family(session, confirmed_without)
+    predicted = model_families(session, confirmed_without)
     result = TrainingExport(Path(out_dir))
     base = crops_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

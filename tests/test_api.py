@@ -20,12 +20,12 @@ from hypothesis.errors import Unsatisfiable
 from records_fixtures import build_lab, lab_settings, open_lab_db
 from schemathesis import GenerationMode
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from labpipe.api import create_app
 from labpipe.config import Settings
-from labpipe.db.models import BarcodeLink, Sample, Specimen
+from labpipe.db.models import BarcodeLink, Image, Sample, Specimen, Verification
 from labpipe.errors import ConfigError
 from labpipe.reports.counts import count_families
 
@@ -199,6 +199,8 @@ def test_every_write_needs_the_token(lab, local: TestClient) -> None:
         ("/api/barcodes/import", {"files": {"file": ("r.tsv", "sampleid\nX\n")}}),
         ("/api/barcodes/agreement", {}),
         ("/api/samples/import", {"files": {"file": ("s.csv", "sample_id\nS5\n")}}),
+        ("/api/specimens/1/verifications", {"json": {"status": "not_specimen", "verified_by": "A"}}),
+        ("/api/verifications", {"json": {"specimen_ids": [1], "status": "not_specimen", "verified_by": "A"}}),
     ]
     for url, kwargs in writes:
         assert local.post(url, **kwargs).status_code == 401, url  # even from this machine
@@ -206,6 +208,7 @@ def test_every_write_needs_the_token(lab, local: TestClient) -> None:
     _, factory, _ = lab
     with factory() as session:
         assert session.scalar(select(BarcodeLink.id)) is None and session.get(Sample, "S5") is None
+        assert session.scalar(select(func.count(Verification.id))) == 4  # the lab's own four
 
 
 def test_without_a_configured_token_writes_are_disabled(tmp_path: Path) -> None:
@@ -214,6 +217,9 @@ def test_without_a_configured_token_writes_are_disabled(tmp_path: Path) -> None:
     client = TestClient(create_app(settings, session_factory=factory), client=LOCAL)
     response = client.post("/api/plates/layout", json={"sample": "S1"}, headers={"Authorization": "Bearer "})
     assert response.status_code == 403 and "[api] token" in response.json()["detail"]
+    body = {"status": "confirmed", "verified_by": "A"}
+    assert client.post("/api/specimens/1/verifications", json=body).status_code == 403
+    assert client.post("/api/verifications", json={**body, "specimen_ids": [1]}).status_code == 403
     factory.kw["bind"].dispose()
 
 
@@ -258,11 +264,104 @@ def test_openapi_schema_lists_every_area_and_the_ui_can_join_the_app(tmp_path: P
         "/api/exports/bold.zip",
         "/api/plates/layout",
         "/api/barcodes/import",
+        "/api/specimens/{specimen_id}/verifications",
+        "/api/verifications",
     ):
         assert needed in paths, needed
     assert client.get("/").json() == {"ui": "here"}
     assert client.get("/api/health").json()["schema_revision"] is not None
     factory.kw["bind"].dispose()
+
+
+# --- verifications ------------------------------------------------------------------------------------
+
+
+def _sample_ids(session: Any, sample: str) -> list[int]:
+    query = select(Specimen.id).join(Image).where(Image.sample_id == sample).order_by(Specimen.id)
+    return list(session.scalars(query))
+
+
+def test_a_verification_over_http_is_checked_like_one_in_the_web_ui(lab, local: TestClient) -> None:
+    settings, factory, _ = lab
+    with factory() as session:
+        second = _sample_ids(session, "S1")[1]  # Carabidae 0.81, accepted
+        before = session.scalar(select(func.count(Verification.id)))
+    url = f"/api/specimens/{second}/verifications"
+    person = {"verified_by": "E. Cologist"}
+    typo = local.post(url, json={"status": "corrected", "family": "Carbidae", **person}, headers=AUTH)
+    assert typo.status_code == 422, typo.text
+    error = typo.json()
+    assert error["family"] == "Carbidae" and error["suggestions"][0] == "Carabidae"
+    assert error["detail"].startswith("Carbidae: not a family known to this lab (did you mean Carabidae (or ")
+    assert '"add_family": true' in error["detail"]
+    with factory() as session:
+        assert session.scalar(select(func.count(Verification.id))) == before
+    good = local.post(
+        url,
+        json={"status": "corrected", "family": " histeridae", "note": "truncate elytra", **person},
+        headers=AUTH,
+    )
+    assert good.status_code == 201, good.text
+    out = good.json()
+    assert (out["specimen_id"], out["status"], out["family"], out["verified_by"], out["note"]) == (
+        second,
+        "corrected",
+        "Histeridae",
+        "E. Cologist",
+        "truncate elytra",
+    )
+    assert not settings.families_path.exists()
+    new = {"status": "corrected", "family": "Trachypachidae", **person}
+    assert local.post(url, json=new, headers=AUTH).status_code == 422
+    added = local.post(url, json={**new, "add_family": True}, headers=AUTH)
+    assert added.status_code == 201 and added.json()["family"] == "Trachypachidae"
+    assert "Trachypachidae" in settings.families_path.read_text().splitlines()[1]
+    history = local.get(url).json()
+    assert [(v["family"], v["verified_by"]) for v in history] == [
+        ("Trachypachidae", "E. Cologist"),
+        ("Histeridae", "E. Cologist"),
+    ]
+    with factory() as session:
+        (s1,) = count_families(session, "S1")
+    assert s1["families"]["Trachypachidae"] == 1 and "Carbidae" not in s1["families"]
+    assert local.get(f"/api/specimens/{second}").json()["family"] == "Trachypachidae"
+
+
+def test_bulk_verifications_over_http_are_all_or_nothing(lab, local: TestClient) -> None:
+    _, factory, _ = lab
+    with factory() as session:
+        s2 = _sample_ids(session, "S2")
+        before = session.scalar(select(func.count(Verification.id)))
+    body = {"specimen_ids": [*s2, s2[0]], "status": "confirmed", "verified_by": "B. Trapper"}
+    unknown = local.post("/api/verifications", json={**body, "specimen_ids": [*s2, 99999]}, headers=AUTH)
+    assert unknown.status_code == 404 and "specimen 99999" in unknown.json()["detail"]
+    typo = local.post(
+        "/api/verifications", json={**body, "status": "corrected", "family": "Formicide"}, headers=AUTH
+    )
+    assert typo.status_code == 422 and typo.json()["suggestions"][0] == "Formicidae"
+    blank = local.post("/api/verifications", json={**body, "verified_by": "  "}, headers=AUTH)
+    assert blank.status_code == 400 and "name of the person" in blank.json()["detail"]
+    with factory() as session:
+        assert session.scalar(select(func.count(Verification.id))) == before
+    done = local.post("/api/verifications", json=body, headers=AUTH)
+    assert done.status_code == 201, done.text
+    out = done.json()
+    # a confirmation without a family confirms each specimen's own best family, as the web UI does
+    assert out["recorded"] == 3
+    assert [(v["specimen_id"], v["family"]) for v in out["items"]] == list(
+        zip(s2, ["Formicidae", "Formicidae", "Apidae"], strict=True)
+    )
+    assert {v["verified_at"] for v in out["items"]} == {out["items"][0]["verified_at"]}
+    with factory() as session:
+        (row,) = count_families(session, "S2")
+    assert row["verified"] == 3 and row["families"] == {"Formicidae": 2, "Apidae": 1}
+
+
+def test_verifications_of_an_unknown_specimen_answer_404(local: TestClient) -> None:
+    body = {"status": "not_specimen", "verified_by": "A"}
+    assert local.post("/api/specimens/99999/verifications", json=body, headers=AUTH).status_code == 404
+    assert local.get("/api/specimens/99999/verifications").status_code == 404
+    assert local.get("/api/specimens/1/verifications").json() == []
 
 
 # --- fuzzing ------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from labpipe.reports.counts import (
     poisson_binomial_pmf,
     resolve,
 )
+from labpipe.review import ReviewError, export_training_folder, record_verification
 
 # --- pure rules -----------------------------------------------------------------------------------
 
@@ -378,6 +379,28 @@ def test_latest_verification_is_the_one_that_counts(lab) -> None:
     session.commit()
     (s4,) = compute_counts(session, CountFilter(samples=("S4",)))
     assert s4.families == {"Silphidae": 1} and s4.excluded == 0
+
+
+def test_a_misspelt_family_never_reaches_the_counts_or_a_training_folder(lab, tmp_path: Path) -> None:
+    settings, session = lab
+    second = session.scalars(
+        select(Specimen.id).join(Image).where(Image.sample_id == "S1").order_by(Specimen.id)
+    ).all()[1]  # S1 #2: Carabidae 0.81
+    with pytest.raises(ReviewError, match=r"not a family known to this lab.*did you mean Carabidae"):
+        record_verification(session, second, "corrected", family="Carbidae", verified_by="A")
+    session.commit()
+    families = {f for row in count_families(session) for f in row["families"]}
+    assert "Carbidae" not in families and "Carabidae" in families
+    out = tmp_path / "training"
+    export = export_training_folder(session, settings.storage.crops_dir, out)
+    assert "Carbidae" not in export.families and not (out / "Carbidae").exists()
+    assert "Carbidae" not in (out / "labels.csv").read_text()
+    # what the person meant, in any case, is counted and exported under the listed name
+    record_verification(session, second, "corrected", family="histeridae ", verified_by="A")
+    session.commit()
+    (s1,) = count_families(session, "S1")
+    assert s1["families"]["Histeridae"] == 1
+    assert export_training_folder(session, settings.storage.crops_dir, out).families["Histeridae"] == 1
 
 
 def test_unassigned_images_are_counted_apart(lab) -> None:

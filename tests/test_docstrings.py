@@ -24,6 +24,7 @@ MODULES = [
     "labpipe.detect.detr_data",
     "labpipe.evaluation.detector",
     "labpipe.evaluation.truth",
+    "labpipe.families",
     "labpipe.imaging.tilecache",
     "labpipe.metrics.detection",
     "labpipe.reports.counts",

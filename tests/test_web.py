@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import html
 import io
 import random
 import re
@@ -370,6 +371,72 @@ def test_bulk_verdicts_keep_each_family_on_confirm_and_refuse_unknown_ids(lab, l
         (s2[2], "not_specimen", None),
     ]
     assert counts["excluded"] == 1 and counts["families"] == {"Formicidae": 2} and counts["verified"] == 2
+
+
+def test_a_misspelt_family_is_not_recorded_and_the_closest_names_are_offered(lab, local: TestClient) -> None:
+    settings, factory, _ = lab
+    with factory() as session:
+        second = _ids(session)[1]  # S1 #2: Carabidae 0.81, accepted
+        before = session.scalar(select(func.count(Verification.id)))
+    csrf = _login(local, "E. Cologist")
+    form = {"csrf": csrf, "status": "corrected", "note": "keeled elytra", "next": "/review?sample=S1"}
+    response = local.post(f"/specimens/{second}/verify", data={**form, "family": "Carbidae"})
+    assert response.status_code == 422 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert "Carbidae: not a family known to this lab (did you mean Carabidae" in html.unescape(page)
+    # each close name re-submits the form with it; the typed name can be confirmed as a new one
+    assert re.search(r'<button type="submit" name="family" value="Carabidae"', page)
+    assert 'name="add_family" value="true"' in page and 'name="family" value="Carbidae"' in page
+    for name, value in [*form.items()]:
+        assert f'<input type="hidden" name="{name}" value="{html.escape(value)}">' in page, name
+    assert '<option value="Linyphiidae">' in page  # the accepted names as suggestions
+    with factory() as session:
+        assert session.scalar(select(func.count(Verification.id))) == before
+        assert "Carbidae" not in _sample_counts(session, "S1")["families"]
+    picked = local.post(f"/specimens/{second}/verify", data={**form, "family": "Carabidae"})
+    assert picked.status_code == 303 and picked.headers["location"].startswith("/review?sample=S1")
+    with factory() as session:
+        row = session.scalar(select(Verification).where(Verification.specimen_id == second))
+    assert (row.family, row.note, row.verified_by) == ("Carabidae", "keeled elytra", "E. Cologist")
+    assert not settings.families_path.exists()
+
+
+def test_a_new_family_is_recorded_once_confirmed_and_joins_the_lab_list(lab, local: TestClient) -> None:
+    settings, factory, _ = lab
+    with factory() as session:
+        second = _ids(session)[1]
+    csrf = _login(local, "E. Cologist")
+    form = {"csrf": csrf, "status": "corrected", "family": "Trachypachidae"}
+    assert local.post(f"/specimens/{second}/verify", data=form).status_code == 422
+    confirmed = local.post(f"/specimens/{second}/verify", data={**form, "add_family": "true"})
+    assert confirmed.status_code == 303
+    assert settings.families_path.read_text().splitlines()[1:] == ["Trachypachidae,,,,"]
+    with factory() as session:
+        assert _sample_counts(session, "S1")["families"]["Trachypachidae"] == 1
+    # from now on the name is known (in any case), and offered on the specimen page
+    assert (
+        local.post(f"/specimens/{second}/verify", data={**form, "family": "trachypachidae"}).status_code
+        == 303
+    )
+    assert '<option value="Trachypachidae">' in local.get(f"/specimens/{second}").text
+
+
+def test_a_misspelt_family_in_a_bulk_verdict_records_nothing(lab, local: TestClient) -> None:
+    _, factory, _ = lab
+    with factory() as session:
+        s2 = _ids(session, "S2")
+    csrf = _login(local)
+    form = {"csrf": csrf, "status": "corrected", "ids": s2, "next": "/review"}
+    response = local.post("/review/bulk", data={**form, "bulk_family": "Formicide"})
+    assert response.status_code == 422
+    page = response.text
+    assert re.search(r'<button type="submit" name="bulk_family" value="Formicidae"', page)
+    assert all(f'<input type="hidden" name="ids" value="{i}">' in page for i in s2)
+    with factory() as session:
+        assert session.scalar(select(Verification.id).where(Verification.specimen_id.in_(s2))) is None
+    assert local.post("/review/bulk", data={**form, "bulk_family": "Formicidae"}).status_code == 303
+    with factory() as session:
+        assert _sample_counts(session, "S2")["families"] == {"Formicidae": 3}
 
 
 def test_review_functions_check_their_input(lab) -> None:

@@ -1,14 +1,16 @@
 """The FastAPI application factory: :func:`create_app` (settings in, ASGI app out).
 
 Everything lives under ``/api`` (:data:`API_PREFIX`): samples, images with status, specimens with
-filters and paging, crop images, counts, exports, plate layouts, barcode import. The OpenAPI
-schema is at ``/api/openapi.json`` and interactive docs at ``/api/docs``. The rest of the URL space
-is left free for the web UI, which a later module adds to the same app (``extra_routers``, or
-``app.mount("/", ...)`` on the returned app).
+filters and paging, crop images, verifications (a person's verdicts, as in the web UI), counts,
+exports, plate layouts, barcode import. The OpenAPI schema is at ``/api/openapi.json`` and
+interactive docs at ``/api/docs``. The rest of the URL space is left free for the web UI, which a
+later module adds to the same app (``extra_routers``, or ``app.mount("/", ...)`` on the returned
+app).
 
 Errors are JSON ``{"detail": "..."}`` naming the object, what was wrong and what to do: 400 for
 bad input (labpipe errors, values the database refuses), 401/403 for access (see
-:mod:`labpipe.api.deps`), 404 for unknown ids, 422 for request validation.
+:mod:`labpipe.api.deps`), 404 for unknown ids, 422 for request validation and for a family name the
+lab does not know (then with ``family`` and ``suggestions``, the closest known names).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from labpipe.api.deps import READ_ACCESS, SessionDep
 from labpipe.api.schemas import HealthOut
 from labpipe.config import Settings
 from labpipe.errors import ConfigError, LabpipeError
+from labpipe.review import UnknownFamilyError
 from labpipe.samples import NotFoundError
 
 __all__ = ["API_PREFIX", "create_app"]
@@ -44,6 +47,11 @@ def _version() -> str:
 
 def _labpipe_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LabpipeError)
+    if isinstance(exc, UnknownFamilyError):
+        return JSONResponse(
+            {"detail": exc.message, "family": exc.family, "suggestions": exc.suggestions},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
     code = status.HTTP_404_NOT_FOUND if isinstance(exc, NotFoundError) else status.HTTP_400_BAD_REQUEST
     return JSONResponse({"detail": exc.message}, status_code=code)
 
@@ -106,7 +114,7 @@ def create_app(
         revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
         return {"status": "ok", "version": _version(), "schema_revision": revision}
 
-    for module in (routes.samples, routes.images, routes.reports, routes.barcoding):
+    for module in (routes.samples, routes.images, routes.verifications, routes.reports, routes.barcoding):
         app.include_router(module.router, prefix=API_PREFIX)
     for router in extra_routers:
         app.include_router(router)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from labpipe.review import MAX_BULK
 
 __all__ = [
     "AgreementOut",
@@ -17,6 +19,7 @@ __all__ = [
     "ErrorOut",
     "ExpectedOut",
     "FamilyAgreementOut",
+    "FamilyErrorOut",
     "HealthOut",
     "ImageOut",
     "LayoutOut",
@@ -30,7 +33,11 @@ __all__ = [
     "SpecimenDetailOut",
     "SpecimenOut",
     "TopKOut",
+    "VerificationBatchOut",
+    "VerificationIn",
     "VerificationOut",
+    "VerificationRecordOut",
+    "VerificationsIn",
     "WellOut",
 ]
 
@@ -202,6 +209,60 @@ class VerificationOut(BaseModel):
     verified_by: str
     verified_at: dt.datetime
     note: str | None
+
+
+class VerificationRecordOut(VerificationOut):
+    """A recorded verification, with its id and specimen."""
+
+    verification_id: int
+    specimen_id: int
+
+
+class VerificationIn(BaseModel):
+    """A person's verdict on a specimen (as the web UI's review form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["confirmed", "corrected", "not_specimen", "multiple"] = Field(
+        description="confirmed: the model's family is right; corrected: it is `family`; not_specimen: "
+        "debris, excluded from the counts; multiple: the box holds several specimens."
+    )
+    family: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Required for corrected; optional for confirmed (default: the model's best family) "
+        "and multiple; ignored for not_specimen. Must be a family name this lab knows (case and spacing "
+        "ignored; stored in the listed spelling), else 422 with the closest names.",
+    )
+    note: str | None = Field(default=None, max_length=2000)
+    verified_by: str = Field(
+        min_length=1, max_length=255, description="The person who looked at the specimen (recorded as is)."
+    )
+    add_family: bool = Field(
+        default=False,
+        description="Confirm that `family` is a new name: it is recorded and added to the lab's list "
+        "([review] families_file).",
+    )
+
+
+class VerificationsIn(VerificationIn):
+    """One verdict for many specimens."""
+
+    specimen_ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(
+        min_length=1, max_length=MAX_BULK, description="The specimens (duplicates are verified once)."
+    )
+
+
+class VerificationBatchOut(BaseModel):
+    recorded: int = Field(description="Verifications recorded (one per specimen).")
+    items: list[VerificationRecordOut]
+
+
+class FamilyErrorOut(ErrorOut):
+    """A family that is not a name this lab knows (422), or a request that is not valid."""
+
+    family: str | None = Field(default=None, description="The family as given.")
+    suggestions: list[str] = Field(default_factory=list, description="The closest known names.")
 
 
 class SpecimenDetailOut(SpecimenOut):

@@ -44,6 +44,11 @@ pass_ctx = click.make_pass_decorator(_Context)
 @click.option("--db", "db_url", help="Database URL (SQLAlchemy), e.g. postgresql+psycopg://host/labpipe.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-format", type=click.Choice(["text", "json"]))
+@click.option(
+    "--families-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The lab's own list of family names (CSV) a person may give besides the shipped list.",
+)
 @click.version_option(package_name="labpipe")
 @click.pass_context
 def cli(
@@ -53,6 +58,7 @@ def cli(
     db_url: str | None,
     log_level: str | None,
     log_format: str | None,
+    families_file: Path | None,
 ) -> None:
     """labpipe: find, crop, classify and count insect specimens on Petri-dish images.
 
@@ -67,6 +73,7 @@ def cli(
             "database.url": db_url,
             "logging.level": log_level,
             "logging.format": log_format,
+            "review.families_file": families_file,
         },
     )
 

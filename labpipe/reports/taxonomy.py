@@ -4,8 +4,10 @@ Exports need more than the family: Darwin Core occurrences carry ``order``, ``cl
 and BOLD's Taxonomy sheet wants Phylum, Class and Order. The classifier only names families, so
 this module looks them up in two small tables: family -> order (the families of the built-in
 classifier's table ``labpipe/classify/imagenet_families.csv`` plus the families most often found in
-bulk samples of soil, litter and trap catches) and order -> class. A family that is in neither is
-returned with phylum Arthropoda only; nothing is guessed.
+bulk samples of soil, litter and trap catches, and every row of the shipped list of family names
+``arthropod_families.csv`` beside this module, see :mod:`labpipe.families`) and order -> class
+(that list's class where the order is not in the table). A family that is in none is returned with
+phylum Arthropoda only; nothing is guessed.
 
 The names follow current catalogues (Bouchard et al. 2011, *ZooKeys* 88, for Coleoptera families;
 the Catalogue of Life for the others).
@@ -290,11 +292,25 @@ class HigherTaxonomy:
 
 @cache
 def _family_order() -> dict[str, str]:
+    from labpipe.families import shipped_families
+
     table = dict(_FAMILY_ORDER_EXTRA)
     text = resources.files("labpipe.classify").joinpath("imagenet_families.csv").read_text(encoding="utf-8")
     for row in csv.DictReader(text.splitlines()):
         if row.get("family") and row.get("order"):
             table.setdefault(row["family"], row["order"])
+    for shipped in shipped_families():
+        table.setdefault(shipped.family, shipped.order)
+    return table
+
+
+@cache
+def _order_class() -> dict[str, str]:
+    from labpipe.families import shipped_families
+
+    table = dict(_ORDER_CLASS)
+    for shipped in shipped_families():
+        table.setdefault(shipped.order, shipped.class_)
     return table
 
 
@@ -311,7 +327,7 @@ def higher_taxonomy(family: str) -> HigherTaxonomy:
     return HigherTaxonomy(
         kingdom=KINGDOM,
         phylum=PHYLUM,
-        class_=_ORDER_CLASS.get(order) if order else None,
+        class_=_order_class().get(order) if order else None,
         order=order,
         family=family,
     )

@@ -60,6 +60,8 @@ from labpipe.config import Settings
 from labpipe.crops.store import safe_component
 from labpipe.db.models import Image, ImageStatus, Model, Sample, Specimen, utcnow
 from labpipe.errors import LabpipeError
+from labpipe.families import FamilyListError, accepted_families
+from labpipe.logs import get_logger
 from labpipe.reports.counts import (
     OTHER,
     REJECTED,
@@ -68,7 +70,7 @@ from labpipe.reports.counts import (
     counts_to_csv,
     matrix_to_csv,
 )
-from labpipe.review import ReviewError, export_training_folder, record_verifications
+from labpipe.review import ReviewError, UnknownFamilyError, export_training_folder, record_verifications
 from labpipe.samples import list_samples
 from labpipe.status import image_status
 from labpipe.web import queries
@@ -90,6 +92,7 @@ from labpipe.web.retry import RetryError, retry_image
 __all__ = ["router"]
 
 router = APIRouter(include_in_schema=False)
+log = get_logger(__name__)
 
 ViewerDep = Annotated[Viewer, Depends(require_page_read)]
 DbId = Annotated[int, Query(ge=1, le=2**31 - 1)]
@@ -150,6 +153,45 @@ def _pager(total: int | None, page: int, size: int) -> dict[str, Any]:
 
 def _verifier(viewer: Viewer) -> str:
     return viewer.name or ("api" if viewer.via_header else "web user")
+
+
+def _accepted_names(session: Session, settings: Settings) -> list[str]:
+    """The family names a person may give (for the forms' suggestions); a broken lab list is logged
+    and left out here (recording a verification reports it)."""
+    try:
+        return accepted_families(session, settings.families_path).names()
+    except FamilyListError as exc:
+        log.warning("lab list of families unreadable", error=exc.message)
+        return accepted_families(session, None).names()
+
+
+def _family_page(
+    request: Request,
+    viewer: Viewer,
+    session: Session,
+    settings: Settings,
+    exc: UnknownFamilyError,
+    *,
+    action: str,
+    family_field: str,
+    fields: list[tuple[str, str]],
+    back: str,
+) -> HTMLResponse:
+    """The form again, for a family that is not a known name: the closest names to pick, or the
+    typed name to correct or to confirm as a new name of the lab's list. Nothing was recorded."""
+    context = {
+        "page": "review",
+        "error": exc.message,
+        "typed": exc.family,
+        "suggestions": exc.suggestions,
+        "action": action,
+        "family_field": family_field,
+        "fields": [(CSRF_FIELD, viewer.csrf or ""), *fields],
+        "back": back,
+        "families": _accepted_names(session, settings),
+        "lab_file": settings.review.families_file,
+    }
+    return _page(request, "review_family.html", viewer, context, code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 def _float_or_none(text: str | None) -> float | None:
@@ -466,7 +508,9 @@ def _models(session: Session) -> list[Model]:
     return list(session.scalars(select(Model).order_by(Model.created_at.desc(), Model.id.desc())))
 
 
-def _gallery(request: Request, viewer: Viewer, session: Session, *, review: bool) -> HTMLResponse:
+def _gallery(
+    request: Request, viewer: Viewer, session: Session, settings: Settings, *, review: bool
+) -> HTMLResponse:
     flt = _specimen_filter(request, default_state="unverified" if review else None)
     size = REVIEW_PAGE if review else GALLERY_PAGE
     page = _int_param(request, "page")
@@ -488,6 +532,7 @@ def _gallery(request: Request, viewer: Viewer, session: Session, *, review: bool
         "sorts": queries.SORTS,
         "models": _models(session),
         "families": queries.known_families(session),
+        "accepted": _accepted_names(session, settings),
         "thumb": 320 if review else 160,
         "here": _here(request),
         "queue_query": _queue_query(request),
@@ -502,15 +547,19 @@ def _queue_query(request: Request) -> str:
 
 
 @router.get("/specimens", response_class=HTMLResponse)
-def specimens_page(request: Request, viewer: ViewerDep, session: SessionDep) -> HTMLResponse:
+def specimens_page(
+    request: Request, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
     """Crops filtered by sample, family, state, confidence and model version; paged."""
-    return _gallery(request, viewer, session, review=False)
+    return _gallery(request, viewer, session, settings, review=False)
 
 
 @router.get("/review", response_class=HTMLResponse)
-def review_page(request: Request, viewer: ViewerDep, session: SessionDep) -> HTMLResponse:
+def review_page(
+    request: Request, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
     """The review queue: unverified specimens, the least confident first, with quick verdicts."""
-    return _gallery(request, viewer, session, review=True)
+    return _gallery(request, viewer, session, settings, review=True)
 
 
 def _get_specimen(session: Session, specimen_id: int) -> Specimen:
@@ -549,7 +598,7 @@ def specimen_page(
             image.sample_id, image.id, spec.index_in_image, spec.id, settings.bold.sample_id_pattern
         ),
         "labels": labels,
-        "families": queries.known_families(session),
+        "families": _accepted_names(session, settings),
         "nav": nav,
         "queue_query": queue_query,
         "from_review": request.query_params.get("from") == "review",
@@ -603,14 +652,18 @@ def verify(
     request: Request,
     specimen_id: int,
     session: SessionDep,
+    settings: SettingsDep,
     csrf: Annotated[str, Form(max_length=128)] = "",
     status_: Annotated[str, Form(alias="status", max_length=32)] = "",
     family: Annotated[str, Form(max_length=256)] = "",
     pick: Annotated[str, Form(max_length=256)] = "",
     note: Annotated[str, Form(max_length=2000)] = "",
     next: Annotated[str, Form(max_length=4096)] = "",
+    add_family: Annotated[bool, Form()] = False,
 ) -> Response:
-    """Record one verification (who and when from the login), then go to ``next``."""
+    """Record one verification (who and when from the login), then go to ``next``. A family that is
+    not a known name is not recorded: the answer is a page with the closest names and a box to
+    confirm it as a new name (``add_family``)."""
     viewer = get_viewer(request)
     check_write(request, viewer, csrf)
     spec = _get_specimen(session, specimen_id)
@@ -623,7 +676,29 @@ def verify(
         fam = best
     try:
         record_verifications(
-            session, [spec.id], verdict, family=fam, verified_by=_verifier(viewer), note=note
+            session,
+            [spec.id],
+            verdict,
+            family=fam,
+            verified_by=_verifier(viewer),
+            note=note,
+            families_file=settings.families_path,
+            add_family=add_family,
+        )
+    except UnknownFamilyError as exc:
+        session.rollback()
+        fields = [("status", verdict), ("note", note), ("next", next)]
+        back = f"/specimens/{spec.id}"
+        return _family_page(
+            request,
+            viewer,
+            session,
+            settings,
+            exc,
+            action=f"{back}/verify",
+            family_field="family",
+            fields=fields,
+            back=back,
         )
     except ReviewError as exc:
         session.rollback()
@@ -637,24 +712,57 @@ def verify(
 def verify_bulk(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     ids: Annotated[list[int], Form()] = [],  # noqa: B006 (FastAPI reads the default, never mutates it)
     csrf: Annotated[str, Form(max_length=128)] = "",
     status_: Annotated[str, Form(alias="status", max_length=32)] = "",
     bulk_family: Annotated[str, Form(max_length=256)] = "",
     next: Annotated[str, Form(max_length=4096)] = "",
+    add_family: Annotated[bool, Form()] = False,
 ) -> Response:
-    """One verdict for every ticked specimen (``confirmed`` keeps each specimen's own family)."""
+    """One verdict for every ticked specimen (``confirmed`` keeps each specimen's own family); an
+    unknown family is answered as in :func:`verify`."""
     viewer = get_viewer(request)
     check_write(request, viewer, csrf)
     family = " ".join(bulk_family.split()) or None
+    lab_list = settings.families_path
     try:
         if status_ == "confirmed" and family is None:
             for sid, fam in _best_families(session, ids).items():
-                record_verifications(session, [sid], "confirmed", family=fam, verified_by=_verifier(viewer))
+                record_verifications(
+                    session,
+                    [sid],
+                    "confirmed",
+                    family=fam,
+                    verified_by=_verifier(viewer),
+                    families_file=lab_list,
+                )
             if not ids:
                 raise ReviewError(None, "no specimen selected", "tick at least one specimen")
         else:
-            record_verifications(session, ids, status_, family=family, verified_by=_verifier(viewer))
+            record_verifications(
+                session,
+                ids,
+                status_,
+                family=family,
+                verified_by=_verifier(viewer),
+                families_file=lab_list,
+                add_family=add_family,
+            )
+    except UnknownFamilyError as exc:
+        session.rollback()
+        fields = [("status", status_), ("next", next), *(("ids", str(i)) for i in dict.fromkeys(ids))]
+        return _family_page(
+            request,
+            viewer,
+            session,
+            settings,
+            exc,
+            action="/review/bulk",
+            family_field="bulk_family",
+            fields=fields,
+            back=safe_next(next, default="/review"),
+        )
     except ReviewError as exc:
         session.rollback()
         raise HTTPException(status.HTTP_400_BAD_REQUEST, exc.message) from None
