@@ -18,9 +18,11 @@ from sqlalchemy.orm import Session
 
 from labpipe.db.models import AuditEvent, BarcodeLink, Specimen, Verification, utcnow
 from labpipe.errors import LabpipeError
+from labpipe.samples import NotFoundError
 
 __all__ = [
     "AuditError",
+    "AuditNotFoundError",
     "edit_box",
     "events_for",
     "record_event",
@@ -30,7 +32,11 @@ __all__ = [
 
 
 class AuditError(LabpipeError):
-    """An edit or undo that cannot be done (unknown specimen or event, bad box, already undone)."""
+    """An edit or undo that cannot be done (bad box, already undone, nothing to undo)."""
+
+
+class AuditNotFoundError(AuditError, NotFoundError):
+    """The specimen or event named does not exist."""
 
 
 def record_event(
@@ -108,7 +114,7 @@ def edit_box(
     the trail. A re-run keeps a person's box. The crop is not re-cut here (the caller may)."""
     specimen = session.get(Specimen, specimen_id)
     if specimen is None:
-        raise AuditError(f"specimen {specimen_id}", "no such specimen", "check the id")
+        raise AuditNotFoundError(f"specimen {specimen_id}", "no such specimen", "check the id")
     x, y, w, h = (int(v) for v in box)
     if w <= 0 or h <= 0 or x < 0 or y < 0:
         raise AuditError(str(list(box)), "a box needs x, y >= 0 and a positive width and height")
@@ -158,7 +164,7 @@ def undo(session: Session, event_id: int, *, undone_by: str) -> AuditEvent:
     """
     event = session.get(AuditEvent, event_id)
     if event is None:
-        raise AuditError(f"event {event_id}", "no such audit event", "list a specimen's events first")
+        raise AuditNotFoundError(f"event {event_id}", "no such audit event", "list a specimen's events first")
     if event.undone_by is not None:
         raise AuditError(f"event {event_id}", f"already undone by event {event.undone_by}")
     who = " ".join(str(undone_by or "").split())

@@ -212,6 +212,20 @@ def record_verifications(
         .values(needs_review=False)
     )
     session.flush()
+    from labpipe.audit import record_event
+
+    image_of = dict(session.execute(select(Specimen.id, Specimen.image_id).where(Specimen.id.in_(ids))).all())
+    for row in rows:
+        record_event(
+            session,
+            actor=who,
+            action="verify",
+            specimen_id=row.specimen_id,
+            image_id=image_of.get(row.specimen_id),
+            after={"verification_id": row.id, "status": row.status, "family": row.family},
+            note=note,
+            at=when,
+        )
     return rows
 
 
@@ -279,14 +293,18 @@ def latest_verifications() -> Any:
         )
         .label("rank")
     )
-    ranked = select(
-        Verification.specimen_id,
-        Verification.status,
-        Verification.family,
-        Verification.verified_by,
-        Verification.verified_at,
-        rank,
-    ).subquery("ranked_verification")
+    ranked = (
+        select(
+            Verification.specimen_id,
+            Verification.status,
+            Verification.family,
+            Verification.verified_by,
+            Verification.verified_at,
+            rank,
+        )
+        .where(Verification.retracted_at.is_(None))  # an undone verification no longer counts
+        .subquery("ranked_verification")
+    )
     return (
         select(
             ranked.c.specimen_id,

@@ -266,6 +266,11 @@ def test_openapi_schema_lists_every_area_and_the_ui_can_join_the_app(tmp_path: P
         "/api/barcodes/import",
         "/api/specimens/{specimen_id}/verifications",
         "/api/verifications",
+        "/api/specimens/{specimen_id}/box",
+        "/api/specimens/{specimen_id}/events",
+        "/api/events/{event_id}/undo",
+        "/api/models",
+        "/api/models/default",
     ):
         assert needed in paths, needed
     assert client.get("/").json() == {"ui": "here"}
@@ -418,3 +423,71 @@ def test_fuzzing_the_openapi_schema_finds_no_server_errors(fuzz_target, label: s
             call()
         except Unsatisfiable:
             assert negative, "positive requests must be generated"  # nothing to break in this operation
+
+
+# --- box corrections, audit trail, undo, default model ------------------------------------------------
+
+
+def test_box_edits_and_verifications_have_an_audit_trail_and_can_be_undone_over_http(
+    lab, local: TestClient
+) -> None:
+    _settings, factory, _ = lab
+    with factory() as session:
+        specimen = session.get(Specimen, _sample_ids(session, "S1")[0])
+        image = specimen.image
+        image.width, image.height = 4000, 3000
+        session.commit()
+        old_box = [specimen.x, specimen.y, specimen.w, specimen.h]
+        specimen_id = specimen.id
+    url = f"/api/specimens/{specimen_id}/box"
+    assert local.put(url, json={"box": [10, 10, 50, 60], "edited_by": "Ana"}).status_code == 401
+    outside = local.put(url, json={"box": [3990, 10, 50, 60], "edited_by": "Ana"}, headers=AUTH)
+    assert outside.status_code == 400 and "leaves the image" in outside.json()["detail"]
+    assert (
+        local.put(
+            "/api/specimens/999999/box", json={"box": [1, 1, 2, 2], "edited_by": "A"}, headers=AUTH
+        ).status_code
+        == 404
+    )
+    edited = local.put(url, json={"box": [10, 10, 50, 60], "edited_by": "Ana", "note": "legs"}, headers=AUTH)
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["before"]["box"] == old_box and edited.json()["after"]["box"] == [10, 10, 50, 60]
+    verified = local.post(
+        f"/api/specimens/{specimen_id}/verifications",
+        json={"status": "corrected", "family": "Staphylinidae", "verified_by": "Ben"},
+        headers=AUTH,
+    )
+    assert verified.status_code == 201, verified.text
+    trail = local.get(f"/api/specimens/{specimen_id}/events").json()
+    assert [e["action"] for e in trail] == ["verify", "box_edit"]
+    assert trail[0]["actor"] == "Ben" and trail[1]["actor"] == "Ana"
+    counts_before = local.get("/api/counts", params={"sample": "S1"}).json()[0]["families"]
+    assert counts_before.get("Staphylinidae", 0) >= 1
+
+    undone = local.post(f"/api/events/{trail[0]['event_id']}/undo", json={"undone_by": "Ben"}, headers=AUTH)
+    assert undone.status_code == 200, undone.text
+    history = local.get(f"/api/specimens/{specimen_id}/verifications").json()
+    assert history[0]["retracted_at"] is not None  # kept as history, no longer counts
+    counts_after = local.get("/api/counts", params={"sample": "S1"}).json()[0]["families"]
+    assert counts_after.get("Staphylinidae", 0) == counts_before["Staphylinidae"] - 1
+    local.post(f"/api/events/{trail[1]['event_id']}/undo", json={"undone_by": "Ana"}, headers=AUTH)
+    with factory() as session:
+        row = session.get(Specimen, specimen_id)
+        assert [row.x, row.y, row.w, row.h] == old_box and row.box_edited_by is None
+    again = local.post(f"/api/events/{trail[1]['event_id']}/undo", json={"undone_by": "Ana"}, headers=AUTH)
+    assert again.status_code == 400 and "already undone" in again.json()["detail"]
+
+
+def test_the_default_model_is_one_setting_read_and_changed_over_http(lab, local: TestClient) -> None:
+    settings, _factory, _ = lab
+    listed = local.get("/api/models").json()
+    assert listed["classifier"]["source"] == "configuration"
+    assert listed["classifier"]["spec"] == settings.classifier.model
+    version = listed["models"][0]["version"]
+    assert local.put("/api/models/default", json={"version": version, "changed_by": "Ana"}).status_code == 401
+    changed = local.put("/api/models/default", json={"version": version, "changed_by": "Ana"}, headers=AUTH)
+    assert changed.status_code == 200 and changed.json()["is_default"] is True
+    now = local.get("/api/models").json()["classifier"]
+    assert now["source"] == "registry default" and now["version"] == version
+    unknown = local.put("/api/models/default", json={"version": "nope@w0", "changed_by": "Ana"}, headers=AUTH)
+    assert unknown.status_code == 400 and "no registered model" in unknown.json()["detail"]

@@ -114,7 +114,14 @@ def create_app(
         revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
         return {"status": "ok", "version": _version(), "schema_revision": revision}
 
-    for module in (routes.samples, routes.images, routes.verifications, routes.reports, routes.barcoding):
+    for module in (
+        routes.samples,
+        routes.images,
+        routes.verifications,
+        routes.edits,
+        routes.reports,
+        routes.barcoding,
+    ):
         app.include_router(module.router, prefix=API_PREFIX)
     for router in extra_routers:
         app.include_router(router)

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from labpipe.review import MAX_BULK
 
 __all__ = [
+    "ActiveModelOut",
+    "ActiveModelsOut",
     "AgreementOut",
+    "AuditEventOut",
     "BarcodeImportOut",
     "BarcodeOut",
     "BarcodedSpecimenOut",
+    "BoxEditIn",
     "ClassificationOut",
     "CountsOut",
+    "DefaultModelIn",
     "ErrorOut",
     "ExpectedOut",
     "FamilyAgreementOut",
@@ -24,6 +29,7 @@ __all__ = [
     "ImageOut",
     "LayoutOut",
     "LayoutRequest",
+    "ModelOut",
     "Page",
     "PlateOut",
     "RowErrorOut",
@@ -33,6 +39,7 @@ __all__ = [
     "SpecimenDetailOut",
     "SpecimenOut",
     "TopKOut",
+    "UndoIn",
     "VerificationBatchOut",
     "VerificationIn",
     "VerificationOut",
@@ -216,6 +223,88 @@ class VerificationRecordOut(VerificationOut):
 
     verification_id: int
     specimen_id: int
+    retracted_at: dt.datetime | None = Field(
+        default=None, description="When it was undone (it then no longer counts); null while it stands."
+    )
+
+
+_PERSON = Field(
+    min_length=1, max_length=255, description="The person making the change (the audit trail's name)."
+)
+
+
+class BoxEditIn(BaseModel):
+    """A box set by hand."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    box: Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=4, max_length=4)] = (
+        Field(description="[x, y, width, height] in full-resolution pixels of the displayed image.")
+    )
+    edited_by: str = _PERSON
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class UndoIn(BaseModel):
+    """Who undoes an event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    undone_by: str = _PERSON
+
+
+class DefaultModelIn(BaseModel):
+    """The registered version (or a unique prefix of it) to make the default of its kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1, max_length=255)
+    changed_by: str = _PERSON
+
+
+class AuditEventOut(BaseModel):
+    """One change to the lab's records: who, what, when, before and after."""
+
+    event_id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    specimen_id: int | None
+    image_id: int | None
+    model_id: int | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    note: str | None
+    undone_by: int | None = Field(description="The id of the undo event that reverted this one.")
+
+
+class ModelOut(BaseModel):
+    """A registered model (classifier or detector)."""
+
+    id: int
+    name: str
+    kind: str
+    version: str
+    is_default: bool
+    path: str | None
+    labels: list[str]
+    settings: dict[str, Any] | None
+    created_at: dt.datetime
+
+
+class ActiveModelOut(BaseModel):
+    """The model a kind of work uses now and where that choice comes from."""
+
+    kind: str
+    spec: str
+    version: str | None
+    source: str = Field(description="registry default, configuration, or command-line override")
+
+
+class ActiveModelsOut(BaseModel):
+    classifier: ActiveModelOut
+    detector: ActiveModelOut
+    models: list[ModelOut]
 
 
 class VerificationIn(BaseModel):

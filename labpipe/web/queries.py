@@ -23,6 +23,7 @@ from labpipe.db.models import (
     Image,
     ImageStatus,
     Model,
+    ModelKind,
     Specimen,
     Verification,
     VerificationStatus,
@@ -123,10 +124,20 @@ def _chosen_id(model: str | None) -> Any:
     """Correlated SQL for a specimen's chosen classification id: its newest, or that of version
     ``model`` (one index lookup per specimen; much faster than a grouped subquery on SQLite)."""
     other = aliased(Classification)
-    query = select(func.max(other.id)).where(other.specimen_id == Specimen.id)
     if model is not None:
+        query = select(func.max(other.id)).where(other.specimen_id == Specimen.id)
         query = query.where(other.model_id.in_(select(Model.id).where(Model.version == model)))
-    return query.correlate(Specimen).scalar_subquery()
+        return query.correlate(Specimen).scalar_subquery()
+    # the default classifier's call where it has one, else the newest (as the counts choose)
+    defaults = select(Model.id).where(Model.is_default.is_(True), Model.kind == ModelKind.CLASSIFIER.value)
+    return (
+        select(other.id)
+        .where(other.specimen_id == Specimen.id)
+        .order_by(case((other.model_id.in_(defaults), 0), else_=1), other.id.desc())
+        .limit(1)
+        .correlate(Specimen)
+        .scalar_subquery()
+    )
 
 
 def _latest_verification_id() -> Any:
@@ -134,7 +145,7 @@ def _latest_verification_id() -> Any:
     other = aliased(Verification)
     return (
         select(other.id)
-        .where(other.specimen_id == Specimen.id)
+        .where(other.specimen_id == Specimen.id, other.retracted_at.is_(None))
         .order_by(other.verified_at.desc(), other.id.desc())
         .limit(1)
         .correlate(Specimen)

@@ -58,6 +58,7 @@ def _out(row: Verification) -> dict[str, Any]:
         "verified_by": row.verified_by,
         "verified_at": row.verified_at,
         "note": row.note,
+        "retracted_at": row.retracted_at,
     }
 
 
