@@ -8,7 +8,8 @@ never a mixture:
 2. move each staged crop to its final, id-derived path (new paths: nothing committed is
    overwritten) and insert the classifications;
 3. set the image's status to ``done`` and commit;
-4. only then delete the crop files of the replaced specimens.
+4. only then delete the crop files of the replaced specimens (only files inside the crops
+   folder: a crop path that leads elsewhere is never followed for a deletion).
 
 If anything fails before the commit, the transaction rolls back and the crops moved in step 2
 are deleted again.
@@ -71,6 +72,19 @@ def _new_model_row(classifier: FamilyClassifier) -> Model:
     )
 
 
+def _own_crop(crops_dir: Path, crop_path: str) -> Path | None:
+    """``crops_dir / crop_path`` when that is a file inside the crops folder (its real path), else
+    ``None``: a relative path with ``..``, an absolute path or a link out of the folder is not ours."""
+    if not crop_path:
+        return None
+    path = crops_dir / crop_path
+    try:
+        inside = path.resolve().is_relative_to(crops_dir.resolve()) and path.is_file()
+    except (OSError, RuntimeError):
+        return None
+    return path if inside and not path.is_symlink() else None
+
+
 def record_analysis(
     session: Session,
     image: Image,
@@ -80,7 +94,7 @@ def record_analysis(
 ) -> list[Specimen]:
     """Replace ``image``'s specimens with ``analysis``'s and mark it done, in one commit."""
     moved: list[Path] = []
-    old_crops = [crops_dir / s.crop_path for s in image.specimens]
+    old_crops = [p for s in image.specimens if (p := _own_crop(crops_dir, s.crop_path)) is not None]
     try:
         model = ensure_classifier_model(session, classifier)
         image.specimens.clear()
