@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 MODULES = [
+    "labpipe.api.conditional",
     "labpipe.bench.fit",
     "labpipe.classify.calibration",
     "labpipe.classify.imagenet_family",
@@ -25,6 +26,7 @@ MODULES = [
     "labpipe.evaluation.detector",
     "labpipe.evaluation.truth",
     "labpipe.imaging.tilecache",
+    "labpipe.ingest.moves",
     "labpipe.metrics.detection",
     "labpipe.reports.counts",
 ]
