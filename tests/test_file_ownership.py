@@ -227,6 +227,52 @@ def test_a_duplicate_symlink_found_by_the_watcher_is_left_alone(
     factory.kw["bind"].dispose()
 
 
+# -- the retry button --------------------------------------------------------------------------------
+
+
+def test_a_retried_file_never_overwrites_one_dropped_into_the_inbox_meanwhile(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labpipe.db.database import open_database
+    from labpipe.web import retry
+
+    inbox, quarantine = settings.storage.inbox_dir, settings.storage.quarantine_dir
+    quarantined = quarantine / "bad.tif"
+    quarantined.parent.mkdir(parents=True)
+    quarantined.write_bytes(b"the failed plate")
+    dropped = inbox / "bad.tif"
+    free_name = retry._free_name
+    calls: list[Path] = []
+
+    def racing(target: Path) -> Path:
+        """The name is free when checked; a person drops a file under it right after."""
+        calls.append(target)
+        if len(calls) == 1:
+            dropped.parent.mkdir(parents=True, exist_ok=True)
+            dropped.write_bytes(b"a new scan, just dropped")
+            return target
+        return free_name(target)
+
+    monkeypatch.setattr(retry, "_free_name", racing)
+    factory = open_database(settings.database_url)
+    with factory() as session:
+        image = Image(
+            source_path=str(dropped),
+            archived_path=str(quarantined),
+            file_name="bad.tif",
+            content_hash="c" * 64,
+            size_bytes=16,
+            status=ImageStatus.FAILED.value,
+            error="interrupted",
+        )
+        session.add(image)
+        session.commit()
+        back = retry.retry_image(session, image, settings)
+    assert dropped.read_bytes() == b"a new scan, just dropped"
+    assert back != dropped and back.read_bytes() == b"the failed plate" and not quarantined.exists()
+    factory.kw["bind"].dispose()
+
+
 # -- crops of re-processed images -----------------------------------------------------------------
 
 

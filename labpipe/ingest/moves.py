@@ -29,6 +29,7 @@ __all__ = [
     "NotInInboxError",
     "destination_for",
     "inside_inbox",
+    "move_file",
     "move_original",
     "reason_file_for",
     "write_reason_file",
@@ -98,8 +99,12 @@ def destination_for(source: Path, inbox: Path, dest_root: Path, content_hash: st
     return candidate
 
 
-def _move(source: Path, target: Path) -> None:
-    """Move one file without ever overwriting ``target`` or leaving a half-copied file under its name."""
+def move_file(source: Path, target: Path) -> None:
+    """Move one file without ever overwriting ``target`` or leaving a half-copied file under its name.
+
+    Raises ``FileExistsError`` when ``target`` exists (or appears meanwhile). Does not check whose
+    file ``source`` is: callers move only files of labpipe's own folders (see :func:`move_original`).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         # Fails if target exists: no silent overwrite. A link that appeared at ``source`` since it
@@ -139,7 +144,7 @@ def move_original(source: Path, inbox: Path, dest_root: Path, content_hash: str)
     for _ in range(5):
         target = destination_for(source, inbox, dest_root, content_hash)
         try:
-            _move(source, target)
+            move_file(source, target)
         except FileExistsError:
             continue
         side = sidecar_path(source)
@@ -147,7 +152,7 @@ def move_original(source: Path, inbox: Path, dest_root: Path, content_hash: str)
             side_target = target.with_name(_split_name(target.name)[0] + ".json")
             if not side_target.exists():
                 with contextlib.suppress(OSError):  # the image is safe; the sidecar stays behind
-                    _move(side, side_target)
+                    move_file(side, side_target)
         return target
     raise FileExistsError(errno.EEXIST, "no free name below the destination", str(dest_root))
 
