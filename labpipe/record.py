@@ -20,7 +20,8 @@ mixture:
 2. move each staged crop to a new, id-derived path (nothing committed is overwritten) and insert
    the classifications;
 3. set the image's status to ``done`` and commit;
-4. only then delete the crop files that no row points at any more.
+4. only then delete the crop files that no row points at any more (only files inside the crops
+   folder: a crop path that leads elsewhere is never followed for a deletion).
 
 If anything fails before the commit, the transaction rolls back and the crops moved in step 2
 are deleted again.
@@ -210,6 +211,19 @@ class RecordResult:
         }
 
 
+def _own_crop(crops_dir: Path, crop_path: str) -> Path | None:
+    """``crops_dir / crop_path`` when that is a file inside the crops folder (its real path), else
+    ``None``: a relative path with ``..``, an absolute path or a link out of the folder is not ours."""
+    if not crop_path:
+        return None
+    path = crops_dir / crop_path
+    try:
+        inside = path.resolve().is_relative_to(crops_dir.resolve()) and path.is_file()
+    except (OSError, RuntimeError):
+        return None
+    return path if inside and not path.is_symlink() else None
+
+
 def _free_crop_path(crops_dir: Path, image: Image, specimen_id: int, taken: set[str]) -> Path:
     """A crop path for ``specimen_id`` that no committed row uses and no file occupies."""
     revision = 0
@@ -238,7 +252,7 @@ def record_analysis(
     (default: keep and flag them). ``actor``: who asked for the run (the audit trail's name).
     """
     moved: list[Path] = []
-    old_crops = {s.id: crops_dir / s.crop_path for s in image.specimens if s.crop_path}
+    old_crops = [p for s in image.specimens if (p := _own_crop(crops_dir, s.crop_path)) is not None]
     try:
         model = ensure_classifier_model(session, classifier)
         detector_row = ensure_detector_model(session, detector) if detector is not None else None
@@ -365,7 +379,7 @@ def record_analysis(
     finally:
         analysis.discard()
     still_used = {crops_dir / s.crop_path for s in image.specimens if s.crop_path}
-    for path in old_crops.values():
+    for path in old_crops:
         if path not in still_used:
             path.unlink(missing_ok=True)
     if matching.kept or matching.dropped:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 MODULES = [
+    "labpipe.api.conditional",
     "labpipe.bench.fit",
     "labpipe.classify.calibration",
     "labpipe.classify.imagenet_family",
@@ -26,6 +27,7 @@ MODULES = [
     "labpipe.evaluation.truth",
     "labpipe.families",
     "labpipe.imaging.tilecache",
+    "labpipe.ingest.moves",
     "labpipe.metrics.detection",
     "labpipe.reports.counts",
 ]

@@ -325,7 +325,7 @@ def test_sweeper_resends_lost_tasks_and_hands_over_abandoned_images(tmp_path: Pa
         lost = register_file(session, tmp_path / "lost.tif", "e" * 64, 5, None).image_id
         stuck = register_file(session, tmp_path / "stuck.tif", "f" * 64, 5, None).image_id
         claim_image(session, stuck, takeover=False, stuck_after=0)
-        found = stale_images(session, requeue_after=0, stuck_after=0)
+        found = stale_images(session, inbox=settings.storage.inbox_dir, requeue_after=0, stuck_after=0)
         assert found.queued == [lost] and found.processing == [stuck] and found.queued_total == 1
     watcher = Watcher(settings, factory, broker)
     broker.held = 1  # the broker still holds a task for every queued image: nothing is re-sent

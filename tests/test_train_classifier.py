@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,23 @@ def test_a_second_training_run_reads_every_feature_from_the_cache(trained: dict)
     assert cache["misses"] == 0 and cache["hits"] == 18 * 2 + 2 + 4
     # Same data, seed and cache: the same weights, so the same version.
     assert json.loads(result.stdout)["version"] == trained["summary"]["version"]
+
+
+def test_a_cached_feature_is_keyed_by_the_pictures_content_not_its_name_or_time(tmp_path: Path) -> None:
+    from labpipe.classify.features import FeatureCache, FeatureRecipe
+
+    recipe = FeatureRecipe(backbone_sha256="0" * 64)
+    crop = tmp_path / "Formicidae" / "ant.png"
+    crop.parent.mkdir()
+    crop.write_bytes(b"picture one")
+    stamp = crop.stat().st_mtime_ns
+    first = FeatureCache.key(crop, 0, recipe)
+    crop.write_bytes(b"picture two")  # another picture: same name, size and modification time
+    os.utime(crop, ns=(stamp, stamp))
+    assert FeatureCache.key(crop, 0, recipe) != first
+    moved = tmp_path / "elsewhere.png"
+    moved.write_bytes(b"picture one")
+    assert FeatureCache.key(moved, 0, recipe) == first  # the same picture anywhere: the same feature
 
 
 def test_finetuning_saves_the_whole_network_and_its_hash_names_the_version(

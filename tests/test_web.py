@@ -544,10 +544,82 @@ def test_thumbnails_are_small_jpegs_made_once(lab, local: TestClient) -> None:
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     with PILImage.open(io.BytesIO(response.content)) as thumb:
         assert thumb.format == "JPEG" and max(thumb.size) <= 160
-    cached = list((settings.storage.root / "cache" / "thumbs" / "160").rglob("1.jpg"))
-    assert len(cached) == 1
+    cached = list((settings.storage.root / "cache" / "thumbs" / "160").rglob("*.jpg"))
+    assert len(cached) == 1 and response.headers["etag"] == f'"{cached[0].stem}"'  # keyed by content
+    assert local.get("/specimens/1/thumb/160.jpg").content == response.content  # made once
     assert local.get("/specimens/1/thumb/999.jpg").status_code == 404
     assert local.get("/specimens/1/crop.png").headers["content-type"] == "image/png"
+
+
+def _solid_png(path: Path, colour: tuple[int, int, int]) -> None:
+    """Replace ``path`` with a 48 px PNG of one colour, as recording a new crop does (a rename)."""
+    tmp = path.with_name(".tmp-" + path.name)
+    PILImage.fromarray(np.full((48, 48, 3), colour, np.uint8)).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def _mean_colour(content: bytes) -> np.ndarray:
+    with PILImage.open(io.BytesIO(content)) as picture:
+        return np.asarray(picture.convert("RGB"), dtype=float).mean(axis=(0, 1))
+
+
+def test_a_reused_specimen_id_never_shows_the_old_pictures(lab, local: TestClient) -> None:
+    """Ids can come back (SQLite reused them after a plate was processed again): the same URL must
+    then show the new specimen, never the picture cached for the old one."""
+    settings, factory, _ = lab
+    with factory() as session:
+        crop = settings.storage.crops_dir / session.get(Specimen, 1).crop_path
+    _solid_png(crop, (250, 20, 20))  # the old specimen: red
+    urls = ["/specimens/1/thumb/160.jpg", "/specimens/1/thumb/320.jpg", "/specimens/1/crop.png"]
+    before = {url: local.get(url) for url in urls}
+    for url, response in before.items():
+        assert response.status_code == 200, url
+        cache_control = response.headers["cache-control"]
+        assert "immutable" not in cache_control and "must-revalidate" in cache_control, url
+        assert "max-age=0" in cache_control, url
+        again = local.get(url, headers={"If-None-Match": response.headers["etag"]})
+        assert again.status_code == 304 and not again.content, url
+        assert again.headers["etag"] == response.headers["etag"]
+
+    _solid_png(crop, (20, 20, 250))  # id 1 is now another specimen, its crop under the same path
+
+    for url, old in before.items():
+        new = local.get(url)
+        assert new.status_code == 200, url
+        assert new.headers["etag"] != old.headers["etag"], url
+        assert _mean_colour(old.content)[0] > 200 and _mean_colour(new.content)[2] > 200, url  # red, blue
+        revalidated = local.get(url, headers={"If-None-Match": old.headers["etag"]})
+        assert revalidated.status_code == 200 and revalidated.content == new.content, url
+    api = local.get("/api/specimens/1/crop", headers=AUTH)  # the API's crop: the same rules
+    assert api.status_code == 200 and api.content == crop.read_bytes()
+    assert api.headers["etag"] == local.get("/specimens/1/crop.png").headers["etag"]
+    assert "must-revalidate" in api.headers["cache-control"]
+    unchanged = local.get("/api/specimens/1/crop", headers={**AUTH, "If-None-Match": api.headers["etag"]})
+    assert unchanged.status_code == 304
+
+
+def test_a_reused_image_id_never_shows_the_old_plate(lab, local: TestClient) -> None:
+    settings, factory, _ = lab
+    first = settings.storage.archive_dir / "S1" / "first.png"
+    second = settings.storage.archive_dir / "S1" / "second.png"
+    first.parent.mkdir(parents=True)
+    PILImage.fromarray(np.full((600, 600, 3), 230, np.uint8)).save(first)
+    PILImage.fromarray(np.full((600, 600, 3), 10, np.uint8)).save(second)
+    with factory() as session:
+        image = session.get(Image, 1)
+        image.archived_path, image.width, image.height = str(first), 600, 600
+        session.commit()
+    old = local.get("/images/1/overview.jpg")
+    assert old.status_code == 200 and "must-revalidate" in old.headers["cache-control"]
+    unchanged = local.get("/images/1/overview.jpg", headers={"If-None-Match": old.headers["etag"]})
+    assert unchanged.status_code == 304
+    with factory() as session:  # id 1 is now another plate
+        image = session.get(Image, 1)
+        image.content_hash, image.archived_path = "5" * 64, str(second)
+        session.commit()
+    new = local.get("/images/1/overview.jpg")
+    assert new.status_code == 200 and new.headers["etag"] == '"' + "5" * 64 + '"'
+    assert _mean_colour(old.content)[0] > 200 and _mean_colour(new.content)[0] < 50
 
 
 def test_no_page_serves_a_file_outside_the_storage_folders(lab, local: TestClient, tmp_path: Path) -> None:

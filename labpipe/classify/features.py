@@ -3,10 +3,11 @@
 Training a head on frozen features (the default of ``labpipe train classifier``) needs the
 backbone's pooled 1280-d features of every training image and of each of its augmented views.
 Computing them is most of the work, so each is stored once, as a small ``.npy`` file named by a
-hash of everything that determines it: the file (absolute path, size, modification time), the
-view number, the augmentation spec, the backbone weights' sha256, the input size, normalisation
-and pad rule. A second training run on the same folders reads them back instead of recomputing;
-changing any of those inputs changes the key, so a stale feature is never reused.
+hash of everything that determines it: the file's content (the sha256 of its bytes, never its name
+or modification time, which a copy may keep while the picture changes), the view number, the
+augmentation spec, the backbone weights' sha256, the input size, normalisation and pad rule. A
+second training run on the same pictures reads them back instead of recomputing; changing any of
+those inputs changes the key, so a stale feature is never reused.
 
 Layout: ``<cache dir>/<key[:2]>/<key>.npy`` (by default ``<storage root>/cache/features``).
 """
@@ -29,6 +30,7 @@ from labpipe.classify.augment import AugmentSpec, augment_square, view_rng
 from labpipe.classify.dataset import load_square
 from labpipe.classify.efficientnet_lite import EfficientNetLite
 from labpipe.classify.imagenet_family import to_model_input
+from labpipe.crops.store import content_digest
 
 __all__ = ["FeatureCache", "FeatureRecipe", "extract_features"]
 
@@ -63,8 +65,8 @@ class FeatureRecipe:
 
 
 def _file_identity(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    """What a feature of ``path`` depends on in the file: its bytes (sha256, memoised per file)."""
+    return f"sha256={content_digest(path)}"
 
 
 class FeatureCache:
@@ -77,7 +79,7 @@ class FeatureCache:
 
     @staticmethod
     def key(path: Path, view: int, recipe: FeatureRecipe) -> str:
-        """Hex sha256 of the file identity, the view and the recipe."""
+        """Hex sha256 of the file's content, the view and the recipe."""
         text = f"{_file_identity(path)}|view={view}|{recipe.fingerprint()}"
         return hashlib.sha256(text.encode()).hexdigest()
 

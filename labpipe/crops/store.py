@@ -9,10 +9,12 @@ read and classified.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +26,7 @@ __all__ = [
     "PNG_LEVEL",
     "UNASSIGNED_SAMPLE",
     "CropWriter",
+    "content_digest",
     "crop_relpath",
     "encode_png",
     "image_crop_dir",
@@ -146,3 +149,35 @@ class CropWriter:
 def read_crop(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+_DIGESTS_KEPT = 65536
+"""How many file digests :func:`content_digest` remembers (about 200 bytes each)."""
+_digests: OrderedDict[tuple[str, int, int, int, int, int], str] = OrderedDict()
+_digests_guard = threading.Lock()
+
+
+def content_digest(path: Path) -> str:
+    """Hex sha256 of the file's bytes: what a derived file (a thumbnail, an ETag) is keyed by.
+
+    Remembered in this process per file and state (path, device, inode, size, modification and
+    change times in ns): a file replaced under the same name (a new inode, a new change time) is
+    hashed again. Raises ``OSError`` when the file cannot be read.
+    """
+    st = os.stat(path)
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _digests_guard:
+        known = _digests.get(key)
+        if known is not None:
+            _digests.move_to_end(key)
+            return known
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    value = digest.hexdigest()
+    with _digests_guard:
+        _digests[key] = value
+        while len(_digests) > _DIGESTS_KEPT:
+            _digests.popitem(last=False)
+    return value

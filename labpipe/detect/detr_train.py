@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,8 @@ import torch
 from tqdm import tqdm
 
 from labpipe.detect.detr import (
+    MODEL_INFO_FILE,
+    PREPROCESSOR_FILE,
     DetrDetector,
     DetrModelInfo,
     Preprocessing,
@@ -257,6 +258,35 @@ def _new_or_init_model(options: DetrTrainOptions) -> tuple[Any, DetrModelInfo, P
     return model, DetrModelInfo(), Preprocessing()
 
 
+_WRITTEN_FILES = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "generation_config.json",
+    PREPROCESSOR_FILE,
+    MODEL_INFO_FILE,
+    "README.md",
+)
+"""What training writes into a model directory (``save_pretrained``, labpipe's files, the card)."""
+
+
+def _remove_old_model(out_dir: Path) -> None:
+    """Delete the files of the detector model in ``out_dir`` (to replace it), and nothing else.
+
+    A folder that holds no labpipe detector (no ``labpipe_detector.json``) is refused: ``--overwrite``
+    replaces a model, it never empties a folder of someone's files. Files of other names stay.
+    """
+    if not (out_dir / MODEL_INFO_FILE).is_file():
+        raise FileExistsError(
+            f"{out_dir} is not empty and holds no labpipe detector model ({MODEL_INFO_FILE} is missing): "
+            "nothing was deleted; choose a new or empty --out folder"
+        )
+    for name in _WRITTEN_FILES:
+        path = out_dir / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+
+
 def train_detector(
     coco: Path,
     images_dir: Path,
@@ -279,7 +309,7 @@ def train_detector(
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out_dir)
+        _remove_old_model(out_dir)
     if options.threads > 0:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)

@@ -4,7 +4,9 @@ The database, not the broker, is the record of what must still be done. The watc
 image (``queued``) before it sends a task; a worker *claims* it (``processing``) with one
 conditional UPDATE, so of two deliveries of the same task only one does the work; the result is
 recorded in one transaction under a row lock (see :func:`lock_image`); the original file moves out
-of the inbox only after the commit that says ``done`` (or ``quarantined``/``failed``).
+of the inbox only after the commit that says ``done`` (or ``quarantined``/``failed``). Only a file
+inside the inbox ever moves: an image processed from elsewhere (``labpipe process
+/some/folder/plate.tif``) keeps its file where it is (see :mod:`labpipe.ingest.moves`).
 
 ``images.updated_at`` is the heartbeat: every stage of a processing image touches it. The sweeper
 (:func:`stale_images`) finds queued images whose task was lost (a broker restarted without
@@ -24,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from labpipe.config import StorageConfig
 from labpipe.db.models import Image, ImageStatus, utcnow
-from labpipe.ingest.moves import move_original, write_reason_file
+from labpipe.ingest.moves import inside_inbox, move_original, write_reason_file
 from labpipe.logs import get_logger
 
 __all__ = [
@@ -117,16 +119,24 @@ def finish_move(session: Session, image: Image, storage: StorageConfig, reason_c
 
     ``done`` -> archive; ``quarantined``/``failed`` -> quarantine, with ``<name>.reason.txt``.
     Idempotent: nothing happens when the file was already moved (``archived_path`` set) or is no
-    longer at its source path. Must be called only after the status was committed.
+    longer at its source path. A file that is not inside the inbox (processed from elsewhere, or a
+    symbolic link in the inbox) is never moved: it stays where it is and ``None`` is returned.
+    Must be called only after the status was committed.
     """
     if image.archived_path or image.status not in FINISHED:
         return None
     source = Path(image.source_path)
     if not source.is_file():
         return None
-    if not source.resolve().is_relative_to(storage.inbox_dir.resolve()):
-        return None  # not received in the inbox: never ours to move
     bound = log.bind(image=str(source), image_id=image.id)
+    if not source.is_absolute() or not inside_inbox(source, storage.inbox_dir):
+        bound.info(
+            "original left where it is: not a file received in the inbox (processed from "
+            "elsewhere, or a symbolic link)",
+            inbox=str(storage.inbox_dir),
+            status=image.status,
+        )
+        return None
     if image.status == ImageStatus.DONE.value:
         target = move_original(source, storage.inbox_dir, storage.archive_dir, image.content_hash)
     else:
@@ -157,13 +167,52 @@ class StaleImages:
     processing: list[int]
     """Processing without a heartbeat for ``stuck_after`` (their worker probably died)."""
     unmoved: list[int]
-    """Finished for a while, but the original is still in the inbox (interrupted move)."""
+    """Finished for a while, but the original is still in the inbox (interrupted move). Images
+    whose file is not inside the inbox (processed from elsewhere) are never listed."""
+
+
+def _inbox_prefixes(inbox: Path) -> list[str]:
+    """``inbox`` as written and as its real path, each with a trailing separator (SQL prefixes)."""
+    prefixes = []
+    for form in (inbox.absolute(), inbox.resolve()):
+        text = str(form).rstrip(os.sep) + os.sep
+        if text not in prefixes:
+            prefixes.append(text)
+    return prefixes
+
+
+def _unmoved(session: Session, inbox: Path, older_than: dt.datetime, limit: int) -> list[int]:
+    """Finished images not moved yet whose original is a file inside ``inbox``.
+
+    The database narrows by path prefix (so images processed from elsewhere never fill ``limit``);
+    :func:`~labpipe.ingest.moves.inside_inbox` then decides on the real path (links, ``..``).
+    """
+    in_inbox = or_(*(Image.source_path.startswith(p, autoescape=True) for p in _inbox_prefixes(inbox)))
+    stmt = (
+        select(Image.id, Image.source_path)
+        .where(
+            Image.status.in_(FINISHED),
+            Image.archived_path.is_(None),
+            Image.updated_at < older_than,
+            in_inbox,
+        )
+        .order_by(Image.updated_at, Image.id)
+        .limit(limit)
+    )
+    return [image_id for image_id, path in session.execute(stmt) if inside_inbox(Path(path), inbox)]
 
 
 def stale_images(
-    session: Session, *, requeue_after: float, stuck_after: float, move_grace: float = 60.0, limit: int = 1000
+    session: Session,
+    *,
+    inbox: Path,
+    requeue_after: float,
+    stuck_after: float,
+    move_grace: float = 60.0,
+    limit: int = 1000,
 ) -> StaleImages:
-    """The images the sweeper must look after (see :class:`StaleImages`)."""
+    """The images the sweeper must look after (see :class:`StaleImages`); ``inbox`` is
+    ``[storage] inbox``: only originals inside it are listed as unmoved."""
     now = utcnow()
 
     def ids(*conditions) -> list[int]:
@@ -183,11 +232,7 @@ def stale_images(
             Image.status == ImageStatus.PROCESSING.value,
             Image.updated_at < now - dt.timedelta(seconds=stuck_after),
         ),
-        unmoved=ids(
-            Image.status.in_(FINISHED),
-            Image.archived_path.is_(None),
-            Image.updated_at < now - dt.timedelta(seconds=move_grace),
-        ),
+        unmoved=_unmoved(session, inbox, now - dt.timedelta(seconds=move_grace), limit),
     )
 
 

@@ -7,6 +7,10 @@ file with the same name keeps its name with the first 12 hex digits of its conte
 (``plate01.tif`` -> ``plate01.3fa9c2b07d1e.tif``). The folder structure below the inbox is kept
 (``inbox/LL-17/plate01.tif`` -> ``archive/LL-17/plate01.tif``). A sidecar (``plate01.json``)
 travels with its image.
+
+Only files the daemon received are ever moved: a regular file whose real path (symbolic links and
+``..`` resolved) lies inside the inbox (:func:`inside_inbox`). A file processed from anywhere else
+(``labpipe process /some/folder/plate.tif``), or a symbolic link in the inbox, stays where it is.
 """
 
 from __future__ import annotations
@@ -18,18 +22,51 @@ import os
 import shutil
 from pathlib import Path
 
+from labpipe.errors import LabpipeError
 from labpipe.ingest.rules import sidecar_path
 
-__all__ = ["destination_for", "move_original", "reason_file_for", "write_reason_file"]
+__all__ = [
+    "NotInInboxError",
+    "destination_for",
+    "inside_inbox",
+    "move_file",
+    "move_original",
+    "reason_file_for",
+    "write_reason_file",
+]
 
 _TMP_PREFIX = ".labpipe-moving-"
 
 
-def _relative(source: Path, inbox: Path) -> Path:
+class NotInInboxError(LabpipeError):
+    """A move was asked for a file that the daemon did not receive in its inbox: refused."""
+
+
+def inside_inbox(source: Path, inbox: Path) -> bool:
+    """Whether ``source`` is the daemon's to move: a regular file, not a symbolic link, whose real
+    path (links in its folders and ``..`` resolved) lies inside the real path of ``inbox``.
+
+    >>> inside_inbox(Path("/etc/passwd"), Path("/tmp"))
+    False
+    """
     try:
-        return source.relative_to(inbox)
-    except ValueError:
-        return Path(source.name)
+        if source.is_symlink() or not source.is_file():
+            return False
+        return source.resolve(strict=True).is_relative_to(inbox.resolve())
+    except (OSError, RuntimeError):  # unreadable folder, a loop of links
+        return False
+
+
+def _relative(source: Path, inbox: Path) -> Path:
+    """``source``'s path below ``inbox`` (real paths when both resolve), else its bare name."""
+    for src, root in ((source, inbox), (source.resolve(), inbox.resolve())):
+        try:
+            relative = src.relative_to(root)
+        except ValueError:
+            continue
+        if ".." not in relative.parts:
+            return relative
+    return Path(source.name)
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -62,11 +99,17 @@ def destination_for(source: Path, inbox: Path, dest_root: Path, content_hash: st
     return candidate
 
 
-def _move(source: Path, target: Path) -> None:
-    """Move one file without ever overwriting ``target`` or leaving a half-copied file under its name."""
+def move_file(source: Path, target: Path) -> None:
+    """Move one file without ever overwriting ``target`` or leaving a half-copied file under its name.
+
+    Raises ``FileExistsError`` when ``target`` exists (or appears meanwhile). Does not check whose
+    file ``source`` is: callers move only files of labpipe's own folders (see :func:`move_original`).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(source, target)  # fails if target exists: no silent overwrite
+        # Fails if target exists: no silent overwrite. A link that appeared at ``source`` since it
+        # was checked is moved as a link: its target is never touched.
+        os.link(source, target, follow_symlinks=False)
     except FileExistsError:
         raise
     except OSError as exc:
@@ -74,7 +117,7 @@ def _move(source: Path, target: Path) -> None:
             raise
         tmp = target.with_name(f"{_TMP_PREFIX}{target.name}")
         try:
-            shutil.copy2(source, tmp)
+            shutil.copy2(source, tmp, follow_symlinks=False)
             if target.exists():
                 raise FileExistsError(errno.EEXIST, "target appeared while copying", str(target)) from exc
             os.replace(tmp, target)
@@ -86,21 +129,30 @@ def _move(source: Path, target: Path) -> None:
 def move_original(source: Path, inbox: Path, dest_root: Path, content_hash: str) -> Path:
     """Move ``source`` (and its sidecar, if any) below ``dest_root``; returns the new path.
 
-    Raises ``FileNotFoundError`` when ``source`` is gone. Retries with a new name if another
-    process took the chosen one at the same moment.
+    Raises :class:`NotInInboxError` when ``source`` is not a regular file inside ``inbox`` (see
+    :func:`inside_inbox`): nothing is moved. Raises ``FileNotFoundError`` when ``source`` is gone.
+    Retries with a new name if another process took the chosen one at the same moment.
     """
+    if not source.exists() and not source.is_symlink():
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(source))
+    if not inside_inbox(source, inbox):
+        raise NotInInboxError(
+            source,
+            f"not a file received in the inbox {inbox} (outside it, or a symbolic link): not moved",
+            "labpipe moves only files dropped into its inbox; this one stays where it is",
+        )
     for _ in range(5):
         target = destination_for(source, inbox, dest_root, content_hash)
         try:
-            _move(source, target)
+            move_file(source, target)
         except FileExistsError:
             continue
         side = sidecar_path(source)
-        if side.is_file() and side != source:
+        if side != source and inside_inbox(side, inbox):
             side_target = target.with_name(_split_name(target.name)[0] + ".json")
             if not side_target.exists():
                 with contextlib.suppress(OSError):  # the image is safe; the sidecar stays behind
-                    _move(side, side_target)
+                    move_file(side, side_target)
         return target
     raise FileExistsError(errno.EEXIST, "no free name below the destination", str(dest_root))
 

@@ -13,7 +13,8 @@ One loop, every ``[ingest] poll_interval`` seconds:
    task. The row exists before the task does, so a lost task is found again by the sweeper;
 3. every ``[queue] sweep_interval`` seconds, sweep: send again the tasks of queued images that
    the broker lost, hand images whose worker died to another worker, finish interrupted moves,
-   remove abandoned stage directories.
+   remove abandoned stage directories. Only originals inside the inbox are ever moved: an image
+   processed from elsewhere (``labpipe process``) keeps its file where it is.
 
 The watcher does not import Celery: it is given a :class:`TaskQueue`.
 """
@@ -38,11 +39,11 @@ from labpipe.db.models import Image
 from labpipe.errors import ConfigError
 from labpipe.imaging import verify_readable
 from labpipe.ingest.lifecycle import finish_move, stale_images, touch_image
-from labpipe.ingest.moves import move_original
+from labpipe.ingest.moves import inside_inbox, move_original
 from labpipe.ingest.register import Outcome, register_file, register_unreadable
 from labpipe.ingest.rules import IngestRules
 from labpipe.ingest.stability import Completeness, StabilityTracker, Verdict
-from labpipe.logs import get_logger
+from labpipe.logs import BoundLogger, get_logger
 from labpipe.pipeline import STAGE_DIR_PREFIX
 
 __all__ = ["NETWORK_FILESYSTEMS", "TaskQueue", "Watcher", "choose_observer", "filesystem_type"]
@@ -311,13 +312,25 @@ class Watcher:
                 self._send(reg.image_id, content_hash=content_hash)
                 return
             if reg.outcome is Outcome.DUPLICATE:
-                target = move_original(path, self.inbox, self.storage.archive_dir, content_hash)
-                bound.warning("duplicate file archived without processing", note=reg.note, to=str(target))
+                self._archive_duplicate(path, content_hash, reg.note, bound)
             else:  # KNOWN: seen again after a restart; finish a move a crash interrupted
                 image = session.get(Image, reg.image_id)
                 if image is not None:
                     finish_move(session, image, self.storage)
         self._done_with(path, verdict)
+
+    def _archive_duplicate(self, path: Path, content_hash: str, note: str | None, bound: BoundLogger) -> None:
+        """Archive a second copy of known bytes without processing it; a symbolic link (or anything
+        else not received in the inbox) is left where it is."""
+        if not inside_inbox(path, self.inbox):
+            bound.warning(
+                "duplicate left where it is: a symbolic link, or not inside the inbox",
+                note=note,
+                hint="labpipe moves only files dropped into the inbox; remove the link yourself",
+            )
+            return
+        target = move_original(path, self.inbox, self.storage.archive_dir, content_hash)
+        bound.warning("duplicate file archived without processing", note=note, to=str(target))
 
     def _take_unreadable(self, path: Path, verdict: Verdict) -> None:
         content_hash = self._hash_unchanged(path, verdict)
@@ -331,8 +344,7 @@ class Watcher:
             self.counts[reg.outcome.value] += 1
             image = session.get(Image, reg.image_id)
             if reg.outcome is Outcome.DUPLICATE:
-                target = move_original(path, self.inbox, self.storage.archive_dir, content_hash)
-                bound.warning("duplicate file archived without processing", note=reg.note, to=str(target))
+                self._archive_duplicate(path, content_hash, reg.note, bound)
             elif image is not None:
                 bound.error("quarantined: not a complete, readable image", image_id=image.id, reason=reason)
                 finish_move(session, image, self.storage, reason_code="ImageReadError")
@@ -364,7 +376,12 @@ class Watcher:
         q = self.settings.queue
         report = Counter[str]()
         with self.session_factory() as session:
-            stale = stale_images(session, requeue_after=q.requeue_after, stuck_after=q.stuck_after)
+            stale = stale_images(
+                session,
+                inbox=self.inbox,
+                requeue_after=q.requeue_after,
+                stuck_after=q.stuck_after,
+            )
             for image_id in stale.processing:
                 touch_image(session, image_id)
                 log.warning("no progress: handing the image to another worker", image_id=image_id)

@@ -10,6 +10,7 @@ it registered already. Without a running watcher, the file waits in the inbox li
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from labpipe.config import Settings
 from labpipe.db.models import Image, ImageStatus, utcnow
 from labpipe.errors import LabpipeError
-from labpipe.ingest.moves import reason_file_for
+from labpipe.ingest.moves import move_file, reason_file_for
 from labpipe.ingest.rules import sidecar_path
 from labpipe.web.media import inside
 
@@ -65,16 +66,28 @@ def retry_image(session: Session, image: Image, settings: Settings) -> Path:
         relative = Path(source.name)
     if wanted is not None or ".." in relative.parts:
         relative = Path(source.name)
-    target = _free_name(inbox / relative)
     # Record where the file is now before it moves: the watcher compares the path it finds with
     # the image's source path, and must see a different one to take the file as a new attempt.
     image.source_path = str(current)
     image.updated_at = utcnow()
     session.commit()
-    target.parent.mkdir(parents=True, exist_ok=True)
     side = sidecar_path(current)
-    if side.is_file() and side != current and not sidecar_path(target).exists():
-        side.replace(sidecar_path(target))  # the sample named in the sidecar comes back with it
-    current.replace(target)
+    target = _move_back(current, inbox / relative)
+    if side.is_file() and side != current:
+        with contextlib.suppress(FileExistsError):  # the sample named in the sidecar comes back with it
+            move_file(side, sidecar_path(target))
     reason_file_for(current).unlink(missing_ok=True)
     return target
+
+
+def _move_back(current: Path, wanted: Path) -> Path:
+    """Move ``current`` to ``wanted`` or a free name beside it; a file someone drops there at the
+    same moment is never overwritten."""
+    for _ in range(5):
+        target = _free_name(wanted)
+        try:
+            move_file(current, target)
+        except FileExistsError:
+            continue
+        return target
+    raise RetryError(wanted, "no free name in the inbox for the retried file", "clean up the inbox first")

@@ -46,6 +46,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
+from labpipe.api.conditional import content_response
 from labpipe.api.deps import SessionDep, SettingsDep
 from labpipe.api.routes import reports as api_reports
 from labpipe.barcoding.ids import specimen_code
@@ -85,7 +86,16 @@ from labpipe.web.auth import (
     safe_next,
     session_value,
 )
-from labpipe.web.media import THUMB_SIZES, cache_dir, image_file, inside, overview_file, thumbnail_file
+from labpipe.web.media import (
+    THUMB_SIZES,
+    crop_file,
+    image_file,
+    inside,
+    overview_cache_path,
+    overview_digest,
+    overview_file,
+    thumbnail_file,
+)
 from labpipe.web.render import STATIC_DIR, family_colour, family_colours, templates
 from labpipe.web.retry import RetryError, retry_image
 
@@ -485,19 +495,21 @@ def plate_view(
 
 
 def _overview_possible(image: Image, settings: Settings) -> bool:
-    cached = cache_dir(settings) / "overviews" / f"{image.id:06d}.jpg"
-    return cached.is_file() or image_file(image, settings) is not None
+    return overview_cache_path(image, settings).is_file() or image_file(image, settings) is not None
 
 
 @router.get("/images/{image_id}/overview.jpg")
-def plate_overview(image_id: int, viewer: ViewerDep, session: SessionDep, settings: SettingsDep) -> Response:
+def plate_overview(
+    request: Request, image_id: int, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """The plate's overview; its ETag is the plate's content hash (the id may name another plate later)."""
     image = _get_image(session, image_id)
     made = overview_file(image, settings)
     if made is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"image {image_id}: no plate file in the storage folders"
         )
-    return FileResponse(made[0], media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    return content_response(request, made[0], overview_digest(image), "image/jpeg")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -612,29 +624,35 @@ def specimen_page(
 
 @router.get("/specimens/{specimen_id}/crop.png")
 def specimen_crop(
-    specimen_id: int, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
+    request: Request, specimen_id: int, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
 ) -> Response:
+    """The specimen's crop; its ETag is the sha256 of the crop's bytes, revalidated on every use."""
     spec = _get_specimen(session, specimen_id)
-    crops = settings.storage.crops_dir
-    path = inside(crops / spec.crop_path, [crops]) if spec.crop_path else None
-    if path is None:
+    crop = crop_file(spec.crop_path, settings)
+    if crop is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"specimen {specimen_id}: crop file is missing")
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+    return content_response(request, crop.path, crop.digest, "image/png")
 
 
 @router.get("/specimens/{specimen_id}/thumb/{size}.jpg")
 def specimen_thumb(
-    specimen_id: int, size: int, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
+    request: Request,
+    specimen_id: int,
+    size: int,
+    viewer: ViewerDep,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> Response:
+    """The crop's thumbnail, cached by the crop's content; its ETag is that content's sha256."""
     if size not in THUMB_SIZES:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"thumbnails come in {THUMB_SIZES} pixels")
     crop_path = session.scalar(select(Specimen.crop_path).where(Specimen.id == specimen_id))
     if crop_path is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"specimen {specimen_id}: no such specimen")
-    path = thumbnail_file(specimen_id, crop_path, size, settings)
-    if path is None:
+    thumb = thumbnail_file(specimen_id, crop_path, size, settings)
+    if thumb is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"specimen {specimen_id}: crop file is missing")
-    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+    return content_response(request, thumb.path, thumb.digest, "image/jpeg")
 
 
 def _verdict(status_: str, family: str, pick: str, best: str | None) -> tuple[str, str | None]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi.responses import FileResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from labpipe.api.conditional import content_response
 from labpipe.api.deps import SessionDep, SettingsDep, require_read
 from labpipe.api.schemas import ErrorOut, ImageOut, Page, SpecimenDetailOut, SpecimenOut
 from labpipe.barcoding.ids import specimen_code
+from labpipe.crops.store import content_digest
 from labpipe.db.models import Image, ImageStatus, Specimen
 from labpipe.reports.counts import SpecimenCall, load_calls, resolve
 from labpipe.samples import image_dict
@@ -225,10 +227,20 @@ def get_specimen(
     response_class=FileResponse,
     responses={**_ERRORS, 200: {"content": {"image/png": {}}, "description": "The square crop (PNG)."}},
 )
-def get_specimen_crop(specimen_id: DbId, session: SessionDep, settings: SettingsDep) -> FileResponse:
-    """The specimen's square crop. Only files inside the crops folder are ever served."""
+def get_specimen_crop(
+    request: Request, specimen_id: DbId, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """The specimen's square crop. Only files inside the crops folder are ever served.
+
+    Its ETag is the sha256 of the crop's bytes and it is revalidated on every use (``304`` when
+    unchanged): a specimen id may name another crop after its plate is processed again.
+    """
     spec = _get_specimen(session, specimen_id)
     path = safe_path(settings.storage.crops_dir, spec.crop_path)
-    if path is None:
+    try:
+        digest = content_digest(path) if path is not None else None
+    except OSError:
+        digest = None
+    if path is None or digest is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"specimen {specimen_id}: crop file is missing")
-    return FileResponse(path, media_type="image/png", filename=f"specimen-{specimen_id}.png")
+    return content_response(request, path, digest, "image/png", filename=f"specimen-{specimen_id}.png")
