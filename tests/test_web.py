@@ -255,7 +255,7 @@ def test_writes_need_the_login_the_form_token_and_this_site(lab, local: TestClie
     with factory() as session:
         assert session.scalar(select(func.count(Verification.id))) == 4  # the lab's own: nothing new
     assert (
-        local.post(url, data={**form, "csrf": csrf}, headers={"Origin": "http://testserver"}).status_code
+        local.post(url, data={**form, "csrf": csrf}, headers={"Origin": "http://localhost"}).status_code
         == 303
     )
     script = TestClient(lab[2], base_url="http://localhost", client=REMOTE, follow_redirects=False)
@@ -326,7 +326,7 @@ def test_a_correction_is_recorded_with_who_and_when_and_wins_in_the_counts(lab, 
     specimen_page_html = local.get(f"/specimens/{first}").text
     assert "E. Cologist" in specimen_page_html and 'id="counted-family">Histeridae<' in specimen_page_html
     csv_text = local.get("/exports/counts.csv", params={"sample": "S1"}).text
-    assert "S1,Histeridae,1" in csv_text.splitlines()
+    assert any(line.startswith("S1,Histeridae,1,") for line in csv_text.splitlines())
 
 
 def test_top_k_buttons_confirm_or_correct_and_a_correction_needs_a_family(lab, local: TestClient) -> None:
