@@ -30,10 +30,9 @@ from sqlalchemy.orm import Session
 
 from labpipe.cli.main import cli
 from labpipe.db.models import Classification, Image, Sample, Specimen
+from labpipe.queries.calls import CountFilter
+from labpipe.queries.rule import Outcome, SpecimenCall, resolve
 from labpipe.reports.counts import (
-    CountFilter,
-    Outcome,
-    SpecimenCall,
     community_matrix,
     compute_counts,
     count_families,
@@ -42,7 +41,6 @@ from labpipe.reports.counts import (
     matrix_to_csv,
     poisson_binomial_interval,
     poisson_binomial_pmf,
-    resolve,
 )
 from labpipe.review import ReviewError, export_training_folder, record_verification
 

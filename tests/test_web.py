@@ -33,11 +33,14 @@ from labpipe.db.models import (
     Specimen,
     Verification,
 )
-from labpipe.reports.counts import count_families, counts_to_csv, load_calls, resolve
+from labpipe.queries.calls import load_calls
+from labpipe.queries.listings import SpecimenFilter, neighbours, specimen_page
+from labpipe.queries.rule import resolve
+from labpipe.reports.counts import count_families, counts_to_csv
 from labpipe.review import ReviewError, export_training_folder, record_verification, record_verifications
 from labpipe.web import create_web_app
 from labpipe.web.auth import SESSION_COOKIE, csrf_value, safe_next, session_value
-from labpipe.web.queries import SpecimenFilter, neighbours, plate_progress, specimen_page
+from labpipe.web.progress import plate_progress
 from labpipe.web.render import PALETTE, family_colours
 
 TOKEN = "web-t0ken"
