@@ -90,7 +90,7 @@ def ticks(top: float) -> list[int]:
     """Round tick values from 0 to ``top`` (steps of 1, 2 or 5 times a power of ten, about six ticks).
 
     >>> ticks(7), ticks(230)
-    ([0, 1, 2, 3, 4, 5, 6, 7], [0, 50, 100, 150, 200])
+    ([0, 2, 4, 6], [0, 50, 100, 150, 200])
     >>> ticks(0)
     [0]
     """
