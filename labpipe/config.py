@@ -208,6 +208,13 @@ class ApiConfig:
     """Who may read without the token: ``localhost`` (clients on this machine), ``anyone`` or ``token``."""
     max_page_size: int = 500
     """Largest ``limit`` a listing endpoint accepts."""
+    allowed_hosts: str = "localhost,127.0.0.1,::1"
+    """Host names requests may be addressed to, comma-separated (against DNS rebinding); add the
+    server's public name when serving the network; ``*``: any (only behind a proxy that checks)."""
+    auth_failures: int = 10
+    """Failed logins or wrong tokens from one address within ``auth_window_s`` before it is refused."""
+    auth_window_s: float = 300.0
+    """The window of ``auth_failures``, in seconds (also how long a locked-out address waits)."""
 
 
 @dataclass

@@ -74,13 +74,29 @@ def build_detector(settings: Settings, kind: str | None = None) -> Detector:
 
 def image_result(image: Image, analysis: ImageAnalysis | None, specimens: list[Specimen]) -> dict[str, Any]:
     """The JSON-ready record of one processed image (the shape of ``labpipe process --json``)."""
+    from labpipe.reports.counts import Outcome, SpecimenCall, resolve
+
     rows = []
     counts: Counter[str] = Counter()
     for specimen in specimens:
         cls = specimen.classifications[-1] if specimen.classifications else None
-        if cls is not None and not cls.rejected and cls.family:
-            counts[cls.family] += 1
-        else:
+        standing = [v for v in specimen.verifications if v.retracted_at is None]
+        verification = max(standing, key=lambda v: (v.verified_at, v.id)) if standing else None
+        call = SpecimenCall(
+            specimen_id=specimen.id,
+            sample_id=image.sample_id,
+            family=cls.family if cls else None,
+            probability=cls.probability if cls else None,
+            rejected=cls.rejected if cls else True,
+            reason=cls.reason if cls else None,
+            top_k=tuple((str(f), float(p)) for f, p in (cls.top_k if cls else [])),
+            verification=verification.status if verification else None,
+            verified_family=verification.family if verification else None,
+        )
+        outcome = resolve(call)  # the rule the counts use: a person's verification wins
+        if outcome.outcome is Outcome.ACCEPTED and outcome.family:
+            counts[outcome.family] += 1
+        elif outcome.outcome is not Outcome.EXCLUDED:
             counts["rejected"] += 1
         rows.append(
             {
@@ -96,6 +112,8 @@ def image_result(image: Image, analysis: ImageAnalysis | None, specimens: list[S
                 "reason": cls.reason if cls else "not classified",
                 "top3": [[f, round(p, 4)] for f, p in (cls.top_k[:3] if cls else [])],
                 "model_version": cls.model.version if cls else None,
+                "verification": verification.status if verification else None,
+                "detection_state": specimen.detection_state,
             }
         )
     counts.setdefault("rejected", 0)

@@ -48,7 +48,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[Settings, Any, Any]]:
 
 @pytest.fixture
 def local(lab) -> TestClient:
-    return TestClient(lab[2], client=LOCAL)
+    return TestClient(lab[2], base_url="http://localhost", client=LOCAL)
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def test_counts_and_exports_match_the_database(lab, local: TestClient) -> None:
     site = local.get("/api/counts", params={"site": "Troodos", "date_from": "2024-07-01"}).json()
     assert [c["sample"] for c in site] == ["S3"]
     long = pd.read_csv(io.StringIO(local.get("/api/exports/counts.csv").text), keep_default_na=False)
-    assert list(long.columns) == ["sample", "family", "count"]
+    assert list(long.columns) == ["sample", "family", "count", "model_versions", "mixed_models"]
     matrix = pd.read_csv(io.StringIO(local.get("/api/exports/matrix.csv").text), index_col=0)
     assert matrix.loc["S1", "Curculionidae"] == 2 and matrix.loc["S2", "Apidae"] == 1
     archive = zipfile.ZipFile(io.BytesIO(local.get("/api/exports/dwca.zip").content))
@@ -185,12 +185,14 @@ def test_samples_can_be_imported_over_http_and_row_errors_come_back(lab, local: 
 
 def test_reads_are_open_on_localhost_and_need_the_token_from_elsewhere(lab) -> None:
     app = lab[2]
-    remote = TestClient(app, client=REMOTE)
+    remote = TestClient(app, base_url="http://localhost", client=REMOTE)
     assert remote.get("/api/samples").status_code == 401
     assert remote.get("/api/samples", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert remote.get("/api/samples", headers=AUTH).status_code == 200
-    assert TestClient(app, client=LOCAL).get("/api/samples").status_code == 200
-    assert TestClient(app, client=("::1", 1)).get("/api/samples").status_code == 200
+    assert TestClient(app, base_url="http://localhost", client=LOCAL).get("/api/samples").status_code == 200
+    assert (
+        TestClient(app, base_url="http://localhost", client=("::1", 1)).get("/api/samples").status_code == 200
+    )
 
 
 def test_every_write_needs_the_token(lab, local: TestClient) -> None:
@@ -214,7 +216,9 @@ def test_every_write_needs_the_token(lab, local: TestClient) -> None:
 def test_without_a_configured_token_writes_are_disabled(tmp_path: Path) -> None:
     settings = lab_settings(tmp_path / "data")
     factory = open_lab_db(settings)
-    client = TestClient(create_app(settings, session_factory=factory), client=LOCAL)
+    client = TestClient(
+        create_app(settings, session_factory=factory), base_url="http://localhost", client=LOCAL
+    )
     response = client.post("/api/plates/layout", json={"sample": "S1"}, headers={"Authorization": "Bearer "})
     assert response.status_code == 403 and "[api] token" in response.json()["detail"]
     body = {"status": "confirmed", "verified_by": "A"}
@@ -227,11 +231,15 @@ def test_read_access_settings(tmp_path: Path) -> None:
     factory = open_lab_db(lab_settings(tmp_path / "d"))
     anyone = lab_settings(tmp_path / "d", **{"api.read_access": "anyone"})
     assert (
-        TestClient(create_app(anyone, session_factory=factory), client=REMOTE).get("/api/plates").status_code
+        TestClient(create_app(anyone, session_factory=factory), base_url="http://localhost", client=REMOTE)
+        .get("/api/plates")
+        .status_code
         == 200
     )
     strict = lab_settings(tmp_path / "d", **{"api.read_access": "token", "api.token": TOKEN})
-    client = TestClient(create_app(strict, session_factory=factory), client=LOCAL)
+    client = TestClient(
+        create_app(strict, session_factory=factory), base_url="http://localhost", client=LOCAL
+    )
     assert (
         client.get("/api/plates").status_code == 401
         and client.get("/api/plates", headers=AUTH).status_code == 200
@@ -252,7 +260,7 @@ def test_openapi_schema_lists_every_area_and_the_ui_can_join_the_app(tmp_path: P
 
     factory = open_lab_db(lab_settings(tmp_path / "d"))
     app = create_app(lab_settings(tmp_path / "d"), session_factory=factory, extra_routers=[ui])
-    client = TestClient(app, client=LOCAL)
+    client = TestClient(app, base_url="http://localhost", client=LOCAL)
     paths = client.get("/api/openapi.json").json()["paths"]
     for needed in (
         "/api/samples",
@@ -391,7 +399,9 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any,
     with factory() as session:
         build_lab(session, settings)
     app = create_app(settings, session_factory=factory)
-    TestClient(app, client=LOCAL).post("/api/plates/layout", json={"sample": "S1"}, headers=AUTH)
+    TestClient(app, base_url="http://localhost", client=LOCAL).post(
+        "/api/plates/layout", json={"sample": "S1"}, headers=AUTH
+    )
     real = {"sample_id": "S1", "image_id": 1, "specimen_id": 2, "plate": "S1-P01"}
     yield schemathesis.openapi.from_asgi("/api/openapi.json", app), real
     factory.kw["bind"].dispose()
@@ -491,3 +501,37 @@ def test_the_default_model_is_one_setting_read_and_changed_over_http(lab, local:
     assert now["source"] == "registry default" and now["version"] == version
     unknown = local.put("/api/models/default", json={"version": "nope@w0", "changed_by": "Ana"}, headers=AUTH)
     assert unknown.status_code == 400 and "no registered model" in unknown.json()["detail"]
+
+
+# --- hardening: host names, token guessing ----------------------------------------------------------
+
+
+def test_requests_for_another_host_name_are_refused_against_dns_rebinding(lab) -> None:
+    app = lab[2]
+    rebound = TestClient(app, base_url="http://evil.example:8000", client=LOCAL)
+    for path in ("/api/specimens", "/api/exports/dwca.zip", "/api/samples"):
+        response = rebound.get(path)
+        assert response.status_code == 400 and "allowed_hosts" in response.json()["detail"], path
+    for host in ("http://localhost:8000", "http://127.0.0.1:8000", "http://[::1]:8000"):
+        assert TestClient(app, base_url=host, client=LOCAL).get("/api/samples").status_code == 200, host
+
+
+def test_token_guessing_is_stopped_per_client_address(tmp_path: Path) -> None:
+    settings = lab_settings(
+        tmp_path / "d", **{"api.token": TOKEN, "api.auth_failures": 5, "api.auth_window_s": 600}
+    )
+    factory = open_lab_db(settings)
+    app = create_app(settings, session_factory=factory)
+    guesser = TestClient(app, base_url="http://localhost", client=REMOTE)
+    statuses = [
+        guesser.post(
+            "/api/verifications", json={}, headers={"Authorization": f"Bearer guess-{n}"}
+        ).status_code
+        for n in range(7)
+    ]
+    assert statuses[:5] == [401] * 5 and statuses[5:] == [429, 429]
+    locked = guesser.post("/api/verifications", json={}, headers=AUTH)  # even the right token, for now
+    assert locked.status_code == 429 and 0 < int(locked.headers["retry-after"]) <= 600
+    other = TestClient(app, base_url="http://localhost", client=LOCAL)
+    assert other.post("/api/verifications", json={}, headers=AUTH).status_code == 422  # reaches validation
+    factory.kw["bind"].dispose()

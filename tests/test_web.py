@@ -63,7 +63,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[Settings, Any, Any]]:
 
 @pytest.fixture
 def local(lab) -> TestClient:
-    return TestClient(lab[2], client=LOCAL, follow_redirects=False)
+    return TestClient(lab[2], base_url="http://localhost", client=LOCAL, follow_redirects=False)
 
 
 def _login(client: TestClient, name: str = "R. Reviewer") -> str:
@@ -201,7 +201,7 @@ def test_the_dashboard_shows_states_failures_with_reasons_and_progress(lab, loca
 
 
 def test_readers_elsewhere_are_sent_to_the_login_page_and_files_answer_401(lab) -> None:
-    remote = TestClient(lab[2], client=REMOTE, follow_redirects=False)
+    remote = TestClient(lab[2], base_url="http://localhost", client=REMOTE, follow_redirects=False)
     response = remote.get("/specimens?family=Carabidae")
     assert response.status_code == 303
     assert response.headers["location"] == "/login?next=%2Fspecimens%3Ffamily%3DCarabidae"
@@ -219,7 +219,11 @@ def test_read_access_anyone_and_token_are_honoured(tmp_path: Path) -> None:
         factory = open_lab_db(settings)
         app = create_web_app(settings, session_factory=factory)
         for client, ok in [(LOCAL, local_ok), (REMOTE, remote_ok)]:
-            status = TestClient(app, client=client, follow_redirects=False).get("/").status_code
+            status = (
+                TestClient(app, base_url="http://localhost", client=client, follow_redirects=False)
+                .get("/")
+                .status_code
+            )
             assert status == (200 if ok else 303), (mode, client)
         factory.kw["bind"].dispose()
 
@@ -257,7 +261,7 @@ def test_writes_need_the_login_the_form_token_and_this_site(lab, local: TestClie
         local.post(url, data={**form, "csrf": csrf}, headers={"Origin": "http://testserver"}).status_code
         == 303
     )
-    script = TestClient(lab[2], client=REMOTE, follow_redirects=False)
+    script = TestClient(lab[2], base_url="http://localhost", client=REMOTE, follow_redirects=False)
     assert script.post(url, data=form, headers={**AUTH, "X-Labpipe-User": "pipeline-bot"}).status_code == 303
     with factory() as session:
         people = session.scalars(
@@ -271,7 +275,9 @@ def test_without_a_token_the_ui_is_read_only(tmp_path: Path) -> None:
     factory = open_lab_db(settings)
     with factory() as session:
         build_lab(session, settings)
-    client = TestClient(create_web_app(settings, session_factory=factory), client=LOCAL)
+    client = TestClient(
+        create_web_app(settings, session_factory=factory), base_url="http://localhost", client=LOCAL
+    )
     assert "read-only" in client.get("/").text
     assert client.post("/specimens/1/verify", data={"status": "confirmed"}).status_code == 403
     assert client.post("/login", data={"token": "x", "name": "y"}).status_code == 401
@@ -863,7 +869,9 @@ def test_pages_stay_fast_with_a_hundred_thousand_specimens(tmp_path: Path) -> No
     settings = lab_settings(tmp_path / "big", **{"api.token": TOKEN})
     factory = open_lab_db(settings)
     bulk_lab(settings, factory)
-    client = TestClient(create_web_app(settings, session_factory=factory), client=LOCAL)
+    client = TestClient(
+        create_web_app(settings, session_factory=factory), base_url="http://localhost", client=LOCAL
+    )
     times = render_times(client, PAGES_AT_SCALE, repeat=2)
     print("\npage render times with 100 000 specimens (ms):", times)
     slow = {url: ms for url, ms in times.items() if ms > 3000}  # generous: 2 shared CPU cores
@@ -903,7 +911,9 @@ def test_pages_and_gallery_filters_are_the_same_on_postgresql(postgres_url: str,
                         (total, [(r.index_in_image, r.sample, r.resolution.outcome.value) for r in rows])
                     )
                 results.append(got)
-            client = TestClient(create_web_app(settings, session_factory=factory), client=LOCAL)
+            client = TestClient(
+                create_web_app(settings, session_factory=factory), base_url="http://localhost", client=LOCAL
+            )
             for page in ["/", "/images/1", "/specimens?state=rejected", "/review", "/samples/S1", "/models"]:
                 assert client.get(page).status_code == 200, (settings.database_url, page)
             factory.kw["bind"].dispose()

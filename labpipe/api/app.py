@@ -20,13 +20,14 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from labpipe.api import routes
 from labpipe.api.deps import READ_ACCESS, SessionDep
+from labpipe.api.guard import FailureLimiter, allowed_host_names, host_allowed
 from labpipe.api.schemas import HealthOut
 from labpipe.config import Settings
 from labpipe.errors import ConfigError, LabpipeError
@@ -105,6 +106,21 @@ def create_app(
     )
     app.state.settings = settings
     app.state.session_factory = session_factory
+    app.state.auth_limiter = FailureLimiter(settings.api.auth_failures, settings.api.auth_window_s)
+    allowed_hosts = allowed_host_names(settings.api.allowed_hosts)
+
+    @app.middleware("http")
+    async def trusted_hosts(request: Request, call_next: Any) -> Response:
+        """Refuse requests addressed to a host name this service does not answer to (DNS rebinding)."""
+        if request.scope.get("type") == "http" and not host_allowed(
+            request.headers.get("host"), allowed_hosts
+        ):
+            return JSONResponse(
+                {"detail": "this host name is not served here: add it to [api] allowed_hosts"},
+                status_code=status.HTTP_400_BAD_REQUEST,
+            )
+        return await call_next(request)  # type: ignore[no-any-return]
+
     app.add_exception_handler(LabpipeError, _labpipe_error)
     app.add_exception_handler(sa_exc.DataError, _data_error)
 

@@ -82,8 +82,10 @@ def require_read(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
-    """Allow the read, or answer 401 (see the module docstring)."""
+    """Allow the read, or answer 401 (see the module docstring); 429 after too many wrong tokens."""
     mode = settings.api.read_access
+    if credentials is not None and not _token_matches(settings, credentials):
+        _failed(request)
     if mode == "anyone":
         return
     if mode == "localhost" and is_local_client(request.client.host if request.client else None):
@@ -97,17 +99,33 @@ def require_read(
     )
 
 
+def _failed(request: Request) -> None:
+    """Count a wrong token of this client, and refuse it (429) once it has had too many."""
+    from labpipe.api.guard import limiter_for
+
+    limiter = limiter_for(request)
+    limiter.check(request)
+    limiter.record(request)
+
+
 def require_write(
+    request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
-    """Allow the write only with the configured token: 403 when none is configured, 401 when wrong."""
+    """Allow the write only with the configured token: 403 when none is configured, 401 when wrong,
+    429 once this client has sent too many wrong tokens."""
+    from labpipe.api.guard import limiter_for
+
+    limiter_for(request).check(request)
     if not settings.api.token:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             "writes are disabled: set [api] token in the configuration (or LABPIPE_API_TOKEN)",
         )
     if not _token_matches(settings, credentials):
+        if credentials is not None:
+            limiter_for(request).record(request)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "this write needs the API token (Authorization: Bearer <token>)",

@@ -128,6 +128,9 @@ class CountsOut(BaseModel):
     expected: dict[str, ExpectedOut]
     expected_other: ExpectedOut
     model_versions: list[str]
+    mixed_models: bool = Field(
+        description="The sample's predicted counts come from more than one classifier version."
+    )
 
 
 class SampleDetailOut(BaseModel):

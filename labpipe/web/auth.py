@@ -96,9 +96,16 @@ def get_viewer(request: Request) -> Viewer:
     token = settings.api.token
     if not token:
         return Viewer(False, None, False, None, False)
-    by_header = _equal(_bearer(request), token)
-    by_cookie = _equal(request.cookies.get(SESSION_COOKIE), session_value(token))
+    from labpipe.api.guard import limiter_for
+
+    presented_header, presented_cookie = _bearer(request), request.cookies.get(SESSION_COOKIE)
+    by_header = _equal(presented_header, token)
+    by_cookie = _equal(presented_cookie, session_value(token))
     logged_in = by_header or by_cookie
+    if (presented_header and not by_header) or (presented_cookie and not by_cookie):
+        limiter = limiter_for(request)
+        limiter.check(request)  # 429 once this address has guessed too often
+        limiter.record(request)
     name = (request.cookies.get(NAME_COOKIE) or "").strip()[:255] or None
     if by_header and not by_cookie:
         name = request.headers.get("x-labpipe-user", "").strip()[:255] or "api"
