@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from labpipe.detect.base import Detector
 from labpipe.errors import ConfigError, ImageReadError
 from labpipe.imaging import open_image
 from labpipe.logs import get_logger
+from labpipe.queries.calls import load_calls
+from labpipe.queries.rule import Outcome, SpecimenCall, resolve
 from labpipe.record import RecordResult, ensure_sample, record_analysis
 
 __all__ = [
@@ -72,32 +75,24 @@ def build_detector(settings: Settings, kind: str | None = None) -> Detector:
     )
 
 
-def image_result(image: Image, analysis: ImageAnalysis | None, specimens: list[Specimen]) -> dict[str, Any]:
-    """The JSON-ready record of one processed image (the shape of ``labpipe process --json``)."""
-    from labpipe.reports.counts import Outcome, SpecimenCall, resolve
+def image_result(
+    image: Image, analysis: ImageAnalysis | None, specimens: list[Specimen], calls: Mapping[int, SpecimenCall]
+) -> dict[str, Any]:
+    """The JSON-ready record of one processed image (the shape of ``labpipe process --json``).
 
+    ``calls`` holds each specimen's current call (:func:`labpipe.queries.calls.load_calls`): the
+    counts per family follow the rule the counts use (a person's verification wins).
+    """
     rows = []
     counts: Counter[str] = Counter()
     for specimen in specimens:
-        cls = specimen.classifications[-1] if specimen.classifications else None
-        standing = [v for v in specimen.verifications if v.retracted_at is None]
-        verification = max(standing, key=lambda v: (v.verified_at, v.id)) if standing else None
-        call = SpecimenCall(
-            specimen_id=specimen.id,
-            sample_id=image.sample_id,
-            family=cls.family if cls else None,
-            probability=cls.probability if cls else None,
-            rejected=cls.rejected if cls else True,
-            reason=cls.reason if cls else None,
-            top_k=tuple((str(f), float(p)) for f, p in (cls.top_k if cls else [])),
-            verification=verification.status if verification else None,
-            verified_family=verification.family if verification else None,
-        )
-        outcome = resolve(call)  # the rule the counts use: a person's verification wins
+        call = calls.get(specimen.id) or SpecimenCall(specimen.id, image.sample_id)
+        outcome = resolve(call)
         if outcome.outcome is Outcome.ACCEPTED and outcome.family:
             counts[outcome.family] += 1
         elif outcome.outcome is not Outcome.EXCLUDED:
             counts["rejected"] += 1
+        classified = call.classified
         rows.append(
             {
                 "id": specimen.id,
@@ -106,13 +101,13 @@ def image_result(image: Image, analysis: ImageAnalysis | None, specimens: list[S
                 "score": round(specimen.score, 4),
                 "crop_path": specimen.crop_path,
                 "length_mm": specimen.length_mm,
-                "family": cls.family if cls else None,
-                "probability": round(cls.probability, 4) if cls else None,
-                "rejected": cls.rejected if cls else True,
-                "reason": cls.reason if cls else "not classified",
-                "top3": [[f, round(p, 4)] for f, p in (cls.top_k[:3] if cls else [])],
-                "model_version": cls.model.version if cls else None,
-                "verification": verification.status if verification else None,
+                "family": call.family,
+                "probability": round(call.probability, 4) if call.probability is not None else None,
+                "rejected": call.rejected,
+                "reason": call.reason if classified else "not classified",
+                "top3": [[f, round(p, 4)] for f, p in call.top_k[:3]],
+                "model_version": call.model_version,
+                "verification": call.verification,
                 "detection_state": specimen.detection_state,
             }
         )
@@ -590,7 +585,8 @@ class Pipeline:
                     "see `labpipe status` and the logs; fix the file and process it again",
                 )
             specimens = sorted(image.specimens, key=lambda s: s.index_in_image)
-            result = image_result(image, None, specimens)
+            calls = {c.specimen_id: c for c in load_calls(session, specimen_ids=[s.id for s in specimens])}
+            result = image_result(image, None, specimens, calls)
         stages = {"hash": hash_seconds, **(self.last_record_stages or {})}
         result["stage_seconds"] = {k: round(v, 3) for k, v in stages.items()}
         result["seconds"] = round(time.perf_counter() - started, 3)

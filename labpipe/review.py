@@ -2,8 +2,9 @@
 training folder for the next model.
 
 A verification is a row of its own (:class:`~labpipe.db.models.Verification`): who, when, what
-they said. Nothing is overwritten; the latest verification of a specimen wins over every
-prediction in the counts (:func:`labpipe.reports.counts.resolve`). The four verdicts:
+they said. Nothing is overwritten; the latest verification of a specimen that is not retracted
+wins over every prediction in the counts (which one is :mod:`labpipe.queries.calls`, how it counts
+:func:`labpipe.queries.rule.resolve`). The four verdicts:
 
 ==============  ===========================================================================
 ``confirmed``   the model's family is right (``family`` may repeat it, or stay empty)
@@ -36,21 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from labpipe.crops.store import safe_component
-from labpipe.db.models import (
-    BarcodeLink,
-    Classification,
-    Image,
-    Specimen,
-    Verification,
-    VerificationStatus,
-    utcnow,
-)
+from labpipe.db.models import BarcodeLink, Image, Specimen, Verification, VerificationStatus, utcnow
 from labpipe.errors import LabpipeError
 from labpipe.families import FamilyListError, accepted_families, add_lab_family, check_new_family_name
+from labpipe.queries.calls import best_families, latest_verifications
+from labpipe.queries.records import existing_specimen_ids
 from labpipe.samples import NotFoundError
 
 __all__ = [
@@ -60,8 +55,6 @@ __all__ = [
     "UnknownFamilyError",
     "UnknownSpecimenError",
     "export_training_folder",
-    "latest_verifications",
-    "model_families",
     "record_verification",
     "record_verifications",
 ]
@@ -186,7 +179,7 @@ def record_verifications(
     if len(ids) > MAX_BULK:
         raise ReviewError(None, f"{len(ids)} specimens selected, at most {MAX_BULK} at once")
     family, new_name = _known_family(session, family, families_file, add_family=add_family)
-    found = set(session.scalars(select(Specimen.id).where(Specimen.id.in_(ids))))
+    found = existing_specimen_ids(session, ids)
     missing = [i for i in ids if i not in found]
     if missing:
         raise UnknownSpecimenError(
@@ -282,42 +275,6 @@ def _known_family(
     return clean, clean
 
 
-def latest_verifications() -> Any:
-    """A subquery: each specimen's latest verification (``specimen_id``, ``status``, ``family``,
-    ``verified_by``, ``verified_at``), the one that counts (by time, then id)."""
-    rank = (
-        func.row_number()
-        .over(
-            partition_by=Verification.specimen_id,
-            order_by=(Verification.verified_at.desc(), Verification.id.desc()),
-        )
-        .label("rank")
-    )
-    ranked = (
-        select(
-            Verification.specimen_id,
-            Verification.status,
-            Verification.family,
-            Verification.verified_by,
-            Verification.verified_at,
-            rank,
-        )
-        .where(Verification.retracted_at.is_(None))  # an undone verification no longer counts
-        .subquery("ranked_verification")
-    )
-    return (
-        select(
-            ranked.c.specimen_id,
-            ranked.c.status,
-            ranked.c.family,
-            ranked.c.verified_by,
-            ranked.c.verified_at,
-        )
-        .where(ranked.c.rank == 1)
-        .subquery("latest_verification")
-    )
-
-
 @dataclass
 class TrainingExport:
     """What :func:`export_training_folder` wrote."""
@@ -342,28 +299,6 @@ class TrainingExport:
             "missing_crops": list(self.missing_crops),
             "skipped": dict(self.skipped),
         }
-
-
-def model_families(session: Session, ids: Sequence[int]) -> dict[int, str | None]:
-    """Each specimen's newest classification's best family, even when rejected (what a confirmation
-    that names no family confirms); specimens never classified are left out."""
-    if not ids:
-        return {}
-    newest = (
-        select(Classification.specimen_id, func.max(Classification.id).label("cid"))
-        .where(Classification.specimen_id.in_(ids))
-        .group_by(Classification.specimen_id)
-        .subquery()
-    )
-    rows = session.execute(
-        select(Classification.specimen_id, Classification.family, Classification.top_k).join(
-            newest, newest.c.cid == Classification.id
-        )
-    )
-    out: dict[int, str | None] = {}
-    for sid, family, top_k in rows:
-        out[sid] = family or (str(top_k[0][0]) if top_k else None)
-    return out
 
 
 def export_training_folder(
@@ -405,7 +340,7 @@ def export_training_folder(
         query = query.where(latest.c.verified_at >= since)
     rows = session.execute(query).all()
     confirmed_without = [r[0] for r in rows if r[3] == VerificationStatus.CONFIRMED and not r[4]]
-    predicted = model_families(session, confirmed_without)
+    predicted = best_families(session, confirmed_without)
     result = TrainingExport(Path(out_dir))
     base = crops_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -30,10 +30,9 @@ from sqlalchemy.orm import Session
 
 from labpipe.cli.main import cli
 from labpipe.db.models import Classification, Image, Sample, Specimen
+from labpipe.queries.calls import CountFilter
+from labpipe.queries.rule import Outcome, SpecimenCall, resolve
 from labpipe.reports.counts import (
-    CountFilter,
-    Outcome,
-    SpecimenCall,
     community_matrix,
     compute_counts,
     count_families,
@@ -42,7 +41,6 @@ from labpipe.reports.counts import (
     matrix_to_csv,
     poisson_binomial_interval,
     poisson_binomial_pmf,
-    resolve,
 )
 from labpipe.review import ReviewError, export_training_folder, record_verification
 
@@ -446,3 +444,73 @@ def test_the_default_classifier_decides_and_a_sample_of_two_models_is_flagged(la
     csv_rows = counts_to_csv([s2]).splitlines()[1:]
     assert all(row.endswith(f"{MODEL};{newer.version},yes") for row in csv_rows)
     assert "MIXED MODELS" in counts_to_table([s2])
+
+
+def test_both_sql_shapes_of_the_rule_choose_the_same_classification_and_verification(lab) -> None:
+    """Counts rank whole tables, pages look each specimen up: both pick the default classifier's
+    call over a newer one, the latest standing verification over a newer retracted one."""
+    import datetime as dt
+
+    from labpipe.db.models import Model, ModelKind, Verification
+    from labpipe.queries.calls import best_families, latest_verifiers, load_calls
+    from labpipe.queries.listings import SpecimenFilter, specimen_page
+
+    _, session = lab
+    newer = Model(
+        name="families-v2",
+        kind=ModelKind.CLASSIFIER.value,
+        version="families-v2@w333333333333-l444444444444",
+        weights_hash="3" * 64,
+        labels_hash="4" * 64,
+        labels=["Apidae"],
+    )
+    session.add(newer)
+    session.flush()
+    first, second, third = session.scalars(select(Specimen.id).order_by(Specimen.id).limit(3))
+    for sid in (first, second):
+        session.add(
+            Classification(
+                specimen_id=sid,
+                model_id=newer.id,
+                family="Apidae",
+                probability=0.99,
+                top_k=[["Apidae", 0.99]],
+            )
+        )
+    session.scalars(select(Model).where(Model.version == MODEL)).one().is_default = True
+    when = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    session.add_all(
+        [
+            Verification(
+                specimen_id=third, status="corrected", family="Silphidae", verified_by="a", verified_at=when
+            ),
+            Verification(
+                specimen_id=third, status="corrected", family="Histeridae", verified_by="b", verified_at=when
+            ),
+            Verification(
+                specimen_id=third,
+                status="not_specimen",
+                verified_by="c",
+                verified_at=when + dt.timedelta(days=1),
+                retracted_at=when + dt.timedelta(days=2),
+            ),
+        ]
+    )
+    session.commit()
+    ids = list(session.scalars(select(Specimen.id).order_by(Specimen.id)))
+    for version in (None, MODEL, newer.version):
+        flt = CountFilter(model_version=version)
+        ranked = load_calls(session, flt)  # whole tables: window functions
+        looked_up = load_calls(session, flt, specimen_ids=ids)  # a few ids: correlated lookups
+        assert ranked == looked_up, version
+        _, rows = specimen_page(session, SpecimenFilter(model=version, sort="oldest"), limit=100)
+        assert [r.call for r in rows] == [c for c in ranked if version is None or c.classified], version
+    calls = {c.specimen_id: c for c in load_calls(session)}
+    assert calls[first].family != "Apidae" and calls[first].model_version == MODEL  # the default decides
+    assert (calls[third].verification, calls[third].verified_family) == ("corrected", "Histeridae")
+    assert latest_verifiers(session, [third]) == {third: "b"}  # not c: that one was undone
+    assert best_families(session, [first, 10**6])[first] == calls[first].family
+    old = session.scalars(select(Model).where(Model.version == MODEL)).one()
+    old.is_default, newer.is_default = False, True
+    session.commit()
+    assert best_families(session, [first]) == {first: "Apidae"}

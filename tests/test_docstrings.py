@@ -29,7 +29,14 @@ MODULES = [
     "labpipe.imaging.tilecache",
     "labpipe.ingest.moves",
     "labpipe.metrics.detection",
+    "labpipe.queries.records",
+    "labpipe.queries.rule",
     "labpipe.reports.counts",
+    "labpipe.web.charts",
+    "labpipe.web.render",
+    "labpipe.web.routes.common",
+    "labpipe.web.routes.exports",
+    "labpipe.web.routes.review",
 ]
 
 

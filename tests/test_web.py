@@ -33,12 +33,16 @@ from labpipe.db.models import (
     Specimen,
     Verification,
 )
-from labpipe.reports.counts import count_families, counts_to_csv, load_calls, resolve
+from labpipe.queries.calls import load_calls
+from labpipe.queries.listings import SpecimenFilter, neighbours, specimen_page
+from labpipe.queries.rule import resolve
+from labpipe.reports.counts import count_families, counts_to_csv
 from labpipe.review import ReviewError, export_training_folder, record_verification, record_verifications
 from labpipe.web import create_web_app
 from labpipe.web.auth import SESSION_COOKIE, csrf_value, safe_next, session_value
-from labpipe.web.queries import SpecimenFilter, neighbours, plate_progress, specimen_page
-from labpipe.web.render import PALETTE, family_colours
+from labpipe.web.charts import count_chart, plate_extent, share_width, ticks
+from labpipe.web.progress import plate_progress
+from labpipe.web.render import PALETTE, family_colour, family_colours
 
 TOKEN = "web-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -141,6 +145,43 @@ def test_the_plate_view_draws_every_box_coloured_by_family_and_marks_rejected_on
     assert f"stroke: {colours['Curculionidae']}" in page and 'class="box rejected' in page
     assert 'viewBox="0 0 3000 3000"' in page
     assert "Curculionidae</a>" in page  # legend
+
+
+def test_the_count_chart_scales_bars_and_whiskers_to_the_largest_value() -> None:
+    families = {"Carabidae": 10, "Formicidae": 5}
+    expected = {
+        "Carabidae": {"mean": 9.5, "low": 8, "high": 12},
+        "Formicidae": {"mean": 5.0, "low": 5, "high": 5},
+        "Staphylinidae": {"mean": 0.6, "low": 0, "high": 2},
+        "Apidae": {"mean": 0.2, "low": 0, "high": 1},
+    }
+    chart = count_chart(families, expected, 3, {"Carabidae": "#111111"}, width=450)
+    labels = [b.label for b in chart.bars]
+    assert labels == ["Carabidae", "Formicidae", "Staphylinidae", "rejected"]  # Apidae: expected < 0.5
+    scale = (450 - 150 - 60) / 12  # the widest thing drawn is Carabidae's whisker (high 12)
+    carabidae, formicidae, staphylinidae, rejected = chart.bars
+    assert carabidae.bar_w == 10 * scale and carabidae.whisker is not None
+    assert carabidae.whisker.x_high == 150 + 12 * scale == 390.0 and carabidae.count_x == 396.0
+    assert formicidae.count_x == 150 + 5 * scale + 6  # a whisker no longer than the bar
+    assert staphylinidae.bar_w == 0 and staphylinidae.count_x == 150 + 2 * scale + 6
+    assert rejected.whisker is None and rejected.colour == "#9a9a9a"
+    assert carabidae.colour == "#111111" and formicidae.colour == family_colour("Formicidae")
+    assert [b.y for b in chart.bars] == [0, 28, 56, 84] and chart.height == 4 * 28 + 24
+    assert [t.value for t in chart.ticks] == [0, 2, 4, 6, 8, 10, 12]
+    assert chart.ticks[-1].x == 390.0 and chart.ticks[0].y2 == chart.height - 20
+
+
+def test_an_empty_sample_still_gets_an_axis_and_a_rejected_bar() -> None:
+    chart = count_chart({}, {}, 0, {})
+    assert [b.label for b in chart.bars] == ["rejected"] and chart.bars[0].bar_w == 0
+    assert [t.value for t in chart.ticks] == [0, 1]
+    assert ticks(230) == [0, 50, 100, 150, 200] and ticks(7) == [0, 2, 4, 6]
+
+
+def test_plates_and_probability_bars_have_their_geometry() -> None:
+    assert plate_extent(None, None, [(10, 20, 30, 40), (100, 0, 5, 5)]) == (105, 60)
+    assert plate_extent(4000, None, []) == (4000, 1000)
+    assert [share_width(p) for p in (0.0, 0.12345, 1.0)] == [0.0, 12.3, 100.0]
 
 
 def test_family_colours_on_one_page_are_all_different() -> None:
@@ -525,6 +566,88 @@ def test_gallery_by_model_version_shows_that_models_classifications(lab) -> None
         assert total == 1 and rows[0].call.family == "Apidae"
         _, rows = specimen_page(session, SpecimenFilter(model=MODEL, sample="S1", sort="oldest"), limit=1)
         assert rows[0].call.family == "Carabidae"  # the older model's opinion, not the newest one
+
+
+def test_a_confirmation_without_a_family_confirms_the_call_the_page_shows(lab, local: TestClient) -> None:
+    """With a newer model's call on a specimen and the older model as the default, the page shows the
+    default's call; confirming it (page, bulk bar or API) records that family, not the newer one."""
+    _, factory, _ = lab
+    with factory() as session:
+        newer = get_model(session, "families-v2@wabc-ldef")
+        first, second, third = _ids(session)[:3]
+        for sid in (first, second, third):
+            session.add(
+                Classification(
+                    specimen_id=sid, model_id=newer.id, family="Apidae", probability=0.99, top_k=[]
+                )
+            )
+        get_model(session, MODEL).is_default = True
+        session.commit()
+        shown = {r.specimen_id: r.best_family for r in specimen_page(session, SpecimenFilter(), limit=100)[1]}
+    assert "Apidae" not in {shown[first], shown[second], shown[third]}
+    assert f'id="counted-family">{shown[first]}<' in local.get(f"/specimens/{first}").text
+    csrf = _login(local)
+    assert (
+        local.post(f"/specimens/{first}/verify", data={"csrf": csrf, "status": "confirmed"}).status_code
+        == 303
+    )
+    assert (
+        local.post(f"/specimens/{first}/verify", data={"csrf": csrf, "pick": shown[first]}).status_code == 303
+    )
+    bulk = local.post("/review/bulk", data={"csrf": csrf, "status": "confirmed", "ids": [second]})
+    assert bulk.status_code == 303
+    api = local.post(
+        f"/api/specimens/{third}/verifications",
+        json={"status": "confirmed", "verified_by": "A"},
+        headers=AUTH,
+    )
+    assert api.status_code == 201
+    with factory() as session:
+        got = session.execute(
+            select(Verification.specimen_id, Verification.status, Verification.family).order_by(
+                Verification.id
+            )
+        ).all()
+    mine = [tuple(r) for r in got if r[0] in (first, second, third)]
+    assert mine == [
+        (first, "confirmed", shown[first]),
+        (first, "confirmed", shown[first]),  # its top-k button confirms, it does not correct
+        (second, "confirmed", shown[second]),
+        (third, "confirmed", shown[third]),
+    ]
+
+
+def test_listings_at_a_threshold_filter_as_the_counting_rule_decides(lab, local: TestClient) -> None:
+    """Without a threshold the listing filters in SQL, with one on resolved rows: both agree with
+    :func:`resolve` over every call, in the API and in the query layer."""
+    _, factory, _ = lab
+    with factory() as session:
+        calls = load_calls(session)
+        for threshold in (None, 0.0, 0.4, 0.6, 1.0):
+            resolved = {c.specimen_id: resolve(c, threshold) for c in calls}
+            for state in ("accepted", "rejected", "excluded", "unclassified"):
+                flt = SpecimenFilter(state=state, threshold=threshold, sort="oldest")
+                total, rows = specimen_page(session, flt, limit=3, offset=1)
+                want = sorted(i for i, r in resolved.items() if r.outcome.value == state)
+                assert (total, [r.specimen_id for r in rows]) == (len(want), want[1:4]), (threshold, state)
+            flt = SpecimenFilter(counted_family="carabidae", threshold=threshold, sort="oldest")
+            _, rows = specimen_page(session, flt, limit=100)
+            assert [r.specimen_id for r in rows] == sorted(
+                i for i, r in resolved.items() if (r.family or "").lower() == "carabidae"
+            ), threshold
+            flt = SpecimenFilter(family="Carabidae", threshold=threshold, sort="oldest")
+            _, rows = specimen_page(session, flt, limit=100)
+            assert all(r.shown_family == "Carabidae" for r in rows) and rows, threshold
+    for params in ({"status": "accepted", "threshold": 0.4}, {"status": "rejected"}, {"family": "Carabidae"}):
+        items = local.get("/api/specimens", params=params).json()["items"]
+        threshold = params.get("threshold")
+        want = [
+            c.specimen_id
+            for c in calls
+            if (r := resolve(c, threshold)).outcome.value == params.get("status", r.outcome.value)
+            and (r.family or "") == params.get("family", r.family or "")
+        ]
+        assert [s["specimen_id"] for s in items] == want, params
 
 
 def test_review_navigation_finds_the_next_specimen_even_after_the_queue_moved(lab) -> None:

@@ -1,7 +1,7 @@
 """Image-based family against DNA-based family: confusion table, per-family agreement, review marks.
 
 For every barcoded specimen (a barcode record with a DNA family, linked to a specimen) the image
-family is the counted family (:func:`labpipe.reports.counts.resolve`: a person's verification wins,
+family is the counted family (:func:`labpipe.queries.rule.resolve`: a person's verification wins,
 else the classifier's accepted family at the threshold; ``None`` when rejected). Each record is
 marked (``barcode_links.agreement``):
 
@@ -28,7 +28,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labpipe.db.models import Agreement, BarcodeLink, Image, Specimen
-from labpipe.reports.counts import CountFilter, Outcome, load_calls, resolve
+from labpipe.queries.calls import CountFilter, load_calls
+from labpipe.queries.rule import Outcome, resolve
 
 __all__ = [
     "REJECTED",

@@ -32,9 +32,10 @@ from sqlalchemy.orm import Session
 from labpipe.barcoding.ids import specimen_code
 from labpipe.config import BoldConfig
 from labpipe.crops.store import safe_component
-from labpipe.db.models import BarcodeLink, Image, Sample, Specimen, Verification
+from labpipe.db.models import BarcodeLink, Image, Sample, Specimen
 from labpipe.errors import LabpipeError
-from labpipe.reports.counts import CountFilter, Outcome, SpecimenCall, load_calls, resolve
+from labpipe.queries.calls import CountFilter, latest_verifiers, load_calls
+from labpipe.queries.rule import Outcome, SpecimenCall, resolve
 from labpipe.reports.taxonomy import higher_taxonomy
 from labpipe.samples import NotFoundError
 
@@ -307,7 +308,7 @@ def load_bold_specimens(
     pairs = session.execute(query).all()
     ids = [s.id for s, _ in pairs]
     calls: dict[int, SpecimenCall] = {c.specimen_id: c for c in load_calls(session, CountFilter(), ids)}
-    verifiers = _verifiers(session, ids)
+    verifiers = latest_verifiers(session, ids)
     samples = {
         s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_({i.sample_id for _, i in pairs})))
     }
@@ -344,19 +345,6 @@ def load_bold_specimens(
             )
         )
     out.sort(key=lambda b: (b.plate or "\uffff", b.well or "", b.sample_id))
-    return out
-
-
-def _verifiers(session: Session, ids: Sequence[int]) -> dict[int, str]:
-    """Who made each specimen's latest verification."""
-    out: dict[int, str] = {}
-    query = (
-        select(Verification.specimen_id, Verification.verified_by)
-        .where(Verification.specimen_id.in_(list(ids)))
-        .order_by(Verification.verified_at, Verification.id)
-    )
-    for specimen_id, who in session.execute(query):
-        out[specimen_id] = who
     return out
 
 

@@ -36,7 +36,8 @@ from sqlalchemy.orm import Session
 from labpipe.barcoding.ids import specimen_code
 from labpipe.db.models import BarcodeLink, Image, Specimen
 from labpipe.errors import LabpipeError
-from labpipe.reports.counts import CountFilter, Outcome, load_calls, resolve
+from labpipe.queries.calls import CountFilter, load_calls
+from labpipe.queries.rule import Outcome, resolve
 from labpipe.samples import NotFoundError
 
 __all__ = [
@@ -311,7 +312,7 @@ def layout_plates(
     prefix:
         Plate name prefix; empty: ``<sample>-P``.
     threshold:
-        Query-time acceptance threshold (see :mod:`labpipe.reports.counts`).
+        Query-time acceptance threshold (see :mod:`labpipe.queries.rule`).
     dry_run:
         Compute the layout without recording it.
 

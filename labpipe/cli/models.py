@@ -388,20 +388,14 @@ def _labels_text(labels: list[str], most: int = 6) -> str:
 @click.pass_obj
 def models_list(obj: Any, as_json: bool) -> None:
     """List registered classifier versions ('*' marks the default) and how many results each made."""
-    from sqlalchemy import func, select
-
     from labpipe.db.database import open_database
-    from labpipe.db.models import Classification
+    from labpipe.queries.models import model_usage
     from labpipe.registry import list_models
 
     factory = open_database(obj.settings.database_url)
     try:
         with factory() as session:
-            used = dict(
-                session.execute(
-                    select(Classification.model_id, func.count()).group_by(Classification.model_id)
-                ).all()
-            )
+            used = model_usage(session)
             rows = [_model_row(m, used.get(m.id, 0)) for m in list_models(session)]
     finally:
         _dispose(factory)

@@ -184,20 +184,13 @@ def samples_images(
     obj: Any, sample_id: str | None, unassigned: bool, image_status: str | None, as_json: bool
 ) -> None:
     """List plate images with their sample, status and number of specimens."""
-    from sqlalchemy import select
-
-    from labpipe.db.models import Image
+    from labpipe.queries.listings import ImageFilter, image_page
     from labpipe.samples import image_dict
 
-    query = select(Image).order_by(Image.id)
-    if sample_id is not None:
-        query = query.where(Image.sample_id == sample_id)
-    if unassigned:
-        query = query.where(Image.sample_id.is_(None))
-    if image_status is not None:
-        query = query.where(Image.status == image_status)
+    flt = ImageFilter(status=image_status, sample=sample_id, unassigned=unassigned, newest_first=False)
     with _session(obj) as session:
-        rows = [image_dict(i) for i in session.scalars(query)]
+        _, images = image_page(session, flt, count=False)
+        rows = [image_dict(i) for i in images]
     if as_json:
         _echo_json(rows)
         return
@@ -236,8 +229,8 @@ def _filters(func: F) -> F:
 
 
 def _count_filter(session: Session, kw: dict[str, Any]) -> Any:
+    from labpipe.queries.calls import CountFilter
     from labpipe.registry import find_model
-    from labpipe.reports.counts import CountFilter
 
     model = kw.get("model_version")
     version = find_model(session, model).version if model else None

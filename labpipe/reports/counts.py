@@ -1,24 +1,14 @@
 """Per-sample x family counts: accepted, rejected, human-verified, and expected counts with intervals.
 
-What a specimen counts as is decided at query time, from the stored rows, without reprocessing
-(:func:`resolve`):
-
-1. **A person's verification wins.** The latest verification of a specimen (by ``verified_at``,
-   then id) decides: ``confirmed`` counts it as the verified family (or, when the verification names
-   none, the classified family); ``corrected`` as the verification's family; ``not_specimen``
-   excludes it from every count (it is debris, not a specimen: it is in neither ``specimens`` nor
-   ``rejected`` but in ``excluded``); ``multiple`` (the box holds more than one specimen) counts it
-   **once**, as the verification's family or else the prediction, and adds it to ``multiple``, so
-   a sample's counts are lower bounds where ``multiple`` is not zero. A verification without a
-   family (other than ``not_specimen``) and without a usable prediction counts as rejected.
-2. **Otherwise the chosen classification decides**: the specimen's newest classification, or the
-   one of the model version asked for. Specimens with none are ``unclassified`` and left out of
-   ``specimens`` (with a model version given, that is every specimen that model has not seen).
-3. **Rejection at a query-time threshold.** Without a threshold the stored decision stands. With one,
-   a specimen is accepted as its best family when that family's calibrated probability is at least
-   the threshold, unless it was rejected for a reason no threshold changes: ``not_arthropod``,
-   ``family_unresolved`` or any other reason code except ``low_confidence``
-   (see :mod:`labpipe.classify.base`).
+What each specimen counts as is decided at query time from the stored rows, without reprocessing:
+which classification and which verification count is :mod:`labpipe.queries.calls` (the latest
+verification that is not retracted; the chosen classification: the model version asked for, else
+the default classifier's, else the newest), how they count is :func:`labpipe.queries.rule.resolve`
+(a person's verification wins; otherwise the chosen classification's decision, re-decided at a
+query-time threshold for ``low_confidence`` rejections only). Specimens without a classification
+are ``unclassified`` and left out of ``specimens``; those verified as ``not_specimen`` are
+``excluded``; ``multiple`` boxes count once, so counts are lower bounds where ``multiple`` is not
+zero.
 
 So ``specimens == sum(families.values()) + rejected`` for every sample.
 
@@ -44,47 +34,32 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
-from labpipe.classify.base import REJECT_LOW_CONFIDENCE, REJECT_OUT_OF_DISTRIBUTION, reason_code
-from labpipe.db.models import (
-    Classification,
-    Image,
-    ImageStatus,
-    Model,
-    Sample,
-    Specimen,
-    Verification,
-    VerificationStatus,
-)
+from labpipe.db.models import Sample
+from labpipe.queries.calls import CountFilter, load_calls
+from labpipe.queries.rule import Outcome, SpecimenCall, resolve
+from labpipe.queries.samples import done_images_per_sample, samples_by_id
 
 __all__ = [
     "OTHER",
     "REJECTED",
     "UNASSIGNED",
-    "CountFilter",
     "Expected",
-    "Outcome",
-    "Resolution",
     "SampleCounts",
-    "SpecimenCall",
     "aggregate",
     "community_matrix",
     "compute_counts",
     "count_families",
     "counts_to_csv",
     "counts_to_table",
-    "load_calls",
     "matrix_to_csv",
     "poisson_binomial_interval",
     "poisson_binomial_pmf",
-    "resolve",
 ]
 
 REJECTED = "rejected"
@@ -94,125 +69,6 @@ UNASSIGNED = "_unassigned"
 
 EXACT_LIMIT = 20_000
 """Above this many uncertain specimens, intervals use the normal approximation."""
-
-
-class Outcome(StrEnum):
-    """How one specimen counts."""
-
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"
-    EXCLUDED = "excluded"
-    """Verified as not a specimen."""
-    UNCLASSIFIED = "unclassified"
-
-
-@dataclass(frozen=True)
-class SpecimenCall:
-    """Everything the counts need to know about one specimen (one row of :func:`load_calls`)."""
-
-    specimen_id: int
-    sample_id: str | None
-    family: str | None = None
-    """The classification's best family (kept even when rejected); ``None`` when unclassified."""
-    probability: float | None = None
-    """Calibrated probability of ``family``; ``None`` when unclassified."""
-    rejected: bool = True
-    reason: str | None = None
-    top_k: tuple[tuple[str, float], ...] = ()
-    model_version: str | None = None
-    verification: str | None = None
-    """Status of the latest verification (:class:`VerificationStatus`), if any."""
-    verified_family: str | None = None
-
-    @property
-    def classified(self) -> bool:
-        return self.probability is not None
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """What :func:`resolve` decides for one specimen."""
-
-    outcome: Outcome
-    family: str | None = None
-    """The family it counts as (accepted only)."""
-    verified: bool = False
-    """The family (or the exclusion) was decided by a person, not by the classifier."""
-    multiple: bool = False
-    distribution: tuple[tuple[str, float], ...] = ()
-    """Family probabilities for the expected counts (sum <= 1)."""
-    other: float = 0.0
-    """Probability mass on no listed family."""
-
-
-def _distribution(top_k: Sequence[tuple[str, float]]) -> tuple[tuple[tuple[str, float], ...], float]:
-    """Clean top-k pairs (clipped to [0, 1], rescaled when they sum above 1) and the mass left over."""
-    pairs = [(str(f), min(max(float(p), 0.0), 1.0)) for f, p in top_k if f and math.isfinite(float(p))]
-    total = sum(p for _, p in pairs)
-    if total > 1.0:
-        pairs = [(f, p / total) for f, p in pairs]
-        total = 1.0
-    return tuple(pairs), max(0.0, 1.0 - total)
-
-
-def _predicted(call: SpecimenCall, threshold: float | None) -> tuple[bool, str | None]:
-    """(accepted, best family) of the classification at ``threshold`` (``None``: as stored)."""
-    family = call.family or (call.top_k[0][0] if call.top_k else None)
-    if not call.classified or family is None:
-        return False, None
-    if threshold is None:
-        return (not call.rejected), family
-    code = reason_code(call.reason) if call.rejected else None
-    if code is not None and code != REJECT_LOW_CONFIDENCE:
-        return False, family  # not an arthropod, family unresolved, ...: no threshold changes that
-    return float(call.probability or 0.0) >= threshold, family
-
-
-def resolve(call: SpecimenCall, threshold: float | None = None) -> Resolution:
-    """How ``call`` counts at ``threshold`` (the rules are in the module docstring).
-
-    Parameters
-    ----------
-    call:
-        One specimen's chosen classification and latest verification.
-    threshold:
-        Least calibrated probability accepted, in [0, 1]; ``None`` keeps the stored decision.
-
-    Example
-    -------
-    >>> c = SpecimenCall(1, "S1", "Carabidae", 0.42, True, "low_confidence: ...", (("Carabidae", 0.42),))
-    >>> resolve(c).outcome, resolve(c, threshold=0.4).family
-    (<Outcome.REJECTED: 'rejected'>, 'Carabidae')
-    """
-    if threshold is not None and not (0.0 <= threshold <= 1.0):
-        raise ValueError(f"threshold must be in [0, 1], given threshold {threshold}")
-    status = call.verification
-    if status == VerificationStatus.NOT_SPECIMEN:
-        return Resolution(Outcome.EXCLUDED, verified=True)
-    if status in (VerificationStatus.CONFIRMED, VerificationStatus.CORRECTED):
-        family = call.verified_family
-        if family is None and status == VerificationStatus.CONFIRMED:
-            family = call.family or (call.top_k[0][0] if call.top_k else None)
-        if family is None:
-            return Resolution(Outcome.REJECTED, verified=True, other=1.0)
-        return Resolution(Outcome.ACCEPTED, family, verified=True, distribution=((family, 1.0),))
-    multiple = status == VerificationStatus.MULTIPLE
-    if multiple and call.verified_family:
-        family = call.verified_family
-        return Resolution(
-            Outcome.ACCEPTED, family, verified=True, multiple=True, distribution=((family, 1.0),)
-        )
-    if not call.classified:
-        if multiple:
-            return Resolution(Outcome.REJECTED, multiple=True, other=1.0)
-        return Resolution(Outcome.UNCLASSIFIED)
-    distribution, other = _distribution(call.top_k)
-    if call.rejected and reason_code(call.reason) == REJECT_OUT_OF_DISTRIBUTION:
-        # Far from every family the model knows: its softmax says nothing about which one.
-        distribution, other = (), 1.0
-    accepted, family = _predicted(call, threshold)
-    outcome = Outcome.ACCEPTED if accepted else Outcome.REJECTED
-    return Resolution(outcome, family if accepted else None, False, multiple, distribution, other)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,7 +237,7 @@ def aggregate(
     images:
         Processed images per sample; samples listed here appear even with no specimens.
     threshold, level:
-        See :func:`resolve` and :func:`poisson_binomial_interval`.
+        See :func:`~labpipe.queries.rule.resolve` and :func:`poisson_binomial_interval`.
     samples:
         Sample rows, for the site and date columns.
 
@@ -448,137 +304,6 @@ def aggregate(
 # From the database
 
 
-@dataclass(frozen=True)
-class CountFilter:
-    """Which specimens to count: by sample ids, site, collection-date range and model version."""
-
-    samples: tuple[str, ...] = ()
-    site: str | None = None
-    date_from: dt.date | None = None
-    date_to: dt.date | None = None
-    model_version: str | None = None
-    """Only this classifier version's classifications (exact version string)."""
-
-    def apply(self, query: Select[Any]) -> Select[Any]:
-        """Restrict a query that selects from ``images`` (outer-joined to ``samples`` here)."""
-        if self.site is not None or self.date_from is not None or self.date_to is not None:
-            query = query.join(Sample, Sample.id == Image.sample_id)
-        if self.samples:
-            query = query.where(Image.sample_id.in_(self.samples))
-        if self.site is not None:
-            query = query.where(Sample.site == self.site)
-        if self.date_from is not None:
-            query = query.where(Sample.collection_date >= self.date_from)
-        if self.date_to is not None:
-            query = query.where(Sample.collection_date <= self.date_to)
-        return query
-
-
-def _chosen_classifications(model_version: str | None) -> Any:
-    """Each specimen's classification that counts: the one by ``model_version`` when given; else the
-    default classifier's when it has one, else the newest (so after ``models set-default`` and
-    ``reclassify`` a sample is counted by one model again)."""
-    if model_version is not None:
-        query = (
-            select(Classification.specimen_id, func.max(Classification.id).label("cid"))
-            .join(Model, Model.id == Classification.model_id)
-            .where(Model.version == model_version)
-            .group_by(Classification.specimen_id)
-        )
-        return query.subquery("chosen")
-    rank = (
-        func.row_number()
-        .over(
-            partition_by=Classification.specimen_id,
-            order_by=(case((Model.is_default.is_(True), 0), else_=1), Classification.id.desc()),
-        )
-        .label("rank")
-    )
-    ranked = (
-        select(Classification.specimen_id, Classification.id.label("cid"), rank)
-        .join(Model, Model.id == Classification.model_id)
-        .subquery("ranked_classification")
-    )
-    return select(ranked.c.specimen_id, ranked.c.cid).where(ranked.c.rank == 1).subquery("chosen")
-
-
-def _latest_verifications() -> Any:
-    rank = (
-        func.row_number()
-        .over(
-            partition_by=Verification.specimen_id,
-            order_by=(Verification.verified_at.desc(), Verification.id.desc()),
-        )
-        .label("rank")
-    )
-    return (
-        select(Verification.specimen_id, Verification.status, Verification.family, rank)
-        .where(Verification.retracted_at.is_(None))  # an undone verification no longer counts
-        .subquery("latest_verification")
-    )
-
-
-def load_calls(
-    session: Session, flt: CountFilter | None = None, specimen_ids: Sequence[int] | None = None
-) -> list[SpecimenCall]:
-    """One :class:`SpecimenCall` per specimen matching ``flt`` (and among ``specimen_ids`` if given):
-    its chosen classification and its latest verification."""
-    flt = flt or CountFilter()
-    chosen = _chosen_classifications(flt.model_version)
-    ver = _latest_verifications()
-    query = (
-        select(
-            Specimen.id,
-            Image.sample_id,
-            Classification.family,
-            Classification.probability,
-            Classification.rejected,
-            Classification.reason,
-            Classification.top_k,
-            Model.version,
-            ver.c.status,
-            ver.c.family,
-        )
-        .select_from(Specimen)
-        .join(Image, Image.id == Specimen.image_id)
-        .outerjoin(chosen, chosen.c.specimen_id == Specimen.id)
-        .outerjoin(Classification, Classification.id == chosen.c.cid)
-        .outerjoin(Model, Model.id == Classification.model_id)
-        .outerjoin(ver, (ver.c.specimen_id == Specimen.id) & (ver.c.rank == 1))
-        .order_by(Specimen.id)
-    )
-    if specimen_ids is not None:
-        query = query.where(Specimen.id.in_(list(specimen_ids)))
-    calls = []
-    for sid, sample, family, prob, rejected, reason, top_k, version, status, vfamily in session.execute(
-        flt.apply(query)
-    ):
-        calls.append(
-            SpecimenCall(
-                specimen_id=sid,
-                sample_id=sample,
-                family=family,
-                probability=prob,
-                rejected=bool(rejected) if rejected is not None else True,
-                reason=reason,
-                top_k=tuple((str(f), float(p)) for f, p in (top_k or [])),
-                model_version=version,
-                verification=status,
-                verified_family=vfamily,
-            )
-        )
-    return calls
-
-
-def _image_totals(session: Session, flt: CountFilter) -> dict[str | None, int]:
-    query = (
-        select(Image.sample_id, func.count(Image.id))
-        .where(Image.status == ImageStatus.DONE.value)
-        .group_by(Image.sample_id)
-    )
-    return {sample: n for sample, n in session.execute(flt.apply(query))}
-
-
 def compute_counts(
     session: Session,
     flt: CountFilter | None = None,
@@ -589,10 +314,8 @@ def compute_counts(
     """Counts per sample from the database (see the module docstring for the rules)."""
     flt = flt or CountFilter()
     calls = load_calls(session, flt)
-    images = _image_totals(session, flt)
-    ids = {c.sample_id for c in calls} | set(images)
-    rows = session.scalars(select(Sample).where(Sample.id.in_([i for i in ids if i is not None]))).all()
-    samples: dict[str | None, Sample] = {row.id: row for row in rows}
+    images = done_images_per_sample(session, flt)
+    samples = samples_by_id(session, {c.sample_id for c in calls} | set(images))
     return aggregate(calls, images, threshold=threshold, level=level, samples=samples)
 
 
@@ -611,7 +334,8 @@ def count_families(
     """Accepted specimens per sample x family, rejected ones counted apart, as JSON-ready dicts.
 
     With ``model_version`` only that model's classifications count; without it each specimen's
-    most recent classification does. Returns one dict per sample, sorted by sample id::
+    chosen classification does (the default classifier's where it has one, else the newest).
+    Returns one dict per sample, sorted by sample id::
 
         {"sample": "S1", "images": 2, "specimens": 57, "rejected": 6,
          "families": {"Carabidae": 41, "Curculionidae": 10}, "expected": {...}, ...}

@@ -42,7 +42,8 @@ from sqlalchemy.orm import Session
 
 from labpipe.config import DwcaConfig
 from labpipe.db.models import Sample
-from labpipe.reports.counts import CountFilter, SampleCounts, compute_counts
+from labpipe.queries.calls import CountFilter
+from labpipe.reports.counts import SampleCounts, compute_counts
 from labpipe.reports.taxonomy import higher_taxonomy
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Template set-up and the small helpers the templates use (colours, numbers, query strings)."""
+"""Template set-up and the small helpers the templates use (colours, numbers, ages, query strings)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ __all__ = [
     "family_colour",
     "family_colours",
     "templates",
+    "utc_age",
     "with_query",
 ]
 
@@ -100,6 +101,25 @@ def with_query(request: Request, **changes: Any) -> str:
         items.append((key, str(value)))
     query = urlencode(items)
     return request.url.path + (f"?{query}" if query else "")
+
+
+def utc_age(when: dt.datetime | None, now: dt.datetime) -> str:
+    """``"12 s ago"``, ``"5 min ago"``, ``"3 h ago"``, or the date.
+
+    >>> now = dt.datetime(2024, 1, 2, 12, 0, tzinfo=dt.UTC)
+    >>> utc_age(now - dt.timedelta(seconds=30), now), utc_age(now - dt.timedelta(hours=2), now)
+    ('30 s ago', '2 h ago')
+    """
+    if when is None:
+        return "-"
+    seconds = (now - when).total_seconds()
+    if seconds < 90:
+        return f"{max(0, round(seconds))} s ago"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min ago"
+    if seconds < 48 * 3600:
+        return f"{round(seconds / 3600)} h ago"
+    return when.strftime("%Y-%m-%d")
 
 
 def _pct(value: float | None, digits: int = 0) -> str:

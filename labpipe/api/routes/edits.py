@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from sqlalchemy import select
 
 from labpipe.active_models import active_classifier, active_detector, change_default
 from labpipe.api.deps import SessionDep, SettingsDep, require_read, require_write
@@ -27,6 +26,7 @@ from labpipe.api.schemas import (
 from labpipe.api.schemas import ErrorOut as _ErrorOut
 from labpipe.audit import edit_box, events_for, undo
 from labpipe.db.models import AuditEvent, Model
+from labpipe.registry import list_models
 
 __all__ = ["router"]
 
@@ -113,7 +113,7 @@ def post_undo(event_id: DbId, body: UndoIn, session: SessionDep) -> dict[str, An
 )
 def get_models(session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """Registered models, and the classifier and detector in use now (and where that choice comes from)."""
-    rows = session.scalars(select(Model).order_by(Model.created_at, Model.id))
+    rows = list_models(session, kind=None)
     return {
         "classifier": active_classifier(session, settings).as_dict(),
         "detector": active_detector(session, settings).as_dict(),

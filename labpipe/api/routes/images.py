@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import FileResponse, Response
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from labpipe.api.conditional import content_response
@@ -15,8 +14,16 @@ from labpipe.api.deps import SessionDep, SettingsDep, require_read
 from labpipe.api.schemas import ErrorOut, ImageOut, Page, SpecimenDetailOut, SpecimenOut
 from labpipe.barcoding.ids import specimen_code
 from labpipe.crops.store import content_digest
-from labpipe.db.models import Image, ImageStatus, Specimen
-from labpipe.reports.counts import SpecimenCall, load_calls, resolve
+from labpipe.db.models import Specimen
+from labpipe.queries import records
+from labpipe.queries.listings import (
+    ImageFilter,
+    SpecimenFilter,
+    SpecimenRow,
+    image_page,
+    specimen_page,
+    specimen_rows,
+)
 from labpipe.samples import image_dict
 
 __all__ = ["router", "safe_path"]
@@ -63,57 +70,44 @@ def get_images(
 ) -> dict[str, Any]:
     """Plate images with their processing status (newest first)."""
     limit = min(limit, settings.api.max_page_size)
-    query = select(Image)
-    if sample is not None:
-        query = query.where(Image.sample_id == sample)
-    if image_status is not None:
-        query = query.where(Image.status == ImageStatus(image_status).value)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Image.id.desc()).limit(limit).offset(offset)).all()
+    total, rows = image_page(
+        session, ImageFilter(status=image_status, sample=sample), limit=limit, offset=offset
+    )
     return {"total": total, "limit": limit, "offset": offset, "items": [image_dict(i) for i in rows]}
 
 
 @router.get("/images/{image_id}", response_model=ImageOut, responses=_ERRORS)
 def get_image(image_id: DbId, session: SessionDep) -> dict[str, Any]:
     """One plate image."""
-    image = session.get(Image, image_id)
+    image = records.get_image(session, image_id)
     if image is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"image {image_id}: no such image")
     return image_dict(image)
 
 
-def _specimen_out(
-    spec: Specimen, sample: str | None, call: SpecimenCall | None, pattern: str, threshold: float | None
-) -> dict[str, Any]:
-    res = resolve(call, threshold) if call is not None else None
-    best = None
-    if call is not None:
-        best = call.family or (call.top_k[0][0] if call.top_k else None)
+def _specimen_out(row: SpecimenRow, pattern: str) -> dict[str, Any]:
+    call, res = row.call, row.resolution
     return {
-        "specimen_id": spec.id,
-        "sample": sample,
-        "image_id": spec.image_id,
-        "index_in_image": spec.index_in_image,
-        "code": specimen_code(sample, spec.image_id, spec.index_in_image, spec.id, pattern),
-        "bbox": [spec.x, spec.y, spec.w, spec.h],
-        "score": spec.score,
-        "length_mm": spec.length_mm,
-        "width_mm": spec.width_mm,
-        "status": res.outcome.value if res is not None else "unclassified",
-        "family": res.family if res is not None else None,
-        "best_family": best,
-        "probability": call.probability if call is not None else None,
-        "reason": call.reason if call is not None else None,
-        "model_version": call.model_version if call is not None else None,
-        "top_k": [{"family": f, "probability": p} for f, p in (call.top_k if call else ())],
-        "verification": call.verification if call is not None else None,
-        "verified_family": call.verified_family if call is not None else None,
-        "crop_url": f"/api/specimens/{spec.id}/crop",
+        "specimen_id": row.specimen_id,
+        "sample": row.sample,
+        "image_id": row.image_id,
+        "index_in_image": row.index_in_image,
+        "code": specimen_code(row.sample, row.image_id, row.index_in_image, row.specimen_id, pattern),
+        "bbox": list(row.bbox),
+        "score": row.score,
+        "length_mm": row.length_mm,
+        "width_mm": row.width_mm,
+        "status": res.outcome.value,
+        "family": res.family,
+        "best_family": row.best_family,
+        "probability": call.probability,
+        "reason": call.reason,
+        "model_version": call.model_version,
+        "top_k": [{"family": f, "probability": p} for f, p in call.top_k],
+        "verification": call.verification,
+        "verified_family": call.verified_family,
+        "crop_url": f"/api/specimens/{row.specimen_id}/crop",
     }
-
-
-def _calls(session: Session, ids: list[int]) -> dict[int, SpecimenCall]:
-    return {c.specimen_id: c for c in load_calls(session, specimen_ids=ids)} if ids else {}
 
 
 @router.get("/specimens", response_model=Page[SpecimenOut], responses=_ERRORS)
@@ -133,39 +127,22 @@ def get_specimens(
 ) -> dict[str, Any]:
     """Specimens with their counted family and classification, filtered and paged (by specimen id)."""
     limit = min(limit, settings.api.max_page_size)
-    pattern = settings.bold.sample_id_pattern
-    query = select(Specimen, Image.sample_id).join(Image, Image.id == Specimen.image_id)
-    if sample is not None:
-        query = query.where(Image.sample_id == sample)
-    if image_id is not None:
-        query = query.where(Specimen.image_id == image_id)
-    query = query.order_by(Specimen.id)
-    needs_resolution = family is not None or specimen_status is not None or min_probability is not None
-    if not needs_resolution:
-        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-        rows = session.execute(query.limit(limit).offset(offset)).all()
-        calls = _calls(session, [s.id for s, _ in rows])
-        items = [_specimen_out(s, smp, calls.get(s.id), pattern, threshold) for s, smp in rows]
-        return {"total": total, "limit": limit, "offset": offset, "items": items}
-    rows = session.execute(query).all()
-    calls = _calls(session, [s.id for s, _ in rows])
-    items = []
-    for spec, smp in rows:
-        out = _specimen_out(spec, smp, calls.get(spec.id), pattern, threshold)
-        if family is not None and (out["family"] or "").lower() != family.strip().lower():
-            continue
-        if specimen_status is not None and out["status"] != specimen_status:
-            continue
-        if min_probability is not None and (
-            out["probability"] is None or out["probability"] < min_probability
-        ):
-            continue
-        items.append(out)
-    return {"total": len(items), "limit": limit, "offset": offset, "items": items[offset : offset + limit]}
+    flt = SpecimenFilter(
+        sample=sample,
+        image_id=image_id,
+        counted_family=family,
+        state=specimen_status,
+        p_min=min_probability,
+        threshold=threshold,
+        sort="oldest",
+    )
+    total, rows = specimen_page(session, flt, limit=limit, offset=offset)
+    items = [_specimen_out(r, settings.bold.sample_id_pattern) for r in rows]
+    return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
 def _get_specimen(session: Session, specimen_id: int) -> Specimen:
-    spec = session.get(Specimen, specimen_id)
+    spec = records.get_specimen(session, specimen_id)
     if spec is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"specimen {specimen_id}: no such specimen")
     return spec
@@ -180,10 +157,8 @@ def get_specimen(
 ) -> dict[str, Any]:
     """One specimen with every classification, verification and barcode record."""
     spec = _get_specimen(session, specimen_id)
-    sample = spec.image.sample_id
-    out = _specimen_out(
-        spec, sample, _calls(session, [spec.id]).get(spec.id), settings.bold.sample_id_pattern, threshold
-    )
+    (row,) = specimen_rows(session, [spec.id], threshold)
+    out = _specimen_out(row, settings.bold.sample_id_pattern)
     out["classifications"] = [
         {
             "model_version": c.model.version,

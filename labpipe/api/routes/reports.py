@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 from labpipe.api.deps import SessionDep, SettingsDep, require_read
 from labpipe.api.schemas import CountsOut, ErrorOut
 from labpipe.barcoding.bold import load_bold_specimens, write_bold_submission
+from labpipe.queries.calls import CountFilter
 from labpipe.registry import find_model
-from labpipe.reports.counts import CountFilter, compute_counts, counts_to_csv, matrix_to_csv
+from labpipe.reports.counts import compute_counts, counts_to_csv, matrix_to_csv
 from labpipe.reports.dwca import export_dwca
 
 __all__ = ["CountQuery", "router"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, status
-from sqlalchemy import func, select
 
 from labpipe.api.deps import SessionDep, SettingsDep, require_read, require_write
 from labpipe.api.schemas import ErrorOut, Page, SampleDetailOut, SampleImportOut, SampleOut
-from labpipe.db.models import Sample
+from labpipe.queries.samples import count_samples
 from labpipe.samples import SampleImportError, import_samples, list_samples, sample_detail
 
 __all__ = ["router"]
@@ -32,10 +31,7 @@ def get_samples(
 ) -> dict[str, Any]:
     """Samples (of a site), with their number of images (per status) and specimens."""
     limit = min(limit, settings.api.max_page_size)
-    total_query = select(func.count()).select_from(Sample)
-    if site is not None:
-        total_query = total_query.where(Sample.site == site)
-    total = session.scalar(total_query) or 0
+    total = count_samples(session, site)
     items = list_samples(session, site=site, limit=limit, offset=offset)
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, status
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labpipe.api.deps import SessionDep, SettingsDep, require_read, require_write
@@ -26,8 +25,10 @@ from labpipe.api.schemas import (
     VerificationsIn,
 )
 from labpipe.config import Settings
-from labpipe.db.models import Specimen, Verification, VerificationStatus, utcnow
-from labpipe.review import UnknownSpecimenError, model_families, record_verifications
+from labpipe.db.models import Verification, VerificationStatus, utcnow
+from labpipe.queries.calls import best_families
+from labpipe.queries.records import existing_specimen_ids, verifications_of
+from labpipe.review import UnknownSpecimenError, record_verifications
 
 __all__ = ["router"]
 
@@ -63,7 +64,7 @@ def _out(row: Verification) -> dict[str, Any]:
 
 
 def _require_specimens(session: Session, ids: Sequence[int]) -> None:
-    found = set(session.scalars(select(Specimen.id).where(Specimen.id.in_(ids))))
+    found = existing_specimen_ids(session, ids)
     missing = [i for i in ids if i not in found]
     if missing:
         raise UnknownSpecimenError(
@@ -87,7 +88,7 @@ def _record(
     rows: list[Verification] = []
     if body.status == VerificationStatus.CONFIRMED and family is None:
         _require_specimens(session, unique)
-        predicted = model_families(session, unique)
+        predicted = best_families(session, unique)
         groups: dict[str | None, list[int]] = {}
         for sid in unique:
             groups.setdefault(predicted.get(sid), []).append(sid)
@@ -107,14 +108,10 @@ def _record(
     responses=_ERRORS,
 )
 def get_verifications(specimen_id: DbId, session: SessionDep) -> list[dict[str, Any]]:
-    """A specimen's verifications, newest first (the first one is the one that counts)."""
+    """A specimen's verifications, newest first, retracted ones included (the first that is not
+    retracted is the one that counts)."""
     _require_specimens(session, [specimen_id])
-    rows = session.scalars(
-        select(Verification)
-        .where(Verification.specimen_id == specimen_id)
-        .order_by(Verification.verified_at.desc(), Verification.id.desc())
-    )
-    return [_out(r) for r in rows]
+    return [_out(r) for r in verifications_of(session, specimen_id)]
 
 
 @router.post(

@@ -1,0 +1,129 @@
+"""Plate images: the list (by status and sample), the plate view with every specimen box, its
+overview, and putting a failed or quarantined plate back into the inbox."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, Response
+
+from labpipe.api.conditional import content_response
+from labpipe.api.deps import SessionDep, SettingsDep
+from labpipe.config import Settings
+from labpipe.db.models import Image, ImageStatus
+from labpipe.queries.listings import ImageFilter, image_page, image_specimens
+from labpipe.web.auth import check_write, get_viewer
+from labpipe.web.charts import plate_extent
+from labpipe.web.media import image_file, overview_cache_path, overview_digest, overview_file
+from labpipe.web.progress import plate_progress
+from labpipe.web.render import family_colours
+from labpipe.web.retry import RetryError, retry_image
+from labpipe.web.routes.common import (
+    LIST_PAGE,
+    ViewerDep,
+    image_or_404,
+    int_param,
+    page_offset,
+    pager,
+    redirect,
+    render_page,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.post("/images/{image_id}/retry")
+def retry(
+    request: Request,
+    image_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    csrf: Annotated[str, Form(max_length=128)] = "",
+) -> Response:
+    """Put a failed or quarantined plate back into the inbox (the watcher takes it again)."""
+    check_write(request, get_viewer(request), csrf)
+    image = image_or_404(session, image_id)
+    try:
+        retry_image(session, image, settings)
+    except RetryError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, exc.message) from None
+    return redirect("/?ok=retry")
+
+
+@router.get("/images", response_class=HTMLResponse)
+def images_page(request: Request, viewer: ViewerDep, session: SessionDep) -> HTMLResponse:
+    state = request.query_params.get("status") or None
+    if state is not None and state not in {s.value for s in ImageStatus}:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{state!r}: not an image status")
+    sample = (request.query_params.get("sample") or "").strip()[:64] or None
+    page = int_param(request, "page")
+    total, rows = image_page(
+        session,
+        ImageFilter(status=state, sample=sample),
+        limit=LIST_PAGE,
+        offset=page_offset(page, LIST_PAGE),
+    )
+    context = {
+        "page": "images",
+        "rows": rows,
+        "pager": pager(total, page, LIST_PAGE),
+        "status_filter": state,
+        "sample_filter": sample,
+        "statuses": [s.value for s in ImageStatus],
+    }
+    return render_page(request, "images.html", viewer, context)
+
+
+@router.get("/images/{image_id}", response_class=HTMLResponse)
+def plate_view(
+    request: Request, image_id: int, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
+    """The plate with every specimen box, coloured by family, rejected ones dashed."""
+    image = image_or_404(session, image_id)
+    rows = image_specimens(session, image.id)
+    per_family: dict[str, int] = {}
+    per_outcome: dict[str, int] = {}
+    for row in rows:
+        if row.resolution.outcome.value == "accepted" and row.resolution.family:
+            per_family[row.resolution.family] = per_family.get(row.resolution.family, 0) + 1
+        else:
+            outcome = row.resolution.outcome.value
+            per_outcome[outcome] = per_outcome.get(outcome, 0) + 1
+    ordered = sorted(per_family, key=lambda f: (-per_family[f], f.lower()))
+    colours = family_colours(ordered)
+    legend = [{"label": f, "n": per_family[f], "colour": colours[f]} for f in ordered]
+    legend += [{"label": o, "n": n, "colour": None} for o, n in sorted(per_outcome.items())]
+    width, height = plate_extent(image.width, image.height, [r.bbox for r in rows])
+    context = {
+        "page": "images",
+        "image": image,
+        "rows": rows,
+        "legend": legend,
+        "colours": colours,
+        "width": width,
+        "height": height,
+        "has_file": image.width is not None and _overview_possible(image, settings),
+        "progress": plate_progress(settings.storage.crops_dir, image.id),
+    }
+    return render_page(request, "plate.html", viewer, context)
+
+
+def _overview_possible(image: Image, settings: Settings) -> bool:
+    return overview_cache_path(image, settings).is_file() or image_file(image, settings) is not None
+
+
+@router.get("/images/{image_id}/overview.jpg")
+def plate_overview(
+    request: Request, image_id: int, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """The plate's overview; its ETag is the plate's content hash (the id may name another plate later)."""
+    image = image_or_404(session, image_id)
+    made = overview_file(image, settings)
+    if made is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"image {image_id}: no plate file in the storage folders"
+        )
+    return content_response(request, made[0], overview_digest(image), "image/jpeg")

@@ -1,0 +1,86 @@
+"""Samples: the list (by site), and one sample's page (its counts with the expected counts and
+their intervals, the bar chart, its images, exports and plate layout)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import HTMLResponse
+
+from labpipe.api.deps import SessionDep, SettingsDep
+from labpipe.barcoding.plates import list_plates
+from labpipe.queries import records
+from labpipe.queries.calls import CountFilter
+from labpipe.queries.samples import count_samples, sample_images, unassigned_specimens
+from labpipe.reports.counts import OTHER, REJECTED, compute_counts
+from labpipe.samples import list_samples
+from labpipe.web.charts import count_chart
+from labpipe.web.render import family_colours
+from labpipe.web.routes.common import (
+    LIST_PAGE,
+    ViewerDep,
+    int_param,
+    page_offset,
+    pager,
+    probability_param,
+    render_page,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/samples", response_class=HTMLResponse)
+def samples_page(request: Request, viewer: ViewerDep, session: SessionDep) -> HTMLResponse:
+    page = int_param(request, "page")
+    site = (request.query_params.get("site") or "").strip()[:255] or None
+    rows = list_samples(session, site=site, limit=LIST_PAGE, offset=page_offset(page, LIST_PAGE))
+    context = {
+        "page": "samples",
+        "rows": rows,
+        "pager": pager(count_samples(session, site), page, LIST_PAGE),
+        "site": site,
+        "unassigned": unassigned_specimens(session),
+    }
+    return render_page(request, "samples.html", viewer, context)
+
+
+@router.get("/samples/{sample_id:path}", response_class=HTMLResponse)
+def sample_page(
+    request: Request, sample_id: str, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
+    """Metadata, family counts with a chart, expected counts with intervals, exports, plate layout."""
+    sample = records.get_sample(session, sample_id)
+    if sample is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"sample {sample_id}: no such sample")
+    threshold = probability_param(request.query_params.get("threshold"))
+    table = compute_counts(session, CountFilter(samples=(sample.id,)), threshold=threshold)
+    counts = table[0].as_dict() if table else None
+    n_images, images = sample_images(session, sample.id, limit=500)
+    expected_rows = []
+    colours: dict[str, str] = {}
+    chart = None
+    if counts:
+        exp = counts["expected"]
+        rest = sorted(set(exp) - set(counts["families"]), key=lambda f: (-exp[f]["mean"], f.lower()))
+        for fam in list(counts["families"]) + rest:
+            expected_rows.append({"family": fam, "n": counts["families"].get(fam, 0), "e": exp.get(fam)})
+        colours = family_colours(r["family"] for r in expected_rows)
+        chart = count_chart(counts["families"], exp, counts[REJECTED], colours)
+    context = {
+        "page": "samples",
+        "sample": sample,
+        "counts": counts,
+        "expected_rows": expected_rows,
+        "other": OTHER,
+        "chart": chart,
+        "colours": colours,
+        "images": images,
+        "n_images": n_images,
+        "threshold": threshold,
+        "plates": list_plates(session, sample.id),
+        "sample_q": quote(sample.id, safe=""),
+    }
+    return render_page(request, "sample.html", viewer, context)
