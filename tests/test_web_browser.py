@@ -390,7 +390,10 @@ def test_plate_dropped_in_the_inbox_is_watched_to_done_reviewed_and_its_correcte
         _shot(page, "specimens")
         trained = _register_trained_model(served)
         page.goto(f"{served.url}/models")
-        expect(page.locator("#models tbody tr")).to_have_count(2)
+        expect(page.locator("#models tbody tr")).to_have_count(
+            3
+        )  # built-in classifier, trained one, detector
+        expect(page.locator("#models tbody")).to_contain_text("detector")
         expect(page.locator("#models tr.default")).to_contain_text(trained)
         _shot(page, "models")
         page.get_by_role("link", name=trained).click()
