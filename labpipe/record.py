@@ -75,7 +75,16 @@ log = get_logger(__name__)
 
 
 def ensure_sample(session: Session, sample_id: str | None) -> None:
-    """Create a bare sample row for ``sample_id`` if it does not exist yet."""
+    """Create a bare sample row for ``sample_id`` if it does not exist yet.
+
+    Raises :class:`~labpipe.errors.ConfigError` for an id that breaks the sample id rule
+    (:data:`labpipe.samples.SAMPLE_ID_PATTERN`) and is not already a sample of this lab.
+    """
+    from labpipe.errors import ConfigError
+    from labpipe.samples import sample_id_problem
+
+    if sample_id and session.get(Sample, sample_id) is None and (problem := sample_id_problem(sample_id)):
+        raise ConfigError("sample", problem, "rename the sample (folder, --sample or sidecar) and try again")
     if sample_id and session.get(Sample, sample_id) is None:
         try:  # a concurrent worker may create the same sample: keep theirs
             with session.begin_nested():

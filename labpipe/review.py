@@ -28,7 +28,6 @@ reads.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import shutil
 from collections import Counter
@@ -46,6 +45,7 @@ from labpipe.errors import LabpipeError
 from labpipe.families import FamilyListError, accepted_families, add_lab_family, check_new_family_name
 from labpipe.queries.calls import best_families, latest_verifications
 from labpipe.queries.records import existing_specimen_ids
+from labpipe.reports.cells import SafeCsvWriter
 from labpipe.samples import NotFoundError
 
 __all__ = [
@@ -366,7 +366,7 @@ def export_training_folder(
             [target.relative_to(out_dir).as_posix(), family, sid, sample or "", status, who, when.isoformat()]
         )
     with (out_dir / "labels.csv").open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
+        writer = SafeCsvWriter(fh)
         writer.writerow(["file", "family", "specimen_id", "sample", "status", "verified_by", "verified_at"])
         writer.writerows(manifest_rows)
     return result

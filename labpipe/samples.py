@@ -103,7 +103,27 @@ _ALIASES: dict[str, str] = {
     "remarks": "notes",
     "comments": "notes",
 }
-_SAMPLE_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
+SAMPLE_ID_PATTERN = r"^[^\W_][\w .()#+-]{0,63}$"
+"""A sample id: 1 to 64 characters, letters (any script), digits, spaces and ``_ . ( ) # + -``,
+starting with a letter or digit. A leading ``=``, ``+``, ``-`` or ``@`` would make a spreadsheet
+run the id as a formula; slashes and control characters break folders and files."""
+_SAMPLE_ID = re.compile(SAMPLE_ID_PATTERN)
+
+
+def sample_id_problem(sample_id: str) -> str | None:
+    """Why ``sample_id`` is not a valid sample id (``None`` when it is).
+
+    >>> sample_id_problem("LL-17"), sample_id_problem("Troödos 3 (sift)")
+    (None, None)
+    >>> sample_id_problem("=SUM(A1)") is None, sample_id_problem("a/b") is None
+    (False, False)
+    """
+    if _SAMPLE_ID.match(sample_id):
+        return None
+    return (
+        f"{sample_id[:80]!r} is not a valid sample id: it must start with a letter or digit and hold only "
+        "letters, digits, spaces and _ . ( ) # + - (at most 64 characters)"
+    )
 _MAX_TEXT = 255
 
 
@@ -212,14 +232,14 @@ def validate_row(
             if name == "sample_id":
                 if not text:
                     raise RowError(source, row, name, "the sample id is empty", "every row needs a sample id")
-                if not _SAMPLE_ID.match(text):
+                problem = sample_id_problem(text)
+                if problem:
                     raise RowError(
                         source,
                         row,
                         name,
-                        f"{text!r} is not a valid sample id",
-                        "use at most 64 characters and no control characters (letters, digits, '.', "
-                        "'_' and '-' are safest: they pass into BOLD sample ids unchanged)",
+                        problem,
+                        "letters, digits, '.', '_' and '-' are safest: BOLD takes them unchanged",
                     )
                 out["id"] = text
             elif not text:
@@ -275,11 +295,11 @@ def parse_samples_csv(
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise SampleImportError(source, "the file is empty", "the first row must name the columns")
-    try:
-        dialect: Any = csv.Sniffer().sniff(lines[0], delimiters=",;\t")
+    try:  # only the delimiter is guessed (from the header); quoting follows the spreadsheet rules
+        delimiter = csv.Sniffer().sniff(lines[0], delimiters=",;\t").delimiter
     except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+        delimiter = ","
+    reader = csv.reader(io.StringIO(text, newline=""), csv.excel, delimiter=delimiter)
     header = next(reader)
     columns = [_normalise_header(h) for h in header]
     unknown = [h for h, c in zip(header, columns, strict=True) if c not in SAMPLE_FIELDS and h.strip()]

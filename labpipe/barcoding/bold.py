@@ -356,6 +356,9 @@ def _write_sheet(ws: Any, columns: list[str], rows: list[dict[str, Any]]) -> Non
         cell.font = Font(bold=True)
     for row in rows:
         ws.append([row.get(c, "") for c in columns])
+        for cell in ws[ws.max_row]:
+            if isinstance(cell.value, str) and cell.value.startswith("="):
+                cell.data_type = "s"  # text, never a formula (a sample folder named "=HYPERLINK(...)")
     ws.freeze_panes = "B2"
     for i, name in enumerate(columns, start=1):
         width = max([len(name), *(len(str(r.get(name, ""))) for r in rows[:200])]) + 2

@@ -20,7 +20,6 @@ are written from the database by :func:`plate_manifest`, so they can be written 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import re
@@ -38,6 +37,7 @@ from labpipe.db.models import BarcodeLink, Image, Specimen
 from labpipe.errors import LabpipeError
 from labpipe.queries.calls import CountFilter, load_calls
 from labpipe.queries.rule import Outcome, resolve
+from labpipe.reports.cells import SafeDictWriter
 from labpipe.samples import NotFoundError
 
 __all__ = [
@@ -459,7 +459,7 @@ def plate_manifest(
 def manifest_csv(rows: Sequence[ManifestRow]) -> str:
     """The plate manifest as CSV (one row per well: specimens and control wells)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer = SafeDictWriter(buffer, fieldnames=MANIFEST_COLUMNS)
     writer.writeheader()
     for row in rows:
         writer.writerow(row.as_dict())

@@ -23,6 +23,7 @@ import click
 from sqlalchemy.orm import Session
 
 from labpipe.errors import LabpipeError
+from labpipe.reports.cells import SafeDictWriter
 
 __all__ = ["api", "barcodes", "counts", "export", "plates", "samples"]
 
@@ -634,7 +635,6 @@ def barcodes_agreement(
 ) -> None:
     """Image-based family against DNA-based family: confusion table, per-family agreement, and the
     disagreements, which are marked for review."""
-    import csv
     import io
 
     from labpipe.barcoding.agreement import BarcodedSpecimen, barcode_agreement, confusion_to_text
@@ -650,7 +650,7 @@ def barcodes_agreement(
     elif as_csv:
         buffer = io.StringIO()
         fields = list(BarcodedSpecimen.__dataclass_fields__)
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer = SafeDictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         for s in report.specimens:
             writer.writerow(s.as_dict())

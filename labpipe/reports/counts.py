@@ -27,7 +27,6 @@ probabilities say.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 import math
@@ -44,6 +43,7 @@ from labpipe.db.models import Sample
 from labpipe.queries.calls import CountFilter, load_calls
 from labpipe.queries.rule import Outcome, SpecimenCall, resolve
 from labpipe.queries.samples import done_images_per_sample, samples_by_id
+from labpipe.reports.cells import SafeCsvWriter
 
 __all__ = [
     "OTHER",
@@ -360,7 +360,7 @@ def counts_to_csv(table: list[dict[str, Any]], expected: bool = False) -> str:
     expected count, and an ``other`` row (expected mass on no listed family).
     """
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = SafeCsvWriter(buffer)
     header = ["sample", "family", "count"]
     provenance = ["model_versions", "mixed_models"]
     writer.writerow(
@@ -471,7 +471,7 @@ def matrix_to_csv(table: list[dict[str, Any]], value: str = "count") -> str:
     """
     names, families, rows = community_matrix(table, value)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = SafeCsvWriter(buffer)
     writer.writerow(["sample", *families])
     for name, row in zip(names, rows, strict=True):
         writer.writerow([name, *row])
