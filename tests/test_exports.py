@@ -231,7 +231,16 @@ def test_counts_csv_and_matrix_exports_read_back_with_pandas(lab, tmp_path: Path
     assert run.invoke(cli, [*base, "export", "matrix", str(tmp_path / "e.csv"), "--expected"]).exit_code == 0
     table = count_families(session)
     long = pd.read_csv(tmp_path / "long.csv", keep_default_na=False)
-    assert list(long.columns) == ["sample", "family", "count", "expected", "expected_low", "expected_high"]
+    assert list(long.columns) == [
+        "sample",
+        "family",
+        "count",
+        "expected",
+        "expected_low",
+        "expected_high",
+        "model_versions",
+        "mixed_models",
+    ]
     for entry in table:
         rows = long[long["sample"] == (entry["sample"] or "")]
         counted = rows[~rows["family"].isin(["rejected", "other"])]
