@@ -215,6 +215,8 @@ class ApiConfig:
     """Failed logins or wrong tokens from one address within ``auth_window_s`` before it is refused."""
     auth_window_s: float = 300.0
     """The window of ``auth_failures``, in seconds (also how long a locked-out address waits)."""
+    session_hours: float = 12.0
+    """How long a web login lasts; ``labpipe sessions revoke`` ends every login at once."""
 
 
 @dataclass

@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 from records_fixtures import MODEL, build_lab, get_model, lab_settings, open_lab_db
 from sqlalchemy import func, insert, select
 
+from labpipe.cli.main import cli
 from labpipe.config import Settings
 from labpipe.db.models import (
     Classification,
@@ -39,7 +41,7 @@ from labpipe.queries.rule import resolve
 from labpipe.reports.counts import count_families, counts_to_csv
 from labpipe.review import ReviewError, export_training_folder, record_verification, record_verifications
 from labpipe.web import create_web_app
-from labpipe.web.auth import SESSION_COOKIE, csrf_value, safe_next, session_value
+from labpipe.web.auth import SESSION_COOKIE, csrf_value, safe_next
 from labpipe.web.charts import count_chart, plate_extent, share_width, ticks
 from labpipe.web.progress import plate_progress
 from labpipe.web.render import PALETTE, family_colour, family_colours
@@ -70,7 +72,8 @@ def local(lab) -> TestClient:
 def _login(client: TestClient, name: str = "R. Reviewer") -> str:
     response = client.post("/login", data={"token": TOKEN, "name": name, "next": "/"})
     assert response.status_code == 303, response.text
-    return csrf_value(TOKEN)
+    nonce = response.cookies[SESSION_COOKIE].split(".")[2]
+    return csrf_value(TOKEN, nonce)
 
 
 def _ids(session: Any, sample: str | None = "S1") -> list[int]:
@@ -275,9 +278,12 @@ def test_login_sets_an_httponly_same_site_cookie_that_is_not_the_token(local: Te
     assert ok.status_code == 303 and ok.headers["location"].startswith("/?ok=login")
     header = ", ".join(ok.headers.get_list("set-cookie"))
     assert "HttpOnly" in header and "SameSite=strict" in header.replace("Strict", "strict")
-    assert ok.cookies[SESSION_COOKIE] == session_value(TOKEN) and TOKEN not in header
+    cookie = ok.cookies[SESSION_COOKIE]
+    assert (
+        cookie.startswith("v2.") and TOKEN not in cookie and TOKEN not in header and "Max-Age=43200" in header
+    )
     assert "A. Person" in local.get("/").text
-    out = local.post("/logout", data={"csrf": csrf_value(TOKEN)})
+    out = local.post("/logout", data={"csrf": csrf_value(TOKEN, cookie.split(".")[2])})
     assert out.status_code == 303 and "Log in to review" in local.get("/").text
 
 
@@ -1042,3 +1048,68 @@ def test_pages_and_gallery_filters_are_the_same_on_postgresql(postgres_url: str,
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+# --- sessions: expiry, logout on the server, revoke all, guessing -------------------------------------
+
+
+def _login_cookie(client: TestClient) -> str:
+    client.cookies.clear()
+    response = client.post("/login", data={"token": TOKEN, "name": "R. Reviewer", "next": "/"})
+    assert response.status_code == 303, response.text
+    return response.cookies[SESSION_COOKIE]
+
+
+def _logged_in(client: TestClient, cookie: str) -> bool:
+    client.cookies.clear()
+    client.cookies.set(SESSION_COOKIE, cookie)
+    return "Log in to review" not in client.get("/").text
+
+
+def test_a_logged_out_or_revoked_session_cookie_no_longer_works(lab, local: TestClient) -> None:
+    settings, _, _ = lab
+    first = _login_cookie(local)
+    assert _logged_in(local, first)
+    local.post("/logout", data={"csrf": csrf_value(TOKEN, first.split(".")[2])})
+    assert not _logged_in(local, first)  # a copy of the cookie kept by the browser or a thief is dead
+
+    second = _login_cookie(local)
+    assert _logged_in(local, second)
+    out = CliRunner().invoke(cli, ["--data-dir", str(settings.storage.root), "sessions", "revoke"])
+    assert out.exit_code == 0 and "every web login ended" in out.output
+    assert not _logged_in(local, second)
+    assert _logged_in(local, _login_cookie(local))  # the token still logs in afresh
+
+
+def test_a_session_expires_after_session_hours(tmp_path: Path) -> None:
+    settings = lab_settings(tmp_path / "d", **{"api.token": TOKEN, "api.session_hours": 1 / 3600})
+    factory = open_lab_db(settings)
+    client = TestClient(
+        create_web_app(settings, session_factory=factory),
+        base_url="http://localhost",
+        client=LOCAL,
+        follow_redirects=False,
+    )
+    cookie = _login_cookie(client)
+    assert _logged_in(client, cookie)
+    time.sleep(2.2)
+    assert not _logged_in(client, cookie)
+    factory.kw["bind"].dispose()
+
+
+def test_guessing_the_token_on_the_login_page_is_stopped(tmp_path: Path) -> None:
+    settings = lab_settings(tmp_path / "d", **{"api.token": TOKEN, "api.auth_failures": 3})
+    factory = open_lab_db(settings)
+    client = TestClient(
+        create_web_app(settings, session_factory=factory),
+        base_url="http://localhost",
+        client=REMOTE,
+        follow_redirects=False,
+    )
+    codes = [client.post("/login", data={"token": f"g{n}", "name": "X"}).status_code for n in range(4)]
+    assert codes == [401, 401, 401, 429]
+    assert client.post("/login", data={"token": TOKEN, "name": "X"}).status_code == 429
+    forged = TestClient(client.app, base_url="http://localhost", client=REMOTE, follow_redirects=False)
+    forged.cookies.set(SESSION_COOKIE, "v2.1.nonce.forged")
+    assert forged.get("/").status_code == 429
+    factory.kw["bind"].dispose()

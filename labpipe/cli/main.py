@@ -344,6 +344,21 @@ def db_current(obj: _Context) -> None:
     click.echo(current_revision(obj.settings.database_url) or "empty (run: labpipe db upgrade)")
 
 
+@cli.group()
+def sessions() -> None:
+    """Web UI logins."""
+
+
+@sessions.command("revoke")
+@pass_ctx
+def sessions_revoke(obj: _Context) -> None:
+    """Log every web UI session out at once (for example after a laptop was lost)."""
+    from labpipe.web.auth import session_store
+
+    generation = session_store(obj.settings).revoke_all()
+    click.echo(f"every web login ended (session generation {generation}); people log in again with the token")
+
+
 @cli.command("config")
 @pass_ctx
 def show_config(obj: _Context) -> None:

@@ -5,9 +5,11 @@
 - **Writes** (every POST) need the API token: either the login cookie or, for scripts,
   ``Authorization: Bearer <token>``. With no token configured, the UI is read-only.
 
-The login page takes the token once and sets an HttpOnly, ``SameSite=Strict`` cookie holding not
-the token but an HMAC derived from it (:func:`session_value`): the token never sits in the browser,
-and changing ``[api] token`` logs everyone out. Cross-site request forgery is refused three times
+The login page takes the token once and sets an HttpOnly, ``SameSite=Strict`` session cookie
+(:mod:`labpipe.web.sessions`): signed with the token, never holding it, expiring after
+``[api] session_hours``, ended on the server by logging out, and all at once by
+``labpipe sessions revoke`` or by changing ``[api] token``. Wrong tokens and forged cookies count
+against the client's address (:mod:`labpipe.api.guard`). Cross-site request forgery is refused three times
 over: the cookie is not sent on cross-site requests (SameSite=Strict), every form carries a
 per-session token (:func:`csrf_value`) that another site cannot read, and a request whose
 ``Origin`` header names another host is refused.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -25,6 +28,7 @@ from fastapi import HTTPException, Request, status
 
 from labpipe.api.deps import is_local_client
 from labpipe.config import Settings
+from labpipe.web.sessions import SessionStore, issue_session, session_nonce
 
 __all__ = [
     "CSRF_FIELD",
@@ -34,30 +38,40 @@ __all__ = [
     "check_write",
     "csrf_value",
     "get_viewer",
+    "new_session",
     "require_page_read",
     "safe_next",
-    "session_value",
+    "session_max_age",
+    "session_store",
 ]
 
 SESSION_COOKIE = "labpipe_session"
 NAME_COOKIE = "labpipe_user"
 CSRF_FIELD = "csrf"
-_SESSION_MESSAGE = b"labpipe web session v1"
-_CSRF_MESSAGE = b"labpipe web form v1"
+_CSRF_MESSAGE = b"labpipe web form v2"
 
 
-def session_value(token: str) -> str:
-    """The login cookie's value for ``token`` (an HMAC: the token itself is never stored).
-
-    >>> session_value("abc") == session_value("abc") != session_value("abd")
-    True
-    """
-    return hmac.new(token.encode("utf-8"), _SESSION_MESSAGE, hashlib.sha256).hexdigest()
+def session_store(settings: Settings) -> SessionStore:
+    """Where the session generation and the logged-out sessions are kept."""
+    return SessionStore(settings.storage.root / "state")
 
 
-def csrf_value(token: str) -> str:
-    """The hidden form field every write form carries (readable only by pages of this site)."""
-    return hmac.new(token.encode("utf-8"), _CSRF_MESSAGE, hashlib.sha256).hexdigest()
+def session_max_age(settings: Settings) -> float:
+    """How long a login lasts, in seconds."""
+    return float(settings.api.session_hours) * 3600.0
+
+
+def new_session(settings: Settings) -> str:
+    """A new session cookie value for a successful login."""
+    return issue_session(settings.api.token, session_store(settings).generation(), time.time())
+
+
+def csrf_value(token: str, session: str) -> str:
+    """The hidden form field every write form of one session carries (readable only by this site's
+    pages; another session's value is refused)."""
+    return hmac.new(
+        token.encode("utf-8"), _CSRF_MESSAGE + b"|" + session.encode(), hashlib.sha256
+    ).hexdigest()
 
 
 def _equal(a: str | None, b: str | None) -> bool:
@@ -78,6 +92,8 @@ class Viewer:
     """The form token to embed in write forms (``None`` when not logged in)."""
     writes_enabled: bool
     """A token is configured at all."""
+    session: str | None = None
+    """The login session's nonce (cookie logins only): logging out revokes it."""
 
     @property
     def can_write(self) -> bool:
@@ -100,7 +116,18 @@ def get_viewer(request: Request) -> Viewer:
 
     presented_header, presented_cookie = _bearer(request), request.cookies.get(SESSION_COOKIE)
     by_header = _equal(presented_header, token)
-    by_cookie = _equal(presented_cookie, session_value(token))
+    nonce = None
+    if presented_cookie:
+        store = session_store(settings)
+        nonce = session_nonce(
+            presented_cookie,
+            token,
+            store.generation(),
+            time.time(),
+            session_max_age(settings),
+            store.revoked(),
+        )
+    by_cookie = nonce is not None
     logged_in = by_header or by_cookie
     if (presented_header and not by_header) or (presented_cookie and not by_cookie):
         limiter = limiter_for(request)
@@ -109,7 +136,8 @@ def get_viewer(request: Request) -> Viewer:
     name = (request.cookies.get(NAME_COOKIE) or "").strip()[:255] or None
     if by_header and not by_cookie:
         name = request.headers.get("x-labpipe-user", "").strip()[:255] or "api"
-    return Viewer(logged_in, name, by_header, csrf_value(token) if logged_in else None, True)
+    csrf = csrf_value(token, nonce) if nonce else (csrf_value(token, "bearer") if by_header else None)
+    return Viewer(logged_in, name, by_header and not by_cookie, csrf, True, nonce)
 
 
 def safe_next(target: str | None, default: str = "/") -> str:

@@ -12,7 +12,17 @@ from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from labpipe.api.deps import SettingsDep
-from labpipe.web.auth import NAME_COOKIE, SESSION_COOKIE, check_write, get_viewer, safe_next, session_value
+from labpipe.api.guard import limiter_for
+from labpipe.web.auth import (
+    NAME_COOKIE,
+    SESSION_COOKIE,
+    check_write,
+    get_viewer,
+    new_session,
+    safe_next,
+    session_max_age,
+    session_store,
+)
 from labpipe.web.render import STATIC_DIR
 from labpipe.web.routes.common import redirect, render_page, with_flash
 
@@ -40,10 +50,13 @@ def login(
     """Check the token; set the session cookie (HttpOnly, SameSite=Strict) and the reviewer's name."""
     viewer = get_viewer(request)
     expected = settings.api.token
+    limiter = limiter_for(request)
+    limiter.check(request)  # 429 after too many wrong tokens from this address
     error = None
     if not expected:
         error = "This labpipe has no API token ([api] token): the web UI is read-only."
     elif not token or not _token_ok(token, expected):
+        limiter.record(request)
         time.sleep(0.5)  # slows down guessing
         error = "That is not the API token of this labpipe ([api] token in its configuration)."
     elif not " ".join(name.split()):
@@ -55,7 +68,13 @@ def login(
     response = redirect(with_flash(safe_next(next), "login"))
     secure = request.url.scheme == "https"
     response.set_cookie(
-        SESSION_COOKIE, session_value(expected), httponly=True, samesite="strict", secure=secure, path="/"
+        SESSION_COOKIE,
+        new_session(settings),
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+        path="/",
+        max_age=int(session_max_age(settings)),
     )
     response.set_cookie(
         NAME_COOKIE, quote(who, safe=" "), httponly=True, samesite="strict", secure=secure, path="/"
@@ -68,10 +87,15 @@ def _token_ok(given: str, expected: str) -> bool:
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: Annotated[str, Form(max_length=128)] = "") -> Response:
+def logout(
+    request: Request, settings: SettingsDep, csrf: Annotated[str, Form(max_length=128)] = ""
+) -> Response:
+    """End this session on the server (the cookie stops working even if kept) and in the browser."""
     viewer = get_viewer(request)
     if viewer.logged_in and not viewer.via_header:
         check_write(request, viewer, csrf)
+        if viewer.session:
+            session_store(settings).revoke(viewer.session, time.time() + session_max_age(settings))
     response = redirect("/login?ok=logout")
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(NAME_COOKIE, path="/")
