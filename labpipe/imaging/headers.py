@@ -106,7 +106,7 @@ def tiff_first_ifd_offset(head: bytes) -> int:
         if len(head) < 16:
             raise HeaderError(f"BigTIFF header is incomplete: {len(head)} of 16 bytes")
         return int(struct.unpack(order + "Q", head[8:16])[0])
-    raise HeaderError(f"not a TIFF header: {head[:4]!r}")
+    raise HeaderError("not a TIFF header (neither II*, II+, MM* nor MM+)")
 
 
 def parse_png_header(head: bytes) -> RasterHeader:
@@ -125,7 +125,7 @@ def parse_png_header(head: bytes) -> RasterHeader:
         raise HeaderError(f"PNG header is incomplete: {len(head)} of 33 bytes")
     length, chunk_type = struct.unpack(">I4s", head[8:16])
     if chunk_type != b"IHDR" or length != 13:
-        raise HeaderError(f"PNG must start with a 13-byte IHDR chunk, found {chunk_type!r} of {length} bytes")
+        raise HeaderError(f"PNG must start with a 13-byte IHDR chunk, found another chunk of {length} bytes")
     width, height, bit_depth, colour_type = struct.unpack(">IIBB", head[16:26])
     if width == 0 or height == 0:
         raise HeaderError(f"PNG IHDR declares an empty image ({width} x {height})")

@@ -817,7 +817,7 @@ def open_image(
     if fmt is None:
         raise ImageReadError(
             path,
-            f"not a TIFF, JPEG or PNG image: it starts with {head[:16]!r}",
+            "not a TIFF, JPEG or PNG image: its first bytes match none of their signatures",
             FORMAT_HINT + "; a renamed text or partial file is not an image",
         )
     source: _Source
