@@ -145,9 +145,9 @@ def train_detector_command(
         return
     train_coco = coco
     if pseudo_labels:
-        from labpipe.detect.classical import ClassicalDetector
+        from labpipe.pipeline import build_detector
 
-        classical = ClassicalDetector.from_config(obj.settings.detector)
+        classical = build_detector(obj.settings, "classical")
         labelled = read_coco_set(coco, category=None) if coco else []
         known = {e.file_name for e in labelled}
         todo = [p for p in image_files(images_dir) if p.name not in known]
