@@ -40,6 +40,7 @@ __all__ = [
     "Pipeline",
     "StagedImage",
     "StagedSpecimen",
+    "active_detector_for",
     "build_detector",
     "image_result",
     "stage_directory",
@@ -73,6 +74,23 @@ def build_detector(settings: Settings, kind: str | None = None) -> Detector:
         f"unknown detector {kind!r}: neither 'classical' nor a model directory",
         "use 'classical' or the path of a DETR model directory (see `labpipe train detector`)",
     )
+
+
+def active_detector_for(settings: Settings, override: str | None = None) -> Detector:
+    """The detector a command uses: ``override``, else the registry's default, else ``[detector] kind``
+    (see :mod:`labpipe.active_models`)."""
+    from labpipe.active_models import active_detector
+    from labpipe.db.database import open_database
+
+    if override:
+        return build_detector(settings, override)
+    factory = open_database(settings.database_url)
+    try:
+        with factory() as session:
+            spec = active_detector(session, settings).spec
+    finally:
+        factory.kw["bind"].dispose()
+    return build_detector(settings, spec)
 
 
 def image_result(

@@ -25,16 +25,14 @@ def _fail(message: str) -> None:
 
 
 def detector_from_kind(obj: Any, kind: str | None, score_threshold: float | None = None) -> Any:
-    """The detector named by ``kind`` (``classical`` or a model directory; default: the config's)."""
-    from labpipe.pipeline import build_detector
+    """The detector named by ``kind`` (``classical`` or a model directory; default: the active one,
+    the registry's default or else the config's)."""
+    from labpipe.pipeline import active_detector_for
 
-    overrides: dict[str, Any] = {"detector.kind": kind, "detector.score_threshold": score_threshold}
     settings = obj.settings
-    for dotted, value in overrides.items():
-        if value is not None:
-            section, _, key = dotted.partition(".")
-            setattr(getattr(settings, section), key, value)
-    return build_detector(settings)
+    if score_threshold is not None:
+        settings.detector.score_threshold = score_threshold
+    return active_detector_for(settings, kind)
 
 
 @click.command("detector")

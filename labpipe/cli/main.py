@@ -266,10 +266,9 @@ def eval_counts(
     (expected 0): the detector's false positives and misses, without box annotations.
     """
     from labpipe.evaluation.folders import evaluate_counts
-    from labpipe.pipeline import build_detector
+    from labpipe.pipeline import active_detector_for
 
-    obj.overrides["detector.kind"] = detector_kind
-    detector = build_detector(obj.settings)
+    detector = active_detector_for(obj.settings, detector_kind)
     reports = [
         evaluate_counts(
             f,
