@@ -86,7 +86,10 @@ class SpecimenGate:
         return self.score(features) > self.threshold
 
     def reason(self, score: float) -> str:
-        return f"{REJECT_NOT_A_SPECIMEN}: gate score {score:.2f} > {self.threshold:.2f} (debris, fragment or background)"
+        return (
+            f"{REJECT_NOT_A_SPECIMEN}: gate score {score:.2f} > {self.threshold:.2f} "
+            "(debris, fragment or background)"
+        )
 
     def describe(self) -> dict[str, Any]:
         """What is recorded with each call made behind this gate."""
@@ -222,7 +225,8 @@ def train_gate(
         "pad_rule": recipe.pad_rule,
         "threshold": threshold,
         "keep": keep,
-        "threshold_selection": "out-of-fold score (5 folds, stratified by folder) keeping `keep` of the whole specimens",
+        "threshold_selection": "out-of-fold score (5 folds, stratified by folder) keeping `keep` "
+        "of the whole specimens",
         "out_of_fold": {
             "specimens_kept": round(float((oof[~d] <= threshold).mean()), 4),
             "debris_rejected": round(float((oof[d] > threshold).mean()), 4),

@@ -489,7 +489,7 @@ class ImageNetFamilyClassifier:
         """Full SHA-256 of the family table followed by the class list."""
         self.version = f"{NAME}@w{self.weights_hash[:12]}-l{self.labels_hash[:12]}"
         self.backbone_sha256 = self.weights_hash
-        """The backbone is this weight file: a gate on it reuses the features (:mod:`labpipe.classify.gate`)."""
+        """The backbone is this weight file: a gate on it reuses the features (``classify.gate``)."""
 
     def __repr__(self) -> str:
         return f"ImageNetFamilyClassifier(version={self.version!r}, threshold={self.threshold})"

@@ -212,8 +212,10 @@ def knn_distance(features: npt.ArrayLike, bank: npt.ArrayLike, k: int) -> np.nda
     normalised training features (:func:`l2_normalise`); ``k`` is capped at ``len(bank)``.
 
     >>> bank = l2_normalise([[1.0, 0.0], [0.0, 1.0]])
-    >>> knn_distance([[2.0, 0.0]], bank, 1).round(4).tolist(), knn_distance([[2.0, 0.0]], bank, 2).round(4).tolist()
-    ([0.0], [1.4142])
+    >>> knn_distance([[2.0, 0.0]], bank, 1).round(4).tolist()
+    [0.0]
+    >>> knn_distance([[2.0, 0.0]], bank, 2).round(4).tolist()
+    [1.4142]
     """
     x = l2_normalise(features)
     b = np.asarray(bank, dtype=np.float64)
@@ -274,37 +276,33 @@ def fit_outlier_logistic(
     outliers: npt.ArrayLike,
     *,
     l2: float = 1e-3,
-    epochs: int = 300,
-    seed: int = 0,
+    max_iter: int = 500,
 ) -> OutlierLogistic:
-    """Class-balanced, L2-penalised logistic regression (full-batch L-BFGS) of outlier vs inlier
-    rows on :func:`l2_normalise`-d features; a few hundred rows per side are plenty."""
-    import torch
+    """Class-balanced, L2-penalised logistic regression (L-BFGS) of outlier vs inlier rows on
+    :func:`l2_normalise`-d features; a few hundred rows per side are plenty."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
 
     a = l2_normalise(inliers)
     b = l2_normalise(outliers)
     if len(a) == 0 or len(b) == 0:
         raise ValueError("outlier exposure needs inlier and outlier features")
-    torch.manual_seed(seed)
-    x = torch.from_numpy(np.vstack([a, b]))
-    y = torch.from_numpy(np.r_[np.zeros(len(a)), np.ones(len(b))])
-    sample_weight = torch.from_numpy(np.r_[np.full(len(a), 0.5 / len(a)), np.full(len(b), 0.5 / len(b))])
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    c = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, c], lr=1.0, max_iter=epochs, line_search_fn="strong_wolfe")
+    x = np.vstack([a, b])
+    y = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    sw = np.r_[np.full(len(a), 0.5 / len(a)), np.full(len(b), 0.5 / len(b))]
+    d = x.shape[1]
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
+    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, c = theta[:d], theta[d]
         z = x @ w + c
-        loss = (
-            torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none") * sample_weight
-        ).sum()
-        loss = loss + l2 * (w**2).sum()
-        loss.backward()
-        return loss
+        loss = -(sw * (y * log_expit(z) + (1 - y) * log_expit(-z))).sum() + l2 * float(w @ w)
+        r = sw * (expit(z) - y)
+        return float(loss), np.r_[x.T @ r + 2 * l2 * w, r.sum()]
 
-    opt.step(closure)
-    return OutlierLogistic(w.detach().numpy().copy(), float(c.detach()))
+    result = minimize(
+        loss_and_grad, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": max_iter}
+    )
+    return OutlierLogistic(result.x[:d].copy(), float(result.x[d]))
 
 
 def save_rule_arrays(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:

@@ -48,6 +48,7 @@ from labpipe.classify.ood import (
 
 __all__ = [
     "KNN_KS",
+    "RULE_METHODS",
     "FittedRule",
     "choose_knn_k",
     "fit_rule",
@@ -59,6 +60,16 @@ __all__ = [
 KNN_KS = (1, 5, 10, 20, 50)
 """Candidate ``k`` of the kNN rule (Sun et al. 2022 use 1 to 1000; with a few hundred training
 crops per family, 1 to 50)."""
+
+RULE_METHODS = {
+    "mahalanobis": "Mahalanobis distance to the nearest family, shared Ledoit-Wolf covariance "
+    "(Lee et al. 2018)",
+    "knn": "distance to the k-th nearest training crop, L2-normalised features (Sun et al. 2022)",
+    "energy": "free energy of the head's logits, T = 1 (Liu et al. 2020)",
+    "outlier_exposure": "logistic 'other arthropod' model against outlier crops "
+    "(after Hendrycks et al. 2019)",
+}
+"""How each rule is described in a model's ``config.json``."""
 
 HeadFitter = Callable[[np.ndarray, np.ndarray, int], Callable[[np.ndarray], np.ndarray]]
 """``fit(train_x (n, v, d), train_y (n,), n_classes) -> logits_of(x (m, d))``: what the energy rule
@@ -262,7 +273,15 @@ def choose_knn_k(
     seed: int = 0,
 ) -> tuple[int, dict[int, float]]:
     """The ``k`` whose kNN rule rejects most of the left-out family on average (ties: smaller
-    ``k``), and each candidate's mean rejection. Uses only the training families."""
+    ``k``), and each candidate's mean rejection. Uses only the training families.
+
+    Candidates above half the rows (images x views) of the smallest family are skipped: with few
+    crops such a ``k`` reaches into other families and measures nothing (1 is always tried).
+    """
+    x = np.asarray(x)
+    rows_per_image = x.shape[1] if x.ndim == 3 else 1
+    smallest = int(np.bincount(np.asarray(y, dtype=np.int64)).min()) * rows_per_image
+    ks = [k for k in ks if k == 1 or k <= smallest // 2] or [1]
     means = {
         int(k): leave_one_family_out("knn", x, y, n_classes, [keep], n_folds=n_folds, seed=seed, k=k)["mean"][
             keep

@@ -445,7 +445,7 @@ class TrainedFamilyClassifier:
         """The out-of-distribution rule, when the model has one (:mod:`labpipe.classify.rejection`)."""
         self.ood_threshold = float("inf")
         self.ood_rule: dict[str, Any] | None = None
-        """What the rule is, as recorded with each call: ``{"rule", "threshold", ...}`` (``None``: no rule)."""
+        """The rule as recorded with each call: ``{"rule", "threshold", ...}`` (``None``: no rule)."""
         ood_config = self.config.get("ood")
         if ood_config:
             rule = str(ood_config.get("rule", "mahalanobis"))

@@ -47,6 +47,7 @@ from tqdm import tqdm
 import labpipe
 from labpipe.classify.augment import AugmentSpec, augment_square, view_rng
 from labpipe.classify.calibration import fit_temperature, negative_log_likelihood, select_threshold, softmax
+from labpipe.classify.count_correction import outcome_counts
 from labpipe.classify.dataset import (
     DEFAULT_FRACTIONS,
     SPLITS,
@@ -61,10 +62,9 @@ from labpipe.classify.dataset import (
 from labpipe.classify.efficientnet_lite import INPUT_SIZE, MEAN, STD, load_efficientnet_lite0
 from labpipe.classify.features import FeatureCache, FeatureRecipe, extract_features
 from labpipe.classify.imagenet_family import _torch_threads, to_model_input
-from labpipe.classify.count_correction import outcome_counts
 from labpipe.classify.ood import OOD_FILE, RULES, energy_score, select_distance_threshold
 from labpipe.classify.rejection import (
-    KNN_KS,
+    RULE_METHODS,
     choose_knn_k,
     fit_rule,
     leave_one_family_out,
@@ -123,12 +123,15 @@ class TrainOptions:
     finetune_epochs: int = 5
     finetune_lr: float = 1e-4
     finetune_batch_size: int = 16
-    ood_keep: float = 0.975
-    """Share of in-distribution crops (out-of-fold) the out-of-distribution rule keeps; 0: no rule."""
+    ood_keep: float = 0.95
+    """Share of in-distribution crops (out-of-fold) the out-of-distribution rule keeps; 0: no rule.
+    0.95: the loosest threshold that still keeps the issue's 95 % of in-distribution crops; every
+    step looser rejects less of a left-out family (leave-one-family-out on the shared families:
+    0.73 at 0.90, 0.50 at 0.95, 0.34 at 0.975)."""
     ood_rule: str = "knn"
-    """``knn`` (default), ``mahalanobis``, ``energy``, ``outlier_exposure`` (needs ``outliers``) or ``none``."""
+    """``knn`` (default), ``mahalanobis``, ``energy``, ``outlier_exposure`` (needs ``outliers``), ``none``."""
     knn_k: int = 0
-    """``k`` of the kNN rule; 0: chosen by leave-one-family-out among 1, 5, 10, 20, 50 (10 with 2 families)."""
+    """``k`` of the kNN rule; 0: chosen by leave-one-family-out among 1, 5, 10, 20, 50 (2 families: 10)."""
     outliers: tuple[str, ...] = ()
     """Folders of outlier crops (insects the lab does not target) for ``outlier_exposure``."""
     calibration: str = "auto"
@@ -599,7 +602,8 @@ def train_classifier(
         temperature_fit = {
             "method": (
                 f"temperature scaling (Guo et al. 2017), NLL on out-of-fold logits of train + validation "
-                f"({options.crossfit_folds} folds): validation held {val_errors} errors (< {options.min_val_errors})"
+                f"({options.crossfit_folds} folds): validation held {val_errors} errors "
+                f"(< {options.min_val_errors})"
                 if crossfit
                 else "temperature scaling, NLL on validation (Guo et al. 2017)"
             ),
@@ -635,12 +639,15 @@ def train_classifier(
                     k, means = choose_knn_k(pool_x, pool_y, n_classes, options.ood_keep, seed=options.seed)
                     kwargs["k"] = k
                     k_choice = {
-                        "candidates": list(KNN_KS),
+                        "candidates": sorted(means),
                         "left_out_family_rejected": {str(a): round(b, 4) for a, b in means.items()},
                     }
                 else:
-                    kwargs["k"] = 10
-                    k_choice = {"candidates": [10], "note": "two families: no family to leave out, k = 10"}
+                    smallest = int(np.bincount(pool_y).min()) * pool_x.shape[1]
+                    kwargs["k"] = min(10, max(1, smallest // 2))
+                    k_choice = {
+                        "note": "two families: no family to leave out; k = 10 (at most half a family)"
+                    }
             elif rule == "outlier_exposure":
                 kwargs["outliers"] = outlier_feats
             elif rule == "energy":
@@ -675,16 +682,12 @@ def train_classifier(
             test_distances = fitted.score(feats["test"], test_logits)
             ood_config = {
                 "rule": rule,
-                "method": {
-                    "mahalanobis": "Mahalanobis distance to the nearest family, shared Ledoit-Wolf covariance (Lee et al. 2018)",
-                    "knn": "distance to the k-th nearest training crop, L2-normalised features (Sun et al. 2022)",
-                    "energy": "free energy of the head's logits, T = 1 (Liu et al. 2020)",
-                    "outlier_exposure": "logistic 'other arthropod' model against outlier crops (after Hendrycks et al. 2019)",
-                }[rule],
+                "method": RULE_METHODS[rule],
                 "file": OOD_FILE if rule != "energy" else None,
                 "threshold": distance_threshold,
                 "keep": options.ood_keep,
-                "threshold_selection": f"out-of-fold score of train + validation crops ({options.crossfit_folds} folds) "
+                "threshold_selection": "out-of-fold score of train + validation crops "
+                f"({options.crossfit_folds} folds) "
                 f"keeping {options.ood_keep} of them; no out-of-distribution images used",
                 "fitted_on": int(pool_x.shape[0] * pool_x.shape[1]),
                 "oof_score_quantiles": {
@@ -719,7 +722,8 @@ def train_classifier(
                     ).tolist(),
                     "confusion_source": "out-of-fold calls on train + validation, at the model's thresholds",
                     "ood": lofo["outcomes"].tolist() if lofo is not None else None,
-                    "ood_source": "leave-one-family-out: each family as the unknown, judged by a head and rule fitted on the others"
+                    "ood_source": "leave-one-family-out: each family as the unknown, judged by a head "
+                    "and rule fitted on the others"
                     if lofo is not None
                     else None,
                 }

@@ -40,8 +40,8 @@ from labpipe.classify.calibration import (
     softmax,
 )
 from labpipe.classify.dataset import file_sha256, image_files, load_square, scan_family_folders
-from labpipe.classify.metrics import confusion_matrix, per_class_prf, top_k_accuracy
 from labpipe.classify.gate import SpecimenGate
+from labpipe.classify.metrics import confusion_matrix, per_class_prf, top_k_accuracy
 from labpipe.classify.trained import SPLIT_FILE, TrainedFamilyClassifier
 
 __all__ = [
