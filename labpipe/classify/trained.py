@@ -26,9 +26,12 @@ probabilities and decisions, not the network, and are recorded in ``config.json`
 Probabilities are calibrated: ``softmax(logits / T)`` with ``T`` fitted on the validation split
 (temperature scaling, Guo et al. 2017); a specimen is rejected as ``low_confidence`` when its best
 family's probability is below the threshold chosen on validation (Chow's reject option). Before
-that, a specimen whose backbone features lie farther from every family than the distance chosen on
-validation is rejected as ``out_of_distribution`` (Mahalanobis distance, Lee et al. 2018): the
-softmax alone is confident about insects of families it has never seen.
+that, a specimen whose backbone features score above the model's out-of-distribution threshold is
+rejected as ``out_of_distribution`` (``config.json`` ``ood``: the rule, by default the kNN distance
+of Sun et al. 2022, its ``k`` and threshold, all chosen at training without out-of-distribution
+images; older models carry the Mahalanobis rule of Lee et al. 2018): the softmax alone is
+confident about insects of families it has never seen. :attr:`TrainedFamilyClassifier.ood_rule`
+is that rule as recorded with each call.
 """
 
 from __future__ import annotations

@@ -15,13 +15,19 @@ Steps, each recorded in the model directory:
    ``n / (K n_c)`` of King and Zeng, "Logistic Regression in Rare Events Data", Political Analysis
    9(2), 2001) or, with ``balance="sampler"``, balanced sampling of training examples;
 3. the epoch with the lowest validation loss is kept (early stopping);
-4. temperature scaling on the validation split (Guo et al. 2017), then the rejection threshold
-   chosen on validation for the target accuracy of accepted predictions
-   (:func:`~labpipe.classify.calibration.select_threshold`);
-5. the out-of-distribution rule: one Gaussian per family on the backbone features of the training
-   images (all views), with a shared Ledoit-Wolf covariance, and the Mahalanobis distance that
-   keeps ``ood_keep`` of the validation images (:mod:`labpipe.classify.ood`);
-6. evaluation on the test split: ``metrics.json`` and the plots.
+4. cross-fitting: heads trained (at the kept epoch count) on 5 stratified folds of train +
+   validation, each scoring the fold it did not see (out-of-fold logits);
+5. temperature scaling (Guo et al. 2017) and the rejection threshold chosen for the target accuracy
+   of accepted predictions (:func:`~labpipe.classify.calibration.select_threshold`), on the
+   validation split or, when it holds fewer than ``min_val_errors`` errors (a small split of easy
+   families often holds none, and the temperature then stays at 1), on the out-of-fold logits;
+6. the out-of-distribution rule (:mod:`labpipe.classify.rejection`), by default the distance to the
+   k-th nearest training crop on L2-normalised backbone features (Sun et al. 2022), fitted on train
+   + validation (all views); ``k`` is chosen by leave-one-family-out (each family in turn plays the
+   unknown one) and the threshold keeps ``ood_keep`` of the out-of-fold in-distribution scores. No
+   out-of-distribution image is used. The out-of-fold calls and the leave-one-family-out outcomes
+   are recorded as ``count_correction`` (:mod:`labpipe.classify.count_correction`);
+7. evaluation on the test split: ``metrics.json`` and the plots.
 """
 
 from __future__ import annotations
