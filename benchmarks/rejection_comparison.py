@@ -50,6 +50,7 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--calibration-only", action="store_true", help="Skip the rules.")
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is missing: this comparison needs the shared real images")
@@ -133,7 +134,7 @@ def main() -> None:
     today = fit_rule("mahalanobis", x_views[is_train], y_trva[is_train], 3)
     threshold = select_distance_threshold(today.score(x_views[~is_train, 0]), 0.975)
     evaluate("mahalanobis, today (train fit, 97.5 % of validation)", today, threshold, keep=0.975)
-    k, k_means = choose_knn_k(x_views, y_trva, 3, 0.95)
+    k, k_means = choose_knn_k(x_views, y_trva, 3, 0.95) if not args.calibration_only else (1, {})
     kwargs = {
         "mahalanobis": {},
         "knn": {"k": k},
@@ -145,7 +146,7 @@ def main() -> None:
     for f in range(5):
         held = folds == f
         oof_logits[held] = fit_head(x_views[~held], y_trva[~held], 3)(x_views[held, 0])
-    for rule, kw in kwargs.items():
+    for rule, kw in kwargs.items() if not args.calibration_only else ():
         lofo = leave_one_family_out(rule, x_views, y_trva, 3, list(KEEPS), **kw)
         if rule == "energy":
             from labpipe.classify.ood import energy_score
@@ -186,7 +187,8 @@ def main() -> None:
         "rules": rows,
         "calibration": calibration,
     }
-    (args.work / "rejection_comparison.json").write_text(json.dumps(result, indent=2))
+    name = "calibration.json" if args.calibration_only else "rejection_comparison.json"
+    (args.work / name).write_text(json.dumps(result, indent=2))
     if args.json:
         print(json.dumps(result, indent=2))
         return
