@@ -118,6 +118,10 @@ class ClassifierConfig:
     threads: int = 0
     """Torch CPU threads (0: all cores)."""
     top_k: int = 3
+    gate: str = ""
+    """Directory of a specimen-or-not gate (``labpipe train gate``) put in front of the classifier,
+    built-in or trained: crops it finds to be debris, fragments or background are rejected as
+    ``not_a_specimen``. Empty: no gate."""
 
 
 @dataclass

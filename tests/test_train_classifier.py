@@ -272,7 +272,8 @@ def test_a_specimen_unlike_every_trained_family_is_rejected_as_out_of_distributi
     out: Path = trained["out"]
     config = json.loads((out / "config.json").read_text())
     assert config["ood"]["threshold"] > 0 and (out / config["ood"]["file"]).is_file()
-    assert config["ood"]["keep"] == 0.975 and config["ood"]["fitted_on"] == 18 * 2  # 9 per family, 2 views
+    assert config["ood"]["rule"] == "knn" and config["ood"]["k"] == 10  # two families: no family to leave out
+    assert config["ood"]["keep"] == 0.95 and config["ood"]["fitted_on"] == 20 * 2  # train + val, 2 views
     clf = load_classifier(str(out), threads=1)
     wells = [load_square(p) for p in sorted((shared_data / "bioscan-wells" / "single").iterdir())[:10]]
     beetles = [load_square(p) for p in sorted((shared_data / "carabidae-crops").iterdir())[-10:]]
@@ -291,7 +292,7 @@ def test_a_second_training_run_reads_every_feature_from_the_cache(trained: dict)
     result = CliRunner().invoke(cli, args, env=THREADS_ENV)
     assert result.exit_code == 0, result.output
     cache = json.loads(result.stdout)["feature_cache"]
-    assert cache["misses"] == 0 and cache["hits"] == 18 * 2 + 2 + 4
+    assert cache["misses"] == 0 and cache["hits"] == 18 * 2 + 2 * 2 + 4  # train and val in 2 views, test
     # Same data, seed and cache: the same weights, so the same version.
     assert json.loads(result.stdout)["version"] == trained["summary"]["version"]
 

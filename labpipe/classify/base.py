@@ -12,6 +12,7 @@ __all__ = [
     "REJECT_FAMILY_UNRESOLVED",
     "REJECT_LOW_CONFIDENCE",
     "REJECT_NOT_ARTHROPOD",
+    "REJECT_NOT_A_SPECIMEN",
     "REJECT_OUT_OF_DISTRIBUTION",
     "REJECT_REASONS",
     "Classification",
@@ -24,11 +25,14 @@ REJECT_LOW_CONFIDENCE = "low_confidence"
 REJECT_NOT_ARTHROPOD = "not_arthropod"
 REJECT_FAMILY_UNRESOLVED = "family_unresolved"
 REJECT_OUT_OF_DISTRIBUTION = "out_of_distribution"
+REJECT_NOT_A_SPECIMEN = "not_a_specimen"
+"""The specimen-or-not gate (:mod:`labpipe.classify.gate`): debris, a fragment or empty background."""
 REJECT_REASONS = (
     REJECT_LOW_CONFIDENCE,
     REJECT_NOT_ARTHROPOD,
     REJECT_FAMILY_UNRESOLVED,
     REJECT_OUT_OF_DISTRIBUTION,
+    REJECT_NOT_A_SPECIMEN,
 )
 """Stable codes. A ``Classification.reason`` starts with one of them, then ``": "`` and a
 human-readable explanation, e.g. ``"not_arthropod: top class 'dishrag' 0.41"``."""
@@ -78,7 +82,7 @@ def redecide(
     """Decide a stored call again at ``threshold``, from its stored best family and probability.
 
     Only ``low_confidence`` depends on the threshold; a call rejected for any other reason (not an
-    arthropod, out of distribution, family unresolved) stays rejected with its reason. Returns
+    arthropod, not a specimen, out of distribution, family unresolved) stays rejected with its reason. Returns
     ``(rejected, reason)``.
 
     >>> redecide("Carabidae", 0.42, True, "low_confidence: Carabidae 0.42 < threshold 0.50", 0.4)

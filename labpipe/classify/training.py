@@ -15,18 +15,25 @@ Steps, each recorded in the model directory:
    ``n / (K n_c)`` of King and Zeng, "Logistic Regression in Rare Events Data", Political Analysis
    9(2), 2001) or, with ``balance="sampler"``, balanced sampling of training examples;
 3. the epoch with the lowest validation loss is kept (early stopping);
-4. temperature scaling on the validation split (Guo et al. 2017), then the rejection threshold
-   chosen on validation for the target accuracy of accepted predictions
-   (:func:`~labpipe.classify.calibration.select_threshold`);
-5. the out-of-distribution rule: one Gaussian per family on the backbone features of the training
-   images (all views), with a shared Ledoit-Wolf covariance, and the Mahalanobis distance that
-   keeps ``ood_keep`` of the validation images (:mod:`labpipe.classify.ood`);
-6. evaluation on the test split: ``metrics.json`` and the plots.
+4. cross-fitting: heads trained (at the kept epoch count) on 5 stratified folds of train +
+   validation, each scoring the fold it did not see (out-of-fold logits);
+5. temperature scaling (Guo et al. 2017) and the rejection threshold chosen for the target accuracy
+   of accepted predictions (:func:`~labpipe.classify.calibration.select_threshold`), on the
+   validation split or, when it holds fewer than ``min_val_errors`` errors (a small split of easy
+   families often holds none, and the temperature then stays at 1), on the out-of-fold logits;
+6. the out-of-distribution rule (:mod:`labpipe.classify.rejection`), by default the distance to the
+   k-th nearest training crop on L2-normalised backbone features (Sun et al. 2022), fitted on train
+   + validation (all views); ``k`` is chosen by leave-one-family-out (each family in turn plays the
+   unknown one) and the threshold keeps ``ood_keep`` of the out-of-fold in-distribution scores. No
+   out-of-distribution image is used. The out-of-fold calls and the leave-one-family-out outcomes
+   are recorded as ``count_correction`` (:mod:`labpipe.classify.count_correction`);
+7. evaluation on the test split: ``metrics.json`` and the plots.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -46,11 +53,13 @@ from tqdm import tqdm
 import labpipe
 from labpipe.classify.augment import AugmentSpec, augment_square, view_rng
 from labpipe.classify.calibration import fit_temperature, negative_log_likelihood, select_threshold, softmax
+from labpipe.classify.count_correction import outcome_counts
 from labpipe.classify.dataset import (
     DEFAULT_FRACTIONS,
     SPLITS,
     FamilyImages,
     file_sha256,
+    image_files,
     load_square,
     scan_family_folders,
     split_counts,
@@ -59,12 +68,15 @@ from labpipe.classify.dataset import (
 from labpipe.classify.efficientnet_lite import INPUT_SIZE, MEAN, STD, load_efficientnet_lite0
 from labpipe.classify.features import FeatureCache, FeatureRecipe, extract_features
 from labpipe.classify.imagenet_family import _torch_threads, to_model_input
-from labpipe.classify.ood import (
-    OOD_FILE,
-    fit_feature_gaussians,
-    mahalanobis_distance,
-    save_feature_gaussians,
-    select_distance_threshold,
+from labpipe.classify.ood import OOD_FILE, RULES, energy_score, select_distance_threshold
+from labpipe.classify.rejection import (
+    RULE_METHODS,
+    choose_knn_k,
+    fit_rule,
+    leave_one_family_out,
+    out_of_fold_scores,
+    save_fitted_rule,
+    stratified_folds,
 )
 from labpipe.classify.trained import (
     ARCHITECTURE,
@@ -117,8 +129,23 @@ class TrainOptions:
     finetune_epochs: int = 5
     finetune_lr: float = 1e-4
     finetune_batch_size: int = 16
-    ood_keep: float = 0.975
-    """Share of in-distribution validation images the out-of-distribution distance keeps; 0: no rule."""
+    ood_keep: float = 0.95
+    """Share of in-distribution crops (out-of-fold) the out-of-distribution rule keeps; 0: no rule.
+    0.95: the loosest threshold that still keeps the issue's 95 % of in-distribution crops; every
+    step looser rejects less of a left-out family (leave-one-family-out on the shared families:
+    0.73 at 0.90, 0.50 at 0.95, 0.34 at 0.975)."""
+    ood_rule: str = "knn"
+    """``knn`` (default), ``mahalanobis``, ``energy``, ``outlier_exposure`` (needs ``outliers``), ``none``."""
+    knn_k: int = 0
+    """``k`` of the kNN rule; 0: chosen by leave-one-family-out among 1, 5, 10, 20, 50 (2 families: 10)."""
+    outliers: tuple[str, ...] = ()
+    """Folders of outlier crops (insects the lab does not target) for ``outlier_exposure``."""
+    calibration: str = "auto"
+    """``validation`` (temperature and threshold on the validation split), ``crossfit`` (on
+    out-of-fold logits of train + validation) or ``auto``: cross-fitted when validation holds
+    fewer than ``min_val_errors`` errors."""
+    min_val_errors: int = 5
+    crossfit_folds: int = 5
     threads: int = 0
     """Torch CPU threads (0: torch's setting)."""
 
@@ -131,12 +158,21 @@ class TrainOptions:
             raise ValueError(f"target must be in (0, 1], given target {self.target}")
         if not 0.0 <= self.ood_keep <= 1.0:
             raise ValueError(f"ood_keep must be in [0, 1] (0: no rule), given ood_keep {self.ood_keep}")
+        if self.ood_rule not in (*RULES, "none"):
+            raise ValueError(f"ood_rule must be one of {(*RULES, 'none')}, given ood_rule {self.ood_rule!r}")
+        if self.ood_rule == "outlier_exposure" and not self.outliers:
+            raise ValueError("ood_rule 'outlier_exposure' needs outlier folders (--outliers)")
+        if self.calibration not in ("auto", "validation", "crossfit"):
+            raise ValueError(f"calibration must be auto, validation or crossfit; given {self.calibration!r}")
+        if self.knn_k < 0 or self.crossfit_folds < 2 or self.min_val_errors < 0:
+            raise ValueError("need knn_k >= 0, crossfit_folds >= 2 and min_val_errors >= 0")
         if not self.name or "@" in self.name or "/" in self.name:
             raise ValueError(f"name must be non-empty without '@' or '/', given name {self.name!r}")
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["fractions"] = list(self.fractions)
+        out["outliers"] = list(self.outliers)
         return out
 
 
@@ -198,8 +234,10 @@ def train_head(
     options: TrainOptions,
     *,
     progress: bool = True,
+    select_best: bool = True,
 ) -> tuple[FamilyHead, list[dict[str, float]]]:
-    """Train a :class:`FamilyHead` on feature vectors; keep the epoch with the lowest validation loss.
+    """Train a :class:`FamilyHead` on feature vectors; keep the epoch with the lowest validation loss
+    (``select_best=False``: the last epoch, for heads whose validation rows must stay unseen).
 
     Parameters
     ----------
@@ -258,9 +296,10 @@ def train_head(
         bar.set_postfix(
             loss=f"{total / len(order):.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}"
         )
-        if val_loss < best_loss:
+        if select_best and val_loss < best_loss:
             best_loss, best_state = val_loss, copy.deepcopy(head.state_dict())
-    head.load_state_dict(best_state)
+    if select_best:
+        head.load_state_dict(best_state)
     return head.eval(), history
 
 
@@ -465,9 +504,15 @@ def train_classifier(
                 progress=progress,
                 desc="features train",
             ),
-            "val": extract_features(
-                list(paths[idx["val"]]), [0], backbone, recipe, cache, progress=progress, desc="features val"
-            )[:, 0],
+            "val_views": extract_features(
+                list(paths[idx["val"]]),
+                views,
+                backbone,
+                recipe,
+                cache,
+                progress=progress,
+                desc="features val",
+            ),
             "test": extract_features(
                 list(paths[idx["test"]]),
                 [0],
@@ -478,6 +523,17 @@ def train_classifier(
                 desc="features test",
             )[:, 0],
         }
+        feats["val"] = feats["val_views"][:, 0]
+        outlier_paths: list[Path] = []
+        for folder in options.outliers:
+            outlier_paths += image_files(Path(folder))
+        outlier_feats = (
+            extract_features(
+                outlier_paths, [0], backbone, recipe, cache, progress=progress, desc="features outliers"
+            )[:, 0]
+            if outlier_paths
+            else None
+        )
         seconds["features"] = time.perf_counter() - t0
 
         # 2. Head on frozen features.
@@ -516,55 +572,180 @@ def train_classifier(
             val_logits = _logits(head, feats["val"])
             test_logits = _logits(head, feats["test"])
 
-        # 4. Calibration and threshold, on validation.
-        temperature = fit_temperature(val_logits, y["val"])
-        temperature_fit = {
-            "method": "temperature scaling, NLL on validation (Guo et al. 2017)",
-            "val_n": len(y["val"]),
-            "val_nll_before": negative_log_likelihood(val_logits, y["val"], 1.0),
-            "val_nll_after": negative_log_likelihood(val_logits, y["val"], temperature),
-            "separated": bool(np.all(val_logits.argmax(axis=1) == y["val"])),
-        }
-        val_probs = softmax(val_logits, temperature)
-        choice = select_threshold(val_probs.max(axis=1), val_probs.argmax(axis=1) == y["val"], options.target)
+        # 4. Cross-fitting: heads trained on folds of train + validation, each scoring its held-out fold.
+        t0 = time.perf_counter()
+        n_classes = len(data.families)
+        best_epoch = (
+            max(1, min(options.epochs, int(np.argmin([h["val_loss"] for h in history])) + 1))
+            if history
+            else options.epochs
+        )
+        fold_options = dataclasses.replace(options, epochs=best_epoch)
 
-        # 5. Out-of-distribution rule: Gaussians on training features, distance chosen on validation.
+        def fit_head(x: np.ndarray, yy: np.ndarray, k: int) -> Callable[[np.ndarray], np.ndarray]:
+            fold_head, _ = train_head(x, yy, x[:, 0], yy, k, fold_options, progress=False, select_best=False)
+            return lambda f: _logits(fold_head, f)
+
+        pool_x = np.concatenate([feats["train"], feats["val_views"]]) if not options.finetune else None
+        pool_y = np.concatenate([y["train"], y["val"]])
+        oof_logits = None
+        if pool_x is not None and len(pool_y) >= 2 * options.crossfit_folds:
+            folds = stratified_folds(pool_y, options.crossfit_folds, options.seed)
+            oof_logits = np.empty((len(pool_y), n_classes))
+            for f in range(options.crossfit_folds):
+                held = folds == f
+                oof_logits[held] = fit_head(pool_x[~held], pool_y[~held], n_classes)(pool_x[held, 0])
+        seconds["crossfit"] = time.perf_counter() - t0
+
+        # 5. Calibration and threshold: on validation, or cross-fitted when validation has few errors.
+        val_errors = int((val_logits.argmax(axis=1) != y["val"]).sum()) if len(y["val"]) else 0
+        crossfit = oof_logits is not None and (
+            options.calibration == "crossfit"
+            or (options.calibration == "auto" and val_errors < options.min_val_errors)
+        )
+        cal_logits, cal_y = (oof_logits, pool_y) if crossfit else (val_logits, y["val"])
+        temperature = fit_temperature(cal_logits, cal_y)
+        temperature_fit = {
+            "method": (
+                f"temperature scaling (Guo et al. 2017), NLL on out-of-fold logits of train + validation "
+                f"({options.crossfit_folds} folds): validation held {val_errors} errors "
+                f"(< {options.min_val_errors})"
+                if crossfit
+                else "temperature scaling, NLL on validation (Guo et al. 2017)"
+            ),
+            "crossfit": crossfit,
+            "n": len(cal_y),
+            "errors": int((cal_logits.argmax(axis=1) != cal_y).sum()) if len(cal_y) else 0,
+            "val_n": len(y["val"]),
+            "val_errors": val_errors,
+            "nll_before": negative_log_likelihood(cal_logits, cal_y, 1.0),
+            "nll_after": negative_log_likelihood(cal_logits, cal_y, temperature),
+            "separated": bool(np.all(cal_logits.argmax(axis=1) == cal_y)),
+        }
+        cal_probs = softmax(cal_logits, temperature)
+        choice = select_threshold(cal_probs.max(axis=1), cal_probs.argmax(axis=1) == cal_y, options.target)
+
+        # 6. Out-of-distribution rule, its free parameter and threshold chosen without any OOD data.
+        t0 = time.perf_counter()
         ood_config: dict[str, Any] | None = None
-        gaussians = None
+        fitted = None
         test_distances = None
-        if options.ood_keep > 0 and len(y["val"]):
-            n_train, n_views, dim = feats["train"].shape
-            gaussians = fit_feature_gaussians(
-                feats["train"].reshape(n_train * n_views, dim),
-                np.repeat(y["train"], n_views),
-                len(data.families),
-            )
-            val_distances = mahalanobis_distance(feats["val"], gaussians)
-            distance_threshold = select_distance_threshold(val_distances, options.ood_keep)
-            test_distances = mahalanobis_distance(feats["test"], gaussians)
+        count_correction: dict[str, Any] | None = None
+        rule = options.ood_rule
+        if rule != "none" and options.ood_keep > 0 and len(y["val"]):
+            if options.finetune or pool_x is None:
+                # The fine-tuned backbone's features: one unaugmented view per crop.
+                pool_x = np.concatenate([feats["train"], feats["val"][:, None, :]])
+            kwargs: dict[str, Any] = {}
+            k_choice: dict[str, Any] | None = None
+            if rule == "knn":
+                if options.knn_k:
+                    kwargs["k"] = options.knn_k
+                elif n_classes >= 3:
+                    k, means = choose_knn_k(pool_x, pool_y, n_classes, options.ood_keep, seed=options.seed)
+                    kwargs["k"] = k
+                    k_choice = {
+                        "candidates": sorted(means),
+                        "left_out_family_rejected": {str(a): round(b, 4) for a, b in means.items()},
+                    }
+                else:
+                    smallest = int(np.bincount(pool_y).min()) * pool_x.shape[1]
+                    kwargs["k"] = min(10, max(1, smallest // 2))
+                    k_choice = {
+                        "note": "two families: no family to leave out; k = 10 (at most half a family)"
+                    }
+            elif rule == "outlier_exposure":
+                kwargs["outliers"] = outlier_feats
+            elif rule == "energy":
+                kwargs["fit_head"] = fit_head
+            if rule == "energy":
+                if oof_logits is None:
+                    raise ConfigError(
+                        data_dir, "the energy rule needs cross-fitted logits", "use more images"
+                    )
+                oof_scores = energy_score(oof_logits)
+                fitted = fit_rule(
+                    "energy", pool_x, pool_y, n_classes, fit_head=lambda *_: lambda f: _logits(head, f)
+                )
+            else:
+                oof_scores = out_of_fold_scores(
+                    rule,
+                    pool_x,
+                    pool_y,
+                    n_classes,
+                    n_folds=options.crossfit_folds,
+                    seed=options.seed,
+                    **kwargs,
+                )
+                fitted = fit_rule(rule, pool_x, pool_y, n_classes, **kwargs)
+            distance_threshold = select_distance_threshold(oof_scores, options.ood_keep)
+            lofo = None
+            if n_classes >= 3:
+                lofo = leave_one_family_out(
+                    rule, pool_x, pool_y, n_classes, [options.ood_keep],
+                    n_folds=options.crossfit_folds, seed=options.seed, head_fitter=fit_head, **kwargs,
+                )  # fmt: skip
+            test_distances = fitted.score(feats["test"], test_logits)
             ood_config = {
-                "method": "Mahalanobis distance to the nearest family, shared Ledoit-Wolf covariance "
-                "of the training features (Lee et al. 2018)",
-                "file": OOD_FILE,
+                "rule": rule,
+                "method": RULE_METHODS[rule],
+                "file": OOD_FILE if rule != "energy" else None,
                 "threshold": distance_threshold,
                 "keep": options.ood_keep,
-                "shrinkage": gaussians.shrinkage,
-                "fitted_on": int(n_train * n_views),
-                "val_distance_quantiles": {
-                    q: float(np.quantile(val_distances, float(q))) for q in ("0.5", "0.9", "0.975", "1.0")
+                "threshold_selection": "out-of-fold score of train + validation crops "
+                f"({options.crossfit_folds} folds) "
+                f"keeping {options.ood_keep} of them; no out-of-distribution images used",
+                "fitted_on": int(pool_x.shape[0] * pool_x.shape[1]),
+                "oof_score_quantiles": {
+                    q: float(np.quantile(oof_scores, float(q))) for q in ("0.5", "0.9", "0.975", "1.0")
                 },
+                **({"k": int(kwargs["k"]), "k_selection": k_choice} if rule == "knn" else {}),
+                **({"temperature": 1.0} if rule == "energy" else {}),
+                **(
+                    {"outliers": {"folders": list(options.outliers), "images": len(outlier_paths)}}
+                    if rule == "outlier_exposure"
+                    else {}
+                ),
             }
+            if fitted.gaussians is not None:
+                ood_config["shrinkage"] = fitted.gaussians.shrinkage
+            if lofo is not None:
+                ood_config["leave_one_family_out"] = {
+                    "rejected": {
+                        f: round(r, 4)
+                        for f, r in zip(data.families, lofo["rejected"][options.ood_keep], strict=True)
+                    },
+                    "mean_rejected": round(lofo["mean"][options.ood_keep], 4),
+                    "kept": round(lofo["kept"][options.ood_keep], 4),
+                }
+            if oof_logits is not None:
+                oof_probs = softmax(oof_logits, temperature)
+                rejected = (oof_probs.max(axis=1) < choice.threshold) | (oof_scores > distance_threshold)
+                count_correction = {
+                    "families": list(data.families),
+                    "confusion": outcome_counts(
+                        pool_y, oof_probs.argmax(axis=1), rejected, n_classes
+                    ).tolist(),
+                    "confusion_source": "out-of-fold calls on train + validation, at the model's thresholds",
+                    "ood": lofo["outcomes"].tolist() if lofo is not None else None,
+                    "ood_source": "leave-one-family-out: each family as the unknown, judged by a head "
+                    "and rule fitted on the others"
+                    if lofo is not None
+                    else None,
+                }
+        seconds["ood"] = time.perf_counter() - t0
 
-        # 6. Write the directory.
+        # 7. Write the directory.
         out_dir.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save
 
         full = options.finetune
         # save() + write_bytes rather than save_file(), which creates the file readable by its owner only.
         (out_dir / WEIGHTS_FILE).write_bytes(save(net.trainable_state(full), metadata={"format": FORMAT}))
-        if gaussians is not None:
-            save_feature_gaussians(gaussians, out_dir / OOD_FILE)
-        elif (out_dir / OOD_FILE).exists():
+        if (
+            not (fitted is not None and save_fitted_rule(fitted, out_dir / OOD_FILE))
+            and (out_dir / OOD_FILE).exists()
+        ):
             (out_dir / OOD_FILE).unlink()
         weights: dict[str, Any] = {"file": WEIGHTS_FILE, "contains": "full" if full else "head"}
         if not full:
@@ -592,6 +773,7 @@ def train_classifier(
             "threshold_target": options.target,
             "threshold_selection": choice.as_dict(),
             "ood": ood_config,
+            "count_correction": count_correction,
             "weights": weights,
             "split": {
                 "seed": options.seed,
@@ -622,7 +804,7 @@ def train_classifier(
         (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         identity = model_identity(out_dir)
 
-        # 7. Test-split evaluation.
+        # 8. Test-split evaluation.
         report = classifier_report(
             test_logits,
             y["test"],

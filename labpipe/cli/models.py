@@ -39,7 +39,7 @@ def _load_trained(obj: Any, model: str, threshold: float | None = None) -> Any:
     spec = model
     if not Path(model).expanduser().is_dir() and not model.startswith(BUILTIN_PREFIX):
         spec = _resolve_with_database(obj, model)
-    classifier = configured_classifier(obj.settings, model=spec, threshold=threshold)
+    classifier = configured_classifier(obj.settings, model=spec, threshold=threshold, gate="")
     if not isinstance(classifier, TrainedFamilyClassifier):
         _fail(f"{model}: `eval classifier` needs a trained model directory (see `labpipe train classifier`)")
     return classifier
@@ -98,9 +98,39 @@ def train() -> None:
 @click.option(
     "--ood-keep",
     type=float,
-    default=0.975,
+    default=0.95,
     show_default=True,
-    help="Share of validation images the out-of-distribution feature-distance rule keeps (0: no rule).",
+    help="Share of in-distribution crops (cross-fitted) the out-of-distribution rule keeps (0: no rule).",
+)
+@click.option(
+    "--ood-rule",
+    type=click.Choice(["knn", "mahalanobis", "energy", "outlier_exposure", "none"]),
+    default="knn",
+    show_default=True,
+    help="Out-of-distribution rule: kNN distance on normalised features (Sun et al. 2022), Mahalanobis, "
+    "energy, or outlier exposure against --outliers.",
+)
+@click.option(
+    "--knn-k",
+    type=int,
+    default=0,
+    show_default=True,
+    help="k of the kNN rule (0: chosen by leave-one-family-out among 1, 5, 10, 20, 50).",
+)
+@click.option(
+    "--outliers",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of outlier crops (insects the lab does not target) for --ood-rule outlier_exposure "
+    "(repeatable).",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["auto", "validation", "crossfit"]),
+    default="auto",
+    show_default=True,
+    help="Temperature and threshold on validation, cross-fitted on train + validation, or auto "
+    "(cross-fitted when validation holds fewer than 5 errors).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Split and augmentation seed.")
 @click.option(
@@ -129,6 +159,10 @@ def train_classifier_command(
     balance: str,
     target: float,
     ood_keep: float,
+    ood_rule: str,
+    knn_k: int,
+    outliers: tuple[Path, ...],
+    calibration: str,
     seed: int,
     cache_dir: Path | None,
     no_cache: bool,
@@ -143,11 +177,14 @@ def train_classifier_command(
     layers with dropout is trained on frozen EfficientNet-Lite0 features of the crops (padded to
     squares as in production) and of --views augmented copies (rotation, flips, colour jitter),
     cached so a second run is fast; --finetune then trains the whole network. Probabilities are
-    calibrated by temperature scaling on validation, and the rejection threshold is the lowest one
-    whose accepted validation predictions are at least --target correct. Specimens whose backbone
-    features lie far from every family (Mahalanobis distance; the distance keeping --ood-keep of
-    validation) are rejected as out of distribution. The test split is evaluated into
-    metrics.json, confusion.csv/png and risk_coverage.png in --out.
+    calibrated by temperature scaling, and the rejection threshold is the lowest one whose accepted
+    predictions are at least --target correct, both on validation or, when validation holds few
+    errors, on cross-fitted (out-of-fold) logits of train + validation. Specimens whose backbone
+    features lie far from every family (--ood-rule; default: distance to the k-th nearest training
+    crop, k chosen by leave-one-family-out; the threshold keeps --ood-keep of out-of-fold
+    in-distribution crops, no out-of-distribution images needed) are rejected as out of
+    distribution. The test split is evaluated into metrics.json, confusion.csv/png and
+    risk_coverage.png in --out.
     """
     from labpipe.classify.augment import AugmentSpec
     from labpipe.classify.training import TrainOptions, train_classifier
@@ -166,6 +203,10 @@ def train_classifier_command(
             seed=seed,
             target=target,
             ood_keep=ood_keep,
+            ood_rule=ood_rule,
+            knn_k=knn_k,
+            outliers=tuple(str(p) for p in outliers),
+            calibration=calibration,
             finetune=finetune,
             finetune_epochs=finetune_epochs,
             threads=settings.classifier.threads if threads is None else threads,
@@ -199,6 +240,95 @@ def train_classifier_command(
     click.echo(_format_train_summary(summary))
 
 
+@train.command("gate")
+@click.option(
+    "--specimens",
+    "specimens",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of crops of whole arthropods; repeatable.",
+)
+@click.option(
+    "--debris",
+    "debris",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of crops that are not a whole arthropod (debris, fragments, empty background); repeatable.",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--keep",
+    type=float,
+    default=0.98,
+    show_default=True,
+    help="Share of whole specimens (cross-fitted) the gate keeps.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Feature cache (default: <storage root>/cache/features).",
+)
+@click.option("--no-cache", is_flag=True, help="Compute every feature afresh and store none.")
+@click.option("--threads", type=int, help="Torch CPU threads (default: [classifier] threads).")
+@click.option("--overwrite", is_flag=True, help="Replace a gate already in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print gate.json.")
+@click.pass_obj
+def train_gate_command(
+    obj: Any,
+    specimens: tuple[Path, ...],
+    debris: tuple[Path, ...],
+    out_dir: Path,
+    keep: float,
+    cache_dir: Path | None,
+    no_cache: bool,
+    threads: int | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Train the specimen-or-not gate into --out: whole arthropods (--specimens) against debris,
+    fragments and empty background (--debris), on frozen EfficientNet-Lite0 features.
+
+    The threshold keeps --keep of the whole specimens, scored out of fold (5 folds). Set
+    `[classifier] gate = "<out>"` to put it in front of any classifier: crops it rejects are
+    rejected as not_a_specimen.
+    """
+    from labpipe.classify.gate import train_gate
+
+    settings = obj.settings
+    cache = None if no_cache else (cache_dir or settings.storage.root / "cache" / "features")
+    try:
+        config = train_gate(
+            list(specimens),
+            list(debris),
+            out_dir,
+            keep=keep,
+            cache_dir=cache,
+            threads=settings.classifier.threads if threads is None else threads,
+            progress=not as_json,
+            overwrite=overwrite,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    except LabpipeError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(config, indent=2))
+        return
+    oof = config["out_of_fold"]
+    click.echo(f"wrote {out_dir}")
+    click.echo(
+        f"threshold {config['threshold']:.3f} (keeps {config['keep']} of whole specimens out of fold); "
+        f"out of fold: specimens kept {oof['specimens_kept']}, debris rejected {oof['debris_rejected']}"
+    )
+    for folder, row in oof["per_folder"].items():
+        click.echo(f"  {row['kind']:8s} {folder}: rejected {row['rejected_out_of_fold']}")
+    click.echo(f"seconds {config['seconds']}")
+
+
 def _train_summary(result: Any) -> dict[str, Any]:
     config, metrics = result.config, result.metrics
     return {
@@ -209,7 +339,9 @@ def _train_summary(result: Any) -> dict[str, Any]:
         "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
         "feature_cache": config["training"]["feature_cache"],
         "temperature": round(config["temperature"], 4),
+        "temperature_fit": config.get("temperature_fit"),
         "threshold": config["threshold_selection"],
+        "ood": config.get("ood"),
         "test": metrics,
     }
 
@@ -226,9 +358,31 @@ def _format_train_summary(s: dict[str, Any]) -> str:
         f"temperature {s['temperature']}; threshold {sel['threshold']:.3f} for target {sel['target']} "
         f"(validation: {'reached' if sel['reachable'] else 'NOT reached'}, "
         f"accepted accuracy {sel['val_accepted_accuracy']:.3f}, coverage {sel['val_coverage']:.3f})",
+        *_format_ood_lines(s.get("ood"), s.get("temperature_fit")),
         *_format_report_lines(test),
     ]
     return "\n".join(lines)
+
+
+def _format_ood_lines(ood: dict[str, Any] | None, fit: dict[str, Any] | None) -> list[str]:
+    lines = []
+    if fit and fit.get("crossfit"):
+        lines.append(
+            f"calibration cross-fitted: {fit['n']} out-of-fold crops, {fit['errors']} errors "
+            f"(validation held {fit['val_errors']})"
+        )
+    if ood:
+        k = f" (k={ood['k']})" if "k" in ood else ""
+        line = (
+            f"out-of-distribution rule {ood.get('rule', 'mahalanobis')}{k}: "
+            f"threshold {ood['threshold']:.4g}, "
+            f"keeps {ood['keep']} of out-of-fold in-distribution crops"
+        )
+        lofo = ood.get("leave_one_family_out")
+        if lofo:
+            line += f"; left-out family rejected {lofo['mean_rejected']} on average ({lofo['rejected']})"
+        lines.append(line)
+    return lines
 
 
 def _format_report_lines(r: dict[str, Any]) -> list[str]:
@@ -254,7 +408,9 @@ def _format_report_lines(r: dict[str, Any]) -> list[str]:
     ]
     if at.get("confidence_only"):
         c = at["confidence_only"]
-        lines[-1] += f" with the feature-distance rule (distance > {at['distance_threshold']})"
+        lines[-1] += f" with the out-of-distribution rule (score > {at['distance_threshold']})"
+        if at.get("gate"):
+            lines[-1] += " and the gate"
         lines.append(
             f"  confidence rule alone: coverage {c['coverage']}, accepted accuracy {c['accepted_accuracy']}, "
             f"correct kept {c['correct_kept']}, wrong rejected {c['wrong_rejected']}"
@@ -264,7 +420,9 @@ def _format_report_lines(r: dict[str, Any]) -> list[str]:
         if o.get("rejected_by_distance") is not None:
             by = (
                 f" (confidence alone {o['rejected_by_confidence']}, "
-                f"distance alone {o['rejected_by_distance']})"
+                f"distance alone {o['rejected_by_distance']}"
+                + (f", gate alone {o['rejected_by_gate']}" if o.get("rejected_by_gate") is not None else "")
+                + ")"
             )
         lines.append(
             f"OOD {name}: {o['rejected']} of {o['images']} rejected{by}; accepted as {o['accepted_as']}"
@@ -306,6 +464,11 @@ def _format_report_lines(r: dict[str, Any]) -> list[str]:
     help="auto: leave out images the model was trained or calibrated on (content hash).",
 )
 @click.option("--threshold", type=float, help="Rejection threshold (default: the model's own).")
+@click.option(
+    "--gate",
+    "gate_dir",
+    help="Specimen-or-not gate directory (default: [classifier] gate; '' for none).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def eval_classifier(
@@ -316,6 +479,7 @@ def eval_classifier(
     out_dir: Path | None,
     split: str,
     threshold: float | None,
+    gate_dir: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate a trained classifier on DATA_DIR (one folder per family).
@@ -323,12 +487,16 @@ def eval_classifier(
     Reports micro and macro top-1/3/5 accuracy, per-family precision/recall/F1, the confusion
     matrix (CSV and PNG), expected calibration error before and after temperature scaling, the
     risk-coverage curve (PNG), and at the threshold: the share of correct predictions kept, of
-    wrong ones rejected, and of each --ood folder's images rejected.
+    wrong ones rejected, and of each --ood folder's images rejected. Every threshold is the
+    model's own (and the gate's): the --ood folders are only scored, never used to tune.
     """
+    from labpipe.classify.gate import load_gate
     from labpipe.evaluation.classifier import evaluate_classifier_folder
 
     try:
         classifier = _load_trained(obj, model)
+        gate_spec = obj.settings.classifier.gate if gate_dir is None else gate_dir
+        gate = load_gate(gate_spec) if gate_spec else None
         report = evaluate_classifier_folder(
             data_dir,
             classifier,
@@ -337,6 +505,7 @@ def eval_classifier(
             split=split,
             threshold=threshold,
             progress=not as_json,
+            gate=gate,
         )
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))

@@ -40,6 +40,7 @@ from labpipe.classify.calibration import (
     softmax,
 )
 from labpipe.classify.dataset import file_sha256, image_files, load_square, scan_family_folders
+from labpipe.classify.gate import SpecimenGate
 from labpipe.classify.metrics import confusion_matrix, per_class_prf, top_k_accuracy
 from labpipe.classify.trained import SPLIT_FILE, TrainedFamilyClassifier
 
@@ -102,6 +103,8 @@ def classifier_report(
     distances: np.ndarray | None = None,
     ood_distances: Mapping[str, np.ndarray] | None = None,
     distance_threshold: float | None = None,
+    gate_rejected: np.ndarray | None = None,
+    ood_gate_rejected: Mapping[str, np.ndarray] | None = None,
 ) -> ClassifierReport:
     """Compute every number of the evaluation from uncalibrated logits.
 
@@ -125,6 +128,9 @@ def classifier_report(
         a prediction is rejected. Without them, only the confidence threshold decides. With them,
         "at threshold" figures apply both rules (as in production), and the confidence rule alone is
         reported beside them.
+    gate_rejected, ood_gate_rejected:
+        Booleans: the specimen-or-not gate (:mod:`labpipe.classify.gate`) rejects the crop as
+        ``not_a_specimen``. With them, "at threshold" figures apply the gate too.
     """
     k = len(families)
     z = np.asarray(logits, dtype=np.float64).reshape(-1, k)
@@ -147,6 +153,8 @@ def classifier_report(
         if use_distance
         else np.ones(len(z), dtype=bool)
     )
+    use_gate = gate_rejected is not None
+    gate_ok = ~np.asarray(gate_rejected, dtype=bool).reshape(-1) if use_gate else np.ones(len(z), dtype=bool)
     n_correct, n_wrong = int(correct.sum()), int((~correct).sum())
 
     def kept_and_caught(accepted: np.ndarray) -> dict[str, Any]:
@@ -161,12 +169,15 @@ def classifier_report(
         "threshold": _r(threshold),
         "target": target,
         "distance_threshold": _r(distance_threshold) if use_distance else None,
-        **kept_and_caught((conf >= threshold) & near),
+        "gate": use_gate,
+        **kept_and_caught((conf >= threshold) & near & gate_ok),
         "n_correct": n_correct,
         "n_wrong": n_wrong,
     }
-    if use_distance:
+    if use_distance or use_gate:
         at_threshold["confidence_only"] = kept_and_caught(conf >= threshold)
+    if use_gate:
+        at_threshold["gate_only"] = kept_and_caught(gate_ok)
     ood: dict[str, Any] = {}
     for name, ood_z in (ood_logits or {}).items():
         zz = np.asarray(ood_z, dtype=np.float64).reshape(-1, k)
@@ -176,12 +187,16 @@ def classifier_report(
         ood_near = np.ones(len(zz), dtype=bool)
         if use_distance and ood_distances is not None and name in ood_distances:
             ood_near = np.asarray(ood_distances[name], dtype=np.float64).reshape(-1) <= distance_threshold
-        taken = confident & ood_near
+        ood_gate_ok = np.ones(len(zz), dtype=bool)
+        if use_gate and ood_gate_rejected is not None and name in ood_gate_rejected:
+            ood_gate_ok = ~np.asarray(ood_gate_rejected[name], dtype=bool).reshape(-1)
+        taken = confident & ood_near & ood_gate_ok
         ood[name] = {
             "images": len(zz),
             "rejected": _share(~taken),
             "rejected_by_confidence": _share(~confident),
             "rejected_by_distance": _share(~ood_near) if use_distance else None,
+            "rejected_by_gate": _share(~ood_gate_ok) if use_gate else None,
             "accepted_as": dict(Counter(families[i] for i in p.argmax(axis=1)[taken]).most_common())
             if len(zz)
             else {},
@@ -361,20 +376,30 @@ def folder_scores(
     *,
     progress: bool = True,
     desc: str = "classify",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Uncalibrated logits ``(N, K)`` and feature distances ``(N,)`` of the crops at ``paths``, read
-    through the production pad path."""
+    gate: SpecimenGate | None = None,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Uncalibrated logits ``(N, K)`` and out-of-distribution scores ``(N,)`` of the crops at
+    ``paths``, read through the production pad path; with ``gate``, also ``(N,)`` booleans: the
+    gate rejects the crop (features shared with the classifier where the backbone is the same)."""
     logits = np.empty((len(paths), len(classifier.families)), dtype=np.float64)
     distances = np.zeros(len(paths), dtype=np.float64)
+    gated = np.zeros(len(paths), dtype=bool)
     step = max(1, classifier.batch_size)
+    shared = gate is not None and classifier.backbone_sha256 == gate.backbone_sha256
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), step):
             chunk = paths[start : start + step]
-            z, d = classifier.scores([load_square(p) for p in chunk])
+            crops = [load_square(p) for p in chunk]
+            z, d, f = classifier.scores_and_features(crops)
             logits[start : start + len(chunk)] = z
             distances[start : start + len(chunk)] = d
+            if gate is not None:
+                feats = f if shared else gate.features(crops, threads=classifier.threads)
+                gated[start : start + len(chunk)] = gate.rejects(feats)
             bar.update(len(chunk))
-    return logits, distances
+    if gate is None:
+        return logits, distances
+    return logits, distances, gated
 
 
 def _seen_in_training(model_dir: Path) -> set[str] | None:
@@ -395,8 +420,12 @@ def evaluate_classifier_folder(
     split: str = "auto",
     threshold: float | None = None,
     progress: bool = True,
+    gate: SpecimenGate | None = None,
 ) -> ClassifierReport:
     """Evaluate ``classifier`` on ``DATA_DIR/<Family>/*`` (and OOD folders) and write the report files.
+
+    Every threshold is the model's own (or ``threshold``): nothing is tuned on the OOD folders,
+    which are only scored. With ``gate``, crops it rejects count as rejected (``not_a_specimen``).
 
     ``split="auto"`` leaves out every image the model was trained or calibrated on (matched by
     content sha256 against the model's ``split.json``), so pointing it at the training folder
@@ -413,16 +442,19 @@ def evaluate_classifier_folder(
         excluded = len(items) - len(kept)
         items = kept
     threshold = classifier.threshold if threshold is None else threshold
-    logits, distances = folder_scores(
-        classifier, [i.path for i in items], progress=progress, desc=f"classify {data_dir.name}"
+    scored = folder_scores(
+        classifier, [i.path for i in items], progress=progress, desc=f"classify {data_dir.name}", gate=gate
     )
-    ood_logits, ood_distances = {}, {}
+    logits, distances = scored[0], scored[1]
+    gated = scored[2] if gate is not None else None  # type: ignore[misc]
+    ood_logits, ood_distances, ood_gated = {}, {}, {}
     for folder in ood:
         files = image_files(folder)
         name = _ood_name(folder, ood_logits)
-        ood_logits[name], ood_distances[name] = folder_scores(
-            classifier, files, progress=progress, desc=f"OOD {name}"
-        )
+        scored = folder_scores(classifier, files, progress=progress, desc=f"OOD {name}", gate=gate)
+        ood_logits[name], ood_distances[name] = scored[0], scored[1]
+        if gate is not None:
+            ood_gated[name] = scored[2]  # type: ignore[misc]
     target = classifier.config.get("threshold_target")
     report = classifier_report(
         logits,
@@ -435,6 +467,8 @@ def evaluate_classifier_folder(
         distances=distances if classifier.ood is not None else None,
         ood_distances=ood_distances if classifier.ood is not None else None,
         distance_threshold=classifier.ood_threshold if classifier.ood is not None else None,
+        gate_rejected=gated,
+        ood_gate_rejected=ood_gated if gate is not None else None,
     )
     report.summary = {
         "model": {
@@ -444,6 +478,8 @@ def evaluate_classifier_folder(
             "threshold": threshold,
             "threshold_target": target,
             "distance_threshold": classifier.ood_threshold if classifier.ood is not None else None,
+            "ood_rule": classifier.ood_rule,
+            "gate": gate.describe() if gate is not None else None,
         },
         "data": {
             "folder": str(data_dir),
