@@ -33,7 +33,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from labpipe.classify.base import REJECT_LOW_CONFIDENCE, REJECT_OUT_OF_DISTRIBUTION, reason_code
+from labpipe.classify.base import (
+    REJECT_LOW_CONFIDENCE,
+    REJECT_NOT_A_SPECIMEN,
+    REJECT_OUT_OF_DISTRIBUTION,
+    reason_code,
+)
 from labpipe.db.models import VerificationStatus
 
 __all__ = ["Outcome", "Resolution", "SpecimenCall", "resolve"]
@@ -166,8 +171,9 @@ def resolve(call: SpecimenCall, threshold: float | None = None) -> Resolution:
             return Resolution(Outcome.REJECTED, multiple=True, other=1.0)
         return Resolution(Outcome.UNCLASSIFIED)
     distribution, other = _distribution(call.top_k)
-    if call.rejected and reason_code(call.reason) == REJECT_OUT_OF_DISTRIBUTION:
-        # Far from every family the model knows: its softmax says nothing about which one.
+    if call.rejected and reason_code(call.reason) in (REJECT_OUT_OF_DISTRIBUTION, REJECT_NOT_A_SPECIMEN):
+        # Far from every family the model knows, or no specimen at all (the gate): its softmax says
+        # nothing about which family.
         distribution, other = (), 1.0
     accepted, family = _predicted(call, threshold)
     outcome = Outcome.ACCEPTED if accepted else Outcome.REJECTED
