@@ -37,6 +37,17 @@ def test_token_file_is_created_once_owner_only_and_reused(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["api-token"]  # no temporary file left
 
 
+def test_processes_starting_together_end_up_with_one_token(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "state" / "api-token"
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: load_or_create_token(path), range(16)))
+    assert len({token for token, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert path.read_text().strip() == results[0][0]
+
+
 def test_a_stored_token_readable_by_others_is_tightened(tmp_path):
     path = tmp_path / "api-token"
     path.write_text("lab-token\n")
