@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The demo plate goes into the inbox under the sample folder DEMO-1; `labpipe serve` then picks it
-# up, processes it and serves the web UI at http://127.0.0.1:8000/ (Ctrl-C stops it).
+# up, processes it and serves the web UI at http://127.0.0.1:8000/ (Ctrl-C stops it). On first start it
+# makes the login token (kept in labpipe-data/state/api-token) and prints it with the address.
 run: install
 	$(BIN)/labpipe demo --out demo
 	mkdir -p labpipe-data/inbox/DEMO-1

@@ -207,7 +207,9 @@ class ApiConfig:
     """Address ``labpipe api`` listens on; ``0.0.0.0`` serves the whole network."""
     port: int = 8000
     token: str = ""
-    """Bearer token every write (POST) must carry; empty: the API refuses all writes."""
+    """Bearer token every write (POST) must carry. Empty: ``labpipe serve`` and ``labpipe api`` use the
+    one kept in ``<storage root>/state/api-token``, generated on first start (:mod:`labpipe.api_token`);
+    a web app built without them refuses all writes."""
     read_access: str = "localhost"
     """Who may read without the token: ``localhost`` (clients on this machine), ``anyone`` or ``token``."""
     max_page_size: int = 500

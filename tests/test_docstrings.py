@@ -10,6 +10,7 @@ import pytest
 
 MODULES = [
     "labpipe.api.conditional",
+    "labpipe.api_token",
     "labpipe.bench.fit",
     "labpipe.classify.calibration",
     "labpipe.classify.count_correction",

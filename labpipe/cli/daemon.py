@@ -59,8 +59,10 @@ def _redact(url: str) -> str:
 @click.option(
     "--api/--no-api", "with_api", default=True, show_default=True, help="Also serve the web UI and HTTP API."
 )
+@click.option("--host", help="Address the web UI and API listen on (default: [api] host).")
+@click.option("--port", type=int, help="Port of the web UI and API (default: [api] port).")
 @click.pass_obj
-def serve(obj: Any, workers: int | None, with_api: bool) -> None:
+def serve(obj: Any, workers: int | None, with_api: bool, host: str | None, port: int | None) -> None:
     """Run the daemon on this machine: the folder watcher and worker process(es) together.
 
     Drop plate images into the inbox (<data-dir>/inbox, or inbox/<sample id>/ to name the sample);
@@ -68,10 +70,12 @@ def serve(obj: Any, workers: int | None, with_api: bool) -> None:
     deployment, and moved to the archive (or to quarantine with a reason file). With the default
     settings everything stays on this machine: SQLite and an embedded broker file in the data
     folder, no Redis. Stop with Ctrl-C or SIGTERM: work in progress finishes or returns to the queue.
+    With no [api] token set, one is generated on first start and kept in <data-dir>/state/api-token.
     """
     from labpipe.daemon.service import Supervisor
     from workers.app import describe
 
+    obj.overrides.update({"api.host": host, "api.port": port})  # the children get them as LABPIPE_API_*
     settings = obj.settings
     _dispose(_open_db(settings))  # create or check the schema once, before the children start
     settings.storage.inbox_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +86,10 @@ def serve(obj: Any, workers: int | None, with_api: bool) -> None:
         + (", with the API" if with_api else ""),
         err=True,
     )
+    if with_api:
+        from labpipe.api_token import ensure_api_token, login_message
+
+        click.echo(login_message(settings, ensure_api_token(settings)), err=True)
     sys.exit(Supervisor(settings, workers=count, api=with_api).run())
 
 

@@ -183,7 +183,8 @@ def _format_image_result(result: dict[str, Any]) -> str:
 @click.option(
     "--real-cutouts",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder of real specimen crops to paste (default: ../shared/data/carabidae-crops if present).",
+    help="Folder of real specimen crops to paste (default: carabidae-crops in $LABPIPE_SHARED_DATA, "
+    "else in ../shared/data beside the project, if present).",
 )
 @click.option("--procedural-only", is_flag=True, help="Draw every specimen procedurally.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -207,11 +208,10 @@ def demo(
     from labpipe.synth.coco import write_coco
     from labpipe.synth.plate import PlateSpec, write_plate
 
-    if real_cutouts is None and not procedural_only:
-        default = Path("../shared/data/carabidae-crops")
-        real_cutouts = default if default.is_dir() else None
     if procedural_only:
-        real_cutouts = None
+        real_cutouts, why_none = None, "--procedural-only"
+    else:
+        real_cutouts, why_none = _demo_cutouts(real_cutouts)
     spec = PlateSpec(
         width=size,
         height=size,
@@ -234,6 +234,29 @@ def demo(
         f"{len(truth.objects) - len(truth.specimens)} debris particles"
     )
     click.echo(f"wrote {out / 'plate.coco.json'}: ground-truth boxes (COCO)")
+    if real_cutouts is not None:
+        click.echo(f"real cut-outs: {n_real} of {len(truth.specimens)} specimens, from {real_cutouts}")
+    else:
+        click.echo(f"real cut-outs: none ({why_none}); every specimen is drawn procedurally")
+
+
+def _demo_cutouts(explicit: Path | None) -> tuple[Path | None, str]:
+    """The folder of real cut-outs ``labpipe demo`` pastes, or None and why there is none.
+
+    ``--real-cutouts``, else ``carabidae-crops`` in the shared data folder
+    (:func:`labpipe.evaluation.real_table.default_data_dir`: ``$LABPIPE_SHARED_DATA``, else
+    ``shared/data`` beside the project root), whatever the working directory.
+    """
+    if explicit is not None:
+        if not explicit.is_dir():
+            raise click.BadParameter(f"{explicit} is not a folder", param_hint="--real-cutouts")
+        return explicit, ""
+    from labpipe.evaluation.real_table import default_data_dir
+
+    folder = default_data_dir() / "carabidae-crops"
+    if folder.is_dir():
+        return folder, ""
+    return None, f"{folder} not found; pass --real-cutouts DIR or set LABPIPE_SHARED_DATA"
 
 
 @cli.group("eval")

@@ -677,11 +677,15 @@ def api(obj: Any, host: str | None, port: int | None) -> None:
 
     Reads are open to this machine by default ([api] read_access); writes need the token of
     [api] token as 'Authorization: Bearer <token>' (the web UI's login page sets it as a cookie).
+    With no token set, one is generated on first start and kept in <data-dir>/state/api-token.
     """
     import uvicorn
 
+    from labpipe.api_token import ensure_api_token, login_message
     from labpipe.web import create_web_app
 
+    obj.overrides.update({"api.host": host, "api.port": port})
     settings = obj.settings
+    click.echo(login_message(settings, ensure_api_token(settings)), err=True)
     app = create_web_app(settings)
-    uvicorn.run(app, host=host or settings.api.host, port=port or settings.api.port, log_level="info")
+    uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="info")

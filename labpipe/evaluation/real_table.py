@@ -48,11 +48,21 @@ WELL_UM_PER_PX = 8.0
 
 
 def default_data_dir() -> Path:
-    """``$LABPIPE_SHARED_DATA``, else ``shared/data`` beside the project root (``../shared/data``)."""
+    """``$LABPIPE_SHARED_DATA``, else ``shared/data`` beside the project root (``../shared/data``).
+
+    The project root is found from this package's location, so the answer does not depend on the
+    working directory; where labpipe is installed outside its checkout (no such folder there),
+    ``../shared/data`` from the working directory is the fall-back when it exists.
+    """
     env = os.environ.get("LABPIPE_SHARED_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    beside_project = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if not beside_project.is_dir():
+        beside_cwd = Path("../shared/data").resolve()
+        if beside_cwd.is_dir():
+            return beside_cwd
+    return beside_project
 
 
 @dataclass
