@@ -124,6 +124,8 @@ def sample_id_problem(sample_id: str) -> str | None:
         f"{sample_id[:80]!r} is not a valid sample id: it must start with a letter or digit and hold only "
         "letters, digits, spaces and _ . ( ) # + - (at most 64 characters)"
     )
+
+
 _MAX_TEXT = 255
 
 
