@@ -127,6 +127,18 @@ def test_without_ood_outcomes_there_is_no_other_row_and_a_note_says_so() -> None
     assert any("no out-of-distribution outcomes" in n for n in got.notes)
 
 
+def test_gate_rejections_are_named_as_outside_the_validated_matrix() -> None:
+    from labpipe.queries.rule import SpecimenCall
+    from labpipe.reports.counts import aggregate
+
+    gated = SpecimenCall(1, "S9", "Apidae", 0.9, True, "not_a_specimen: gate score 3.1 > 1.0", (), "m@1")
+    kept = SpecimenCall(2, "S9", "Apidae", 0.9, False, None, (("Apidae", 0.9),), "m@1")
+    counts = aggregate([gated, kept])[0]
+    assert counts.rejected_by_gate == 1
+    got = correct_sample(counts, MODELS, draws=50)
+    assert got.available and any("1 rejected by the specimen gate" in n for n in got.notes)
+
+
 def test_csv_and_table_render_corrected_counts_or_the_reason() -> None:
     ok = _counts()
     ok.corrected = correct_sample(ok, MODELS, draws=100)

@@ -23,6 +23,14 @@ successes among independent Bernoulli trials with those probabilities
 (:func:`poisson_binomial_interval`: exact by dynamic programming, normal approximation beyond
 20 000 uncertain specimens). Expected counts ignore the threshold: they are what the calibrated
 probabilities say.
+
+**Corrected counts** (asked for: ``compute_counts(..., corrected=True)``, ``labpipe counts
+--corrected``, the sample page) estimate each family's true count from the predicted counts with
+the model's validated confusion matrix and the share of unknown families it accepts, recorded by
+training in the model directory's ``config.json`` (:mod:`labpipe.classify.count_correction`), with
+an interval. Verified specimens are known and added back exactly; a sample whose model records no
+matrix, that mixes models, or that is counted at another threshold than the model's gets none, and
+a reason (:func:`correct_sample`).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from labpipe.classify.base import REJECT_NOT_A_SPECIMEN, reason_code
 from labpipe.db.models import Model, Sample
 from labpipe.queries.calls import CountFilter, load_calls
 from labpipe.queries.rule import Outcome, SpecimenCall, resolve
@@ -203,6 +212,8 @@ class SampleCounts:
     """How many of each family's specimens a person verified (for exports)."""
     rejected_verified: int = 0
     """Rejected specimens whose call is a person's (a verification naming no family)."""
+    rejected_by_gate: int = 0
+    """Predicted rejections for ``not_a_specimen`` (the specimen-or-not gate)."""
     corrected: Corrected | None = None
     """Counts corrected for the model's validated errors (:func:`correct_sample`), when asked for."""
 
@@ -299,6 +310,8 @@ def aggregate(
         else:
             counts.rejected += 1
             counts.rejected_verified += res.verified
+            if not res.verified and call.rejected and reason_code(call.reason) == REJECT_NOT_A_SPECIMEN:
+                counts.rejected_by_gate += 1
         for family, p in res.distribution:
             probs[call.sample_id][family].append(p)
         other[call.sample_id].append(res.other)
@@ -502,6 +515,11 @@ def correct_sample(
         notes.append(
             f"model {version} records no out-of-distribution outcomes: every predicted specimen is "
             "assumed to be of its families (rejected ones are spread back over them)"
+        )
+    if counts.rejected_by_gate:
+        notes.append(
+            f"{counts.rejected_by_gate} rejected by the specimen gate, which the validated matrix "
+            "does not include: a whole specimen the gate rejected is counted as other"
         )
     if verified or rv:
         known = sum(verified.values()) + rv
