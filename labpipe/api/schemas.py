@@ -111,6 +111,30 @@ class ExpectedOut(BaseModel):
     high: int
 
 
+class CorrectedRowOut(BaseModel):
+    count: int = Field(description="The raw count (0 for other).")
+    verified: int = Field(description="Specimens of it a person verified (added back as known).")
+    corrected: float = Field(
+        description="Estimated true count: the raw count corrected for the model's errors."
+    )
+    low: float = Field(description="Lower end of the interval of the corrected count.")
+    high: float
+
+
+class CorrectedOut(BaseModel):
+    """Counts corrected for the model's validated errors (``labpipe counts --corrected``)."""
+
+    available: bool = Field(description="False: no corrected counts; reason says why.")
+    model_version: str | None
+    reason: str | None
+    level: float = Field(description="Coverage of the intervals.")
+    families: dict[str, CorrectedRowOut]
+    other: CorrectedRowOut | None = Field(
+        description="Specimens of no family of the model (unknown families, debris)."
+    )
+    notes: list[str]
+
+
 class CountsOut(BaseModel):
     """One sample's counts (see ``labpipe counts``)."""
 
@@ -130,6 +154,11 @@ class CountsOut(BaseModel):
     model_versions: list[str]
     mixed_models: bool = Field(
         description="The sample's predicted counts come from more than one classifier version."
+    )
+    corrected: CorrectedOut | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="Corrected counts, when asked for (absent otherwise).",
     )
 
 

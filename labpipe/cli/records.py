@@ -245,12 +245,13 @@ def _count_filter(session: Session, kw: dict[str, Any]) -> Any:
     )
 
 
-def _count_table(obj: Any, kw: dict[str, Any]) -> list[dict[str, Any]]:
+def _count_table(obj: Any, kw: dict[str, Any], corrected: bool = False) -> list[dict[str, Any]]:
     from labpipe.reports.counts import compute_counts
 
     with _session(obj) as session:
         flt = _count_filter(session, kw)
-        return [c.as_dict() for c in compute_counts(session, flt, threshold=kw.get("threshold"))]
+        rows = compute_counts(session, flt, threshold=kw.get("threshold"), corrected=corrected)
+        return [c.as_dict() for c in rows]
 
 
 @click.command()
@@ -267,6 +268,12 @@ def _count_table(obj: Any, kw: dict[str, Any]) -> list[dict[str, Any]]:
 @click.option(
     "--expected", is_flag=True, help="CSV: add expected counts and 95% intervals; matrix: use them."
 )
+@click.option(
+    "--corrected",
+    is_flag=True,
+    help="Table, JSON, CSV: add counts corrected for the model's validated errors (its confusion "
+    "matrix and unknown-family acceptance) with 95% intervals, or say why there are none.",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file.")
 @click.pass_obj
 def counts(
@@ -276,6 +283,7 @@ def counts(
     as_csv: bool,
     as_matrix: bool,
     expected: bool,
+    corrected: bool,
     out: Path | None,
     **kw: Any,
 ) -> None:
@@ -286,6 +294,12 @@ def counts(
     stored with each classification). Rejected specimens are counted apart; specimens verified as
     'not a specimen' are excluded. Expected counts are sums of calibrated probabilities, with 95%
     intervals. The matrix (first column 'sample') reads straight into R (vegan) and pandas.
+
+    --corrected estimates each family's true count from the predicted counts with the model's
+    validated confusion matrix and the share of unknown families it accepts (recorded by `labpipe
+    train classifier`), with 95% intervals; verified specimens are added back as known. A built-in
+    model, a sample of mixed models or a --threshold other than the model's gets no corrected
+    count, and the output says why.
     """
     from labpipe.reports.counts import counts_to_csv, counts_to_table, matrix_to_csv
 
@@ -295,11 +309,13 @@ def counts(
     if len(set(chosen)) > 1:
         raise click.UsageError("choose one output format")
     fmt = chosen[0] if chosen else "table"
-    table = _count_table(obj, kw)
+    if corrected and fmt == "matrix":
+        raise click.UsageError("--corrected applies to the table, JSON and CSV, not to the matrix")
+    table = _count_table(obj, kw, corrected=corrected)
     if fmt == "json":
         _write_text(out, json.dumps(table, indent=2) + "\n")
     elif fmt == "csv":
-        _write_text(out, counts_to_csv(table, expected=expected))
+        _write_text(out, counts_to_csv(table, expected=expected, corrected=corrected))
     elif fmt == "matrix":
         _write_text(out, matrix_to_csv(table, "expected" if expected else "count"))
     else:

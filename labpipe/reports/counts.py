@@ -23,23 +23,36 @@ successes among independent Bernoulli trials with those probabilities
 (:func:`poisson_binomial_interval`: exact by dynamic programming, normal approximation beyond
 20 000 uncertain specimens). Expected counts ignore the threshold: they are what the calibrated
 probabilities say.
+
+**Corrected counts** (asked for: ``compute_counts(..., corrected=True)``, ``labpipe counts
+--corrected``, the sample page) estimate each family's true count from the predicted counts with
+the model's validated confusion matrix and the share of unknown families it accepts, recorded by
+training in the model directory's ``config.json`` (:mod:`labpipe.classify.count_correction`), with
+an interval. Verified specimens are known and added back exactly; a sample whose model records no
+matrix, that mixes models, or that is counted at another threshold than the model's gets none, and
+a reason (:func:`correct_sample`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labpipe.db.models import Sample
+from labpipe.classify.base import REJECT_NOT_A_SPECIMEN, reason_code
+from labpipe.db.models import Model, Sample
 from labpipe.queries.calls import CountFilter, load_calls
 from labpipe.queries.rule import Outcome, SpecimenCall, resolve
 from labpipe.queries.samples import done_images_per_sample, samples_by_id
@@ -49,11 +62,16 @@ __all__ = [
     "OTHER",
     "REJECTED",
     "UNASSIGNED",
+    "Corrected",
+    "CorrectedRow",
     "Expected",
+    "ModelCorrection",
     "SampleCounts",
     "aggregate",
     "community_matrix",
     "compute_counts",
+    "correct_sample",
+    "correction_models",
     "count_families",
     "counts_to_csv",
     "counts_to_table",
@@ -192,6 +210,12 @@ class SampleCounts:
     """Model versions behind each accepted family's predicted specimens (for exports)."""
     family_verified: dict[str, int] = field(default_factory=dict)
     """How many of each family's specimens a person verified (for exports)."""
+    rejected_verified: int = 0
+    """Rejected specimens whose call is a person's (a verification naming no family)."""
+    rejected_by_gate: int = 0
+    """Predicted rejections for ``not_a_specimen`` (the specimen-or-not gate)."""
+    corrected: Corrected | None = None
+    """Counts corrected for the model's validated errors (:func:`correct_sample`), when asked for."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: the fields of ``labpipe counts --json``."""
@@ -211,6 +235,7 @@ class SampleCounts:
             "expected_other": self.expected_other.as_dict(),
             "model_versions": list(self.model_versions),
             "mixed_models": self.mixed_models,
+            **({"corrected": self.corrected.as_dict()} if self.corrected is not None else {}),
         }
 
     @property
@@ -284,6 +309,9 @@ def aggregate(
                 family_models[call.sample_id][res.family].add(call.model_version)
         else:
             counts.rejected += 1
+            counts.rejected_verified += res.verified
+            if not res.verified and call.rejected and reason_code(call.reason) == REJECT_NOT_A_SPECIMEN:
+                counts.rejected_by_gate += 1
         for family, p in res.distribution:
             probs[call.sample_id][family].append(p)
         other[call.sample_id].append(res.other)
@@ -301,7 +329,242 @@ def aggregate(
 
 
 # --------------------------------------------------------------------------------------------------
+# Corrected counts (pure)
+
+
+@dataclass(frozen=True)
+class CorrectedRow:
+    """One family's corrected count: the raw count, how many of it a person verified, and the
+    corrected count with its interval (verified specimens included, as known)."""
+
+    family: str
+    count: int
+    verified: int
+    corrected: float
+    low: float
+    high: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "verified": self.verified,
+            "corrected": round(self.corrected, 1),
+            "low": round(self.low, 1),
+            "high": round(self.high, 1),
+        }
+
+
+@dataclass
+class Corrected:
+    """A sample's corrected counts, or why there are none (``reason``)."""
+
+    model_version: str | None
+    reason: str | None = None
+    """Why no corrected count is given (``None``: they are given)."""
+    level: float = 0.95
+    families: dict[str, CorrectedRow] = field(default_factory=dict)
+    other: CorrectedRow | None = None
+    """Specimens of no family of the model (unknown families, debris that passed the detector)."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "available": self.available,
+            "model_version": self.model_version,
+            "reason": self.reason,
+            "level": self.level,
+            "families": {f: r.as_dict() for f, r in self.families.items()},
+            OTHER: self.other.as_dict() if self.other is not None else None,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class ModelCorrection:
+    """What correcting a model's counts needs: its recorded ``count_correction`` block (``None``
+    when it has none, with ``problem`` saying why) and the threshold its calls were decided at."""
+
+    version: str
+    record: Mapping[str, Any] | None
+    threshold: float | None = None
+    problem: str | None = None
+
+
+def _exact(family: str, count: int, verified: int) -> CorrectedRow:
+    return CorrectedRow(family, count, verified, float(verified), float(verified), float(verified))
+
+
+def correct_sample(
+    counts: SampleCounts,
+    models: Mapping[str, ModelCorrection],
+    *,
+    threshold: float | None = None,
+    level: float = 0.95,
+    draws: int = 2000,
+    seed: int = 0,
+) -> Corrected:
+    """A sample's counts corrected for its model's validated errors (pure: no database, no files).
+
+    Only the **predicted** part is estimated. Specimens a person verified are known, not estimated:
+    they are taken out of the observed counts before the correction (the validated confusion matrix
+    describes the classifier's calls, not a person's), and added back, exactly, to their family
+    afterwards (the interval is shifted by them, not widened); a verified specimen counted as
+    rejected (a verification naming no family) is added to ``other``. So a fully verified sample
+    gets its counts back with zero-width intervals, and a family a person named that the model does
+    not know keeps its verified count.
+
+    The predicted part (accepted per family, and rejected) is corrected by
+    :func:`labpipe.classify.count_correction.corrected_counts_from_record`: the matrix-inversion
+    estimator on the model's out-of-fold confusion matrix with rejection and its leave-one-family-out
+    out-of-distribution outcomes (the ``other`` row), with a bootstrap interval.
+
+    No corrected count is made up. ``reason`` says why there is none when: the sample has no counted
+    specimens; its predicted calls come from more than one model (no single confusion matrix
+    applies); the model records no ``count_correction`` (a built-in model, or a model directory
+    that cannot be read); the counts were re-decided at a query-time ``threshold`` other than the
+    model's own (the matrix was validated at the model's threshold); or a predicted family is not
+    among the block's families.
+
+    Example
+    -------
+    >>> c = SampleCounts("S1", specimens=100, rejected=20, families={"A": 50, "B": 30},
+    ...                  family_verified={"A": 5}, model_versions=["m@1"])
+    >>> block = {"families": ["A", "B"], "confusion": [[90, 0, 10], [0, 90, 10]], "ood": [20, 0, 80]}
+    >>> r = correct_sample(c, {"m@1": ModelCorrection("m@1", block)}, draws=200)
+    >>> r.available, r.families["A"].verified, round(r.families["A"].corrected)
+    (True, 5, 52)
+    >>> correct_sample(c, {"m@1": ModelCorrection("m@1", None)}).reason
+    'no validated confusion matrix for model m@1'
+    """
+    from labpipe.classify.count_correction import OTHER as CORRECTION_OTHER
+    from labpipe.classify.count_correction import corrected_counts_from_record
+
+    versions = list(counts.model_versions)
+    version = versions[0] if len(versions) == 1 else None
+    if counts.specimens == 0:
+        return Corrected(version, "no counted specimens", level)
+    verified = {f: n for f, n in counts.family_verified.items() if n}
+    predicted = {f: n - verified.get(f, 0) for f, n in counts.families.items() if n - verified.get(f, 0) > 0}
+    predicted_rejected = counts.rejected - counts.rejected_verified
+    notes = []
+    if counts.multiple:
+        notes.append(f"{counts.multiple} boxes hold several specimens, counted once: lower bounds")
+    if not predicted and predicted_rejected == 0:
+        rows = {f: _exact(f, n, verified.get(f, 0)) for f, n in counts.families.items()}
+        other = _exact(OTHER, 0, counts.rejected_verified) if counts.rejected_verified else None
+        notes.insert(0, "every counted specimen was verified by a person: the counts are exact")
+        return Corrected(None, None, level, rows, other, notes)
+    if len(versions) > 1:
+        return Corrected(
+            None,
+            f"the sample mixes {len(versions)} models ({', '.join(versions)}): no single validated "
+            f"confusion matrix applies; bring it to one with `labpipe reclassify --sample {counts.sample}`",
+            level,
+        )
+    if version is None:
+        return Corrected(None, "its predicted calls name no model version", level)
+    model = models.get(version)
+    if model is None or model.record is None:
+        why = f" ({model.problem})" if model is not None and model.problem else ""
+        return Corrected(version, f"no validated confusion matrix for model {version}{why}", level)
+    if threshold is not None and (model.threshold is None or abs(threshold - model.threshold) > 1e-9):
+        own = f"{model.threshold:g}" if model.threshold is not None else "unknown"
+        return Corrected(
+            version,
+            f"counts re-decided at threshold {threshold:g}; model {version}'s confusion matrix was "
+            f"validated at its own threshold ({own}): count without a threshold to correct",
+            level,
+        )
+    families = [str(f) for f in model.record.get("families") or []]
+    unknown = sorted(set(predicted) - set(families))
+    if unknown:
+        return Corrected(
+            version,
+            f"model {version}'s confusion matrix does not name {', '.join(unknown)}",
+            level,
+        )
+    try:
+        solved = corrected_counts_from_record(
+            model.record, predicted, predicted_rejected, level=level, draws=draws, seed=seed
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        return Corrected(version, f"model {version}'s count_correction block is unusable: {exc}", level)
+    rows = {}
+    for family in families:
+        c, v = solved[family], verified.get(family, 0)
+        rows[family] = CorrectedRow(
+            family, counts.families.get(family, 0), v, c.corrected + v, c.low + v, c.high + v
+        )
+    for family, v in verified.items():
+        if family not in rows:
+            rows[family] = _exact(family, counts.families.get(family, 0), v)
+    kept = {f: r for f, r in rows.items() if r.count > 0 or r.corrected >= 0.5}
+    order = list(counts.families) + sorted(
+        set(kept) - set(counts.families), key=lambda f: (-kept[f].corrected, f)
+    )
+    rv = counts.rejected_verified
+    if CORRECTION_OTHER in solved:
+        o = solved[CORRECTION_OTHER]
+        other: CorrectedRow | None = CorrectedRow(OTHER, 0, rv, o.corrected + rv, o.low + rv, o.high + rv)
+    else:
+        other = _exact(OTHER, 0, rv) if rv else None
+        notes.append(
+            f"model {version} records no out-of-distribution outcomes: every predicted specimen is "
+            "assumed to be of its families (rejected ones are spread back over them)"
+        )
+    if counts.rejected_by_gate:
+        notes.append(
+            f"{counts.rejected_by_gate} rejected by the specimen gate, which the validated matrix "
+            "does not include: a whole specimen the gate rejected is counted as other"
+        )
+    if verified or rv:
+        known = sum(verified.values()) + rv
+        notes.append(f"{known} verified specimen{'s' if known != 1 else ''} added back as known")
+    return Corrected(version, None, level, {f: kept[f] for f in order if f in kept}, other, notes)
+
+
+# --------------------------------------------------------------------------------------------------
 # From the database
+
+
+def correction_models(session: Session, versions: Iterable[str]) -> dict[str, ModelCorrection]:
+    """Each model version's ``count_correction`` block, read from ``config.json`` in its directory
+    (``Model.path``), and the threshold its calls were decided at; ``problem`` says why a model has
+    none (built-in, directory gone, no block)."""
+    wanted = sorted(set(versions))
+    if not wanted:
+        return {}
+    out: dict[str, ModelCorrection] = {}
+    for row in session.scalars(select(Model).where(Model.version.in_(wanted))):
+        threshold = (row.settings or {}).get("threshold")
+        record: Mapping[str, Any] | None = None
+        problem: str | None = None
+        config: dict[str, Any] = {}
+        if not row.path:
+            problem = "a built-in model: it records none"
+        else:
+            path = Path(row.path) / "config.json"
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+                config = loaded if isinstance(loaded, dict) else {}
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                problem = f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+            else:
+                block = config.get("count_correction")
+                if isinstance(block, dict) and block.get("confusion"):
+                    record = block
+                else:
+                    problem = f"{path} has no count_correction block"
+        if threshold is None and isinstance(config.get("threshold"), int | float):
+            threshold = config["threshold"]
+        out[row.version] = ModelCorrection(
+            row.version, record, float(threshold) if threshold is not None else None, problem
+        )
+    return out
 
 
 def compute_counts(
@@ -310,13 +573,25 @@ def compute_counts(
     *,
     threshold: float | None = None,
     level: float = 0.95,
+    corrected: bool = False,
 ) -> list[SampleCounts]:
-    """Counts per sample from the database (see the module docstring for the rules)."""
+    """Counts per sample from the database (see the module docstring for the rules).
+
+    With ``corrected``, each sample's :attr:`SampleCounts.corrected` is filled by
+    :func:`correct_sample` from its model's recorded confusion matrix (:func:`correction_models`).
+    """
     flt = flt or CountFilter()
     calls = load_calls(session, flt)
     images = done_images_per_sample(session, flt)
     samples = samples_by_id(session, {c.sample_id for c in calls} | set(images))
-    return aggregate(calls, images, threshold=threshold, level=level, samples=samples)
+    table = aggregate(calls, images, threshold=threshold, level=level, samples=samples)
+    if corrected:
+        models = correction_models(
+            session, {v for c in table if len(c.model_versions) == 1 for v in c.model_versions}
+        )
+        for counts in table:
+            counts.corrected = correct_sample(counts, models, threshold=threshold, level=level)
+    return table
 
 
 def count_families(
@@ -351,47 +626,87 @@ def count_families(
 # Renderings
 
 
-def counts_to_csv(table: list[dict[str, Any]], expected: bool = False) -> str:
+def _corrected_cells(corr: dict[str, Any] | None, family: str) -> list[Any]:
+    """``corrected, corrected_low, corrected_high, corrected_note`` of one CSV row."""
+    if not corr:
+        return ["", "", "", "not computed"]
+    if not corr.get("available"):
+        return ["", "", "", corr.get("reason") or ""]
+    row = corr.get(OTHER) if family == OTHER else corr.get("families", {}).get(family)
+    if row is None:
+        return ["", "", "", ""] if family == REJECTED else [0.0, 0.0, 0.0, ""]
+    return [row["corrected"], row["low"], row["high"], ""]
+
+
+def _csv_row(
+    sample: str,
+    family: str,
+    count: Any,
+    e: dict[str, Any] | None,
+    *,
+    corr: dict[str, Any] | None,
+    expected: bool,
+    corrected: bool,
+    tail: list[str],
+) -> list[Any]:
+    row = [sample, family, count]
+    if expected:
+        row += [e["mean"], e["low"], e["high"]] if e is not None else ["", "", ""]
+    if corrected:
+        row += _corrected_cells(corr, family)
+    return [*row, *tail]
+
+
+def counts_to_csv(table: list[dict[str, Any]], expected: bool = False, corrected: bool = False) -> str:
     """Long format, one row per sample x family, with ``rejected`` as its own row.
 
     Header ``sample,family,count,model_versions,mixed_models``: the classifier versions behind the
     sample's predicted counts (``;``-separated) and whether there is more than one. With
     ``expected``, also ``expected,expected_low,expected_high`` for every family with a count or an
-    expected count, and an ``other`` row (expected mass on no listed family).
+    expected count, and an ``other`` row (expected mass on no listed family). With ``corrected``
+    (rows need :attr:`SampleCounts.corrected`), also ``corrected,corrected_low,corrected_high,
+    corrected_note``: the count corrected for the model's validated errors and its interval, and
+    an ``other`` row (specimens of no family of the model); where a sample has no corrected counts
+    the cells are empty and ``corrected_note`` says why.
     """
     buffer = io.StringIO()
     writer = SafeCsvWriter(buffer)
     header = ["sample", "family", "count"]
-    provenance = ["model_versions", "mixed_models"]
-    writer.writerow(
-        [*header, "expected", "expected_low", "expected_high", *provenance]
-        if expected
-        else [*header, *provenance]
-    )
+    if expected:
+        header += ["expected", "expected_low", "expected_high"]
+    if corrected:
+        header += ["corrected", "corrected_low", "corrected_high", "corrected_note"]
+    writer.writerow([*header, "model_versions", "mixed_models"])
     for entry in table:
         sample = entry["sample"] or ""
         versions = entry.get("model_versions", [])
         tail = [";".join(versions), "yes" if len(versions) > 1 else "no"]
-        if not expected:
-            for family, n in entry["families"].items():
-                writer.writerow([sample, family, n, *tail])
-            writer.writerow([sample, REJECTED, entry[REJECTED], *tail])
-            continue
-        exp = entry.get("expected", {})
+        exp = entry.get("expected", {}) if expected else {}
+        corr = entry.get("corrected") if corrected else None
         families = list(entry["families"]) + sorted(set(exp) - set(entry["families"]))
+        if corr and corr.get("available"):
+            families += [f for f in corr["families"] if f not in families]
+
+        cells = partial(_csv_row, sample, corr=corr, expected=expected, corrected=corrected, tail=tail)
         for family in families:
-            e = exp.get(family, {"mean": 0.0, "low": 0, "high": 0})
-            writer.writerow(
-                [sample, family, entry["families"].get(family, 0), e["mean"], e["low"], e["high"], *tail]
-            )
-        writer.writerow([sample, REJECTED, entry[REJECTED], "", "", "", *tail])
-        o = entry.get("expected_other", {"mean": 0.0, "low": 0, "high": 0})
-        writer.writerow([sample, OTHER, "", o["mean"], o["low"], o["high"], *tail])
+            e = exp.get(family, {"mean": 0.0, "low": 0, "high": 0}) if expected else None
+            writer.writerow(cells(family, entry["families"].get(family, 0), e))
+        writer.writerow(cells(REJECTED, entry[REJECTED], None))
+        if expected or corrected:
+            o = entry.get("expected_other", {"mean": 0.0, "low": 0, "high": 0}) if expected else None
+            writer.writerow(cells(OTHER, "", o))
     return buffer.getvalue()
 
 
+def _corrected_text(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return ""
+    return f"   corrected {row['corrected']:>7.1f}  [{row['low']:.1f}, {row['high']:.1f}]"
+
+
 def counts_to_table(table: list[dict[str, Any]], expected: bool = True) -> str:
-    """A plain-text table for people (expected counts and their 95 % intervals beside the counts)."""
+    """A plain-text table for people (expected counts and their 95 % intervals beside the counts;
+    corrected counts and their intervals where the rows have them)."""
     if not table:
         return "no processed specimens yet"
     lines: list[str] = []
@@ -411,17 +726,38 @@ def counts_to_table(table: list[dict[str, Any]], expected: bool = True) -> str:
                 "(bring it to one with `labpipe reclassify --sample ...`)"
             )
         exp = entry.get("expected", {}) if expected else {}
+        corr = entry.get("corrected")
+        rows = corr["families"] if corr and corr.get("available") else {}
         families = list(entry["families"]) + sorted(set(exp) - set(entry["families"]))
+        families += [f for f in rows if f not in families]
+        width = 36 if exp else 0
         for family in families:
             line = f"  {family:<22}{entry['families'].get(family, 0):>6}"
+            e_text = ""
             if family in exp:
                 e = exp[family]
-                line += f"   expected {e['mean']:>8.1f}  [{e['low']}, {e['high']}]"
-            lines.append(line)
+                e_text = f"   expected {e['mean']:>8.1f}  [{e['low']}, {e['high']}]"
+            line += e_text.ljust(width) + _corrected_text(rows.get(family))
+            lines.append(line.rstrip())
         lines.append(f"  {REJECTED:<22}{entry[REJECTED]:>6}")
-        if expected and entry.get("expected_other"):
-            o = entry["expected_other"]
-            lines.append(f"  {OTHER:<22}{'':>6}   expected {o['mean']:>8.1f}  [{o['low']}, {o['high']}]")
+        other = corr.get(OTHER) if corr and corr.get("available") else None
+        if (expected and entry.get("expected_other")) or other:
+            o_text = ""
+            if expected and entry.get("expected_other"):
+                o = entry["expected_other"]
+                o_text = f"   expected {o['mean']:>8.1f}  [{o['low']}, {o['high']}]"
+            lines.append((f"  {OTHER:<22}{'':>6}" + o_text.ljust(width) + _corrected_text(other)).rstrip())
+        if corr:
+            level = round(100 * float(corr.get("level", 0.95)))
+            if corr.get("available"):
+                by = f"model {corr['model_version']}'s" if corr.get("model_version") else "the"
+                lines.append(
+                    f"  corrected: with {by} validated confusion matrix and unknown-family "
+                    f"acceptance ({level} % intervals)"
+                )
+            else:
+                lines.append(f"  corrected: none: {corr.get('reason')}")
+            lines.extend(f"  corrected: {note}" for note in corr.get("notes", []))
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
-"""Samples: the list (by site), and one sample's page (its counts with the expected counts and
-their intervals, the bar chart, its images, exports and plate layout)."""
+"""Samples: the list (by site), and one sample's page (its counts with the expected counts, the
+counts corrected for the model's validated errors, their intervals, the bar chart, its images,
+exports and plate layout)."""
 
 from __future__ import annotations
 
@@ -56,17 +57,23 @@ def sample_page(
     if sample is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"sample {sample_id}: no such sample")
     threshold = probability_param(request.query_params.get("threshold"))
-    table = compute_counts(session, CountFilter(samples=(sample.id,)), threshold=threshold)
+    table = compute_counts(session, CountFilter(samples=(sample.id,)), threshold=threshold, corrected=True)
     counts = table[0].as_dict() if table else None
     n_images, images = sample_images(session, sample.id, limit=500)
     expected_rows = []
     colours: dict[str, str] = {}
     chart = None
+    corrected = None
     if counts:
         exp = counts["expected"]
+        corrected = counts.get("corrected")
+        fixed = corrected["families"] if corrected and corrected["available"] else {}
         rest = sorted(set(exp) - set(counts["families"]), key=lambda f: (-exp[f]["mean"], f.lower()))
+        rest += [f for f in fixed if f not in counts["families"] and f not in exp]
         for fam in list(counts["families"]) + rest:
-            expected_rows.append({"family": fam, "n": counts["families"].get(fam, 0), "e": exp.get(fam)})
+            expected_rows.append(
+                {"family": fam, "n": counts["families"].get(fam, 0), "e": exp.get(fam), "c": fixed.get(fam)}
+            )
         colours = family_colours(r["family"] for r in expected_rows)
         chart = count_chart(counts["families"], exp, counts[REJECTED], colours)
     context = {
@@ -74,6 +81,7 @@ def sample_page(
         "sample": sample,
         "counts": counts,
         "expected_rows": expected_rows,
+        "corrected": corrected,
         "other": OTHER,
         "chart": chart,
         "colours": colours,
