@@ -1113,3 +1113,34 @@ def test_guessing_the_token_on_the_login_page_is_stopped(tmp_path: Path) -> None
     forged.cookies.set(SESSION_COOKIE, "v2.1.nonce.forged")
     assert forged.get("/").status_code == 429
     factory.kw["bind"].dispose()
+
+
+def test_a_sample_counted_by_two_models_is_flagged_on_its_page(lab, local: TestClient) -> None:
+    from labpipe.db.models import Classification, Model, ModelKind
+
+    _, factory, _ = lab
+    assert 'id="mixed-models"' not in local.get("/samples/S2").text
+    with factory() as session:
+        newer = Model(
+            name="families-v2",
+            kind=ModelKind.CLASSIFIER.value,
+            version="families-v2@w333333333333-l444444444444",
+            weights_hash="3" * 64,
+            labels_hash="4" * 64,
+            labels=["Apidae", "Formicidae"],
+        )
+        session.add(newer)
+        session.flush()
+        first = _ids(session, "S2")[0]
+        session.add(
+            Classification(
+                specimen_id=first,
+                model_id=newer.id,
+                family="Apidae",
+                probability=0.9,
+                top_k=[["Apidae", 0.9]],
+            )
+        )
+        session.commit()
+    page = local.get("/samples/S2").text
+    assert 'id="mixed-models"' in page and "labpipe reclassify --sample S2" in page
