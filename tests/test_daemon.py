@@ -192,6 +192,16 @@ class Daemon:
         except sa.exc.OperationalError:  # `labpipe serve` has not created the SQLite schema yet
             return []
 
+    def wait_log(self, name: str, text: str, timeout: float = 60) -> None:
+        """Wait until ``<logs>/<name>`` holds ``text`` (a process says it is ready)."""
+        deadline = time.monotonic() + timeout
+        path = self.logs / name
+        while time.monotonic() < deadline:
+            if path.is_file() and text in path.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{name} never said {text!r}:\n{self.log_tail()}")
+
     def log_tail(self, lines: int = 40) -> str:
         out = []
         for path in sorted(self.logs.glob("*.log")):
@@ -480,6 +490,7 @@ def test_file_written_slowly_in_chunks_is_processed_once_only_after_it_is_comple
 ) -> None:
     daemon = distributed(**{"ingest.stable_seconds": 1.0, "ingest.unreadable_grace": 15.0})
     start_all(daemon, "distributed")
+    daemon.wait_log("watch.log", "watching")  # the writer's pause must be seen by a running watcher
     data = plates[1].read_bytes()
     target = daemon.inbox / "S7" / "slow.tif"
     target.parent.mkdir(parents=True)

@@ -202,29 +202,81 @@ def test_a_symlink_in_the_inbox_is_not_followed_for_the_move(
     assert link.is_symlink() and os.stat(target).st_nlink == 1
 
 
-def test_a_duplicate_symlink_found_by_the_watcher_is_left_alone(
+def _watch_once(settings: Settings, factory: object) -> tuple[Watcher, _Broker]:
+    broker = _Broker()
+    watcher = Watcher(settings, factory, broker)  # type: ignore[arg-type]
+    watcher.rescan()
+    watcher.tick()  # first sight
+    watcher.tick()  # stable: taken
+    return watcher, broker
+
+
+def test_a_symlink_found_by_the_watcher_is_quarantined_as_a_link_and_never_read(
     settings: Settings, plate_bytes: bytes, tmp_path: Path
 ) -> None:
+    """Issue 13 item 1: ``inbox/S/link.tif -> elsewhere`` is never processed; the link itself goes to
+    the quarantine with a reason that says what to do; the file it points to is untouched."""
     from labpipe.db.database import open_database
 
     target = tmp_path / "user" / "plate.tif"
     target.parent.mkdir()
     target.write_bytes(plate_bytes)
     inbox = settings.storage.inbox_dir
-    inbox.mkdir(parents=True)
-    (inbox / "a-real.tif").write_bytes(plate_bytes)
-    (inbox / "b-link.tif").symlink_to(target)  # the same bytes again: a duplicate
+    (inbox / "S1").mkdir(parents=True)
+    (inbox / "S1" / "a-real.tif").write_bytes(plate_bytes)
+    (inbox / "S1" / "b-link.tif").symlink_to(target)  # the same bytes, through a link
+    (inbox / "S1" / "c-other.tif").symlink_to(tmp_path / "user" / "not-there.tif")  # dangling
     factory = open_database(settings.database_url)
-    watcher = Watcher(settings, factory, _Broker())
-    watcher.rescan()
-    watcher.tick()  # first sight
-    watcher.tick()  # stable: taken
+    watcher, broker = _watch_once(settings, factory)
     with factory() as session:
-        assert [i.file_name for i in session.scalars(select(Image))] == ["a-real.tif"]
-    assert (inbox / "b-link.tif").is_symlink() and target.read_bytes() == plate_bytes
-    assert os.stat(target).st_nlink == 1 and not _files(settings.storage.archive_dir)
-    assert watcher.counts["errors"] == 0
-    factory.kw["bind"].dispose()
+        images = {i.file_name: i for i in session.scalars(select(Image))}
+    assert sorted(images) == ["a-real.tif", "b-link.tif", "c-other.tif"]
+    assert broker.sent == [images["a-real.tif"].id]  # only the real file is processed
+    for name in ("b-link.tif", "c-other.tif"):
+        row = images[name]
+        assert row.status == ImageStatus.QUARANTINED.value
+        assert "symbolic link" in (row.error or "") and "cp -L" in (row.error or "")
+        moved = Path(row.archived_path or "")
+        assert moved.parent == settings.storage.quarantine_dir / "S1" and moved.is_symlink()
+        assert "symbolic link" in (moved.parent / f"{moved.name}.reason.txt").read_text()
+        assert not (inbox / "S1" / name).exists() and not (inbox / "S1" / name).is_symlink()
+    assert Path(images["b-link.tif"].archived_path or "").resolve() == target
+    assert target.read_bytes() == plate_bytes and os.stat(target).st_nlink == 1
+    assert not _files(settings.storage.archive_dir) and watcher.counts["errors"] == 0
+    # A restart finds nothing new to do.
+    _, again = _watch_once(settings, factory)
+    assert again.sent == []  # the real file is known (the sweeper resends lost tasks), the links gone
+    with factory() as session:
+        assert len(list(session.scalars(select(Image)))) == 3
+    factory.kw["bind"].dispose()  # type: ignore[attr-defined]
+
+
+def test_a_link_to_a_secret_never_shows_its_bytes(settings: Settings, tmp_path: Path) -> None:
+    """``passwd.tif -> /etc/passwd``: the reason quotes nothing of the file, in the database, the
+    reason file, ``labpipe status`` or the API, which anyone may read."""
+    from fastapi.testclient import TestClient
+
+    from labpipe.api.app import create_app
+    from labpipe.db.database import open_database
+
+    secret = tmp_path / "secret" / "passwd"
+    secret.parent.mkdir()
+    secret.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    inbox = settings.storage.inbox_dir
+    inbox.mkdir(parents=True)
+    (inbox / "passwd.tif").symlink_to(secret)
+    factory = open_database(settings.database_url)
+    _watch_once(settings, factory)
+    with factory() as session:
+        (row,) = session.scalars(select(Image))
+        image_id, reason, moved = row.id, row.error or "", Path(row.archived_path or "")
+    texts = [reason, (moved.parent / f"{moved.name}.reason.txt").read_text()]
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
+        texts.append(client.get(f"/api/images/{image_id}").text)
+    for text in texts:
+        assert "root:" not in text and str(secret) not in text, text
+    assert secret.read_bytes().startswith(b"root:x")
+    factory.kw["bind"].dispose()  # type: ignore[attr-defined]
 
 
 # -- the retry button --------------------------------------------------------------------------------

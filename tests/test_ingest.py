@@ -364,6 +364,48 @@ def test_watcher_registers_complete_files_and_leaves_the_rest(plate_file: Path, 
     factory.kw["bind"].dispose()
 
 
+def test_the_same_bytes_dropped_again_at_the_same_path_are_archived_as_a_duplicate(
+    plate_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13 item 9: after the original was archived, the same bytes at the same inbox path are a
+    duplicate like at any other path: archived (never overwriting the first), with a log line."""
+    from labpipe.ingest import finish_move
+
+    settings = _settings(tmp_path / "data", **{"ingest.stable_seconds": 0.0})
+    factory = open_database(settings.database_url)
+    inbox = settings.storage.inbox_dir
+    (inbox / "S1").mkdir(parents=True)
+    dropped = inbox / "S1" / "plate.tif"
+    dropped.write_bytes(plate_file.read_bytes())
+    broker = RecordingBroker()
+    watcher = Watcher(settings, factory, broker)
+    watcher.rescan()
+    watcher.tick()
+    watcher.tick()
+    with factory() as session:
+        (image,) = session.scalars(select(Image))
+        image.status = ImageStatus.DONE.value  # as a worker leaves it
+        session.commit()
+        first = finish_move(session, image, settings.storage)
+    assert first == settings.storage.archive_dir / "S1" / "plate.tif" and not dropped.exists()
+
+    dropped.write_bytes(plate_file.read_bytes())  # the technician drops the same file again
+    caplog.clear()
+    watcher.rescan()
+    watcher.tick()
+    watcher.tick()
+
+    assert not dropped.exists()
+    archived = sorted(p.name for p in (settings.storage.archive_dir / "S1").glob("plate*.tif"))
+    assert len(archived) == 2 and "plate.tif" in archived
+    assert first.read_bytes() == plate_file.read_bytes()
+    assert broker.sent == [image.id] and watcher.counts["duplicate"] == 1
+    assert "duplicate file archived without processing" in caplog.messages
+    with factory() as session:
+        assert session.scalar(select(func.count(Image.id))) == 1
+    factory.kw["bind"].dispose()
+
+
 def test_observer_mode_auto_polls_on_network_shares(tmp_path: Path) -> None:
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/sda1 / ext4 rw 0 0\nserver:/lab /mnt/lab nfs4 rw 0 0\n")

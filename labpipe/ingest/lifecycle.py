@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from labpipe.config import StorageConfig
 from labpipe.db.models import Image, ImageStatus, utcnow
-from labpipe.ingest.moves import inside_inbox, move_original, write_reason_file
+from labpipe.ingest.moves import inside_inbox, link_in_inbox, move_link, move_original, write_reason_file
 from labpipe.logs import get_logger
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "lock_image",
     "mark_failed",
     "mark_quarantined",
+    "quarantine_link",
     "stale_images",
     "touch_image",
 ]
@@ -153,6 +154,34 @@ def finish_move(session: Session, image: Image, storage: StorageConfig, reason_c
     image.archived_path = str(target)
     session.commit()
     bound.info("moved original", status=image.status, to=str(target))
+    return target
+
+
+def quarantine_link(session: Session, image: Image, storage: StorageConfig) -> Path | None:
+    """Move a quarantined symbolic link (the link itself, never its target) from the inbox to the
+    quarantine, with its reason file, and record where it went.
+
+    Idempotent like :func:`finish_move`; ``None`` when there is nothing to move: already moved, gone,
+    or not a link received in the inbox (a file reached through a linked folder stays where it is).
+    """
+    source = Path(image.source_path)
+    if image.archived_path or image.status != ImageStatus.QUARANTINED.value:
+        return None
+    if not link_in_inbox(source, storage.inbox_dir):
+        return None
+    target = move_link(source, storage.inbox_dir, storage.quarantine_dir, image.content_hash)
+    write_reason_file(
+        target,
+        status=image.status,
+        reason_code="SymbolicLink",
+        message=image.error or "",
+        image_id=image.id,
+        content_hash=None,
+        original=source,
+    )
+    image.archived_path = str(target)
+    session.commit()
+    log.bind(image=str(source), image_id=image.id).info("moved symbolic link to quarantine", to=str(target))
     return target
 
 

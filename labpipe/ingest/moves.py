@@ -29,7 +29,9 @@ __all__ = [
     "NotInInboxError",
     "destination_for",
     "inside_inbox",
+    "link_in_inbox",
     "move_file",
+    "move_link",
     "move_original",
     "reason_file_for",
     "write_reason_file",
@@ -54,6 +56,20 @@ def inside_inbox(source: Path, inbox: Path) -> bool:
             return False
         return source.resolve(strict=True).is_relative_to(inbox.resolve())
     except (OSError, RuntimeError):  # unreadable folder, a loop of links
+        return False
+
+
+def link_in_inbox(path: Path, inbox: Path) -> bool:
+    """Whether ``path`` is a symbolic link whose own entry lies in the inbox (its folder's real path
+    is inside the inbox's), wherever the link points. Such a link was received in the inbox; the
+    file it points to was not.
+
+    >>> link_in_inbox(Path("/etc/passwd"), Path("/etc"))
+    False
+    """
+    try:
+        return path.is_symlink() and path.parent.resolve(strict=True).is_relative_to(inbox.resolve())
+    except (OSError, RuntimeError):
         return False
 
 
@@ -153,6 +169,29 @@ def move_original(source: Path, inbox: Path, dest_root: Path, content_hash: str)
             if not side_target.exists():
                 with contextlib.suppress(OSError):  # the image is safe; the sidecar stays behind
                     move_file(side, side_target)
+        return target
+    raise FileExistsError(errno.EEXIST, "no free name below the destination", str(dest_root))
+
+
+def move_link(link: Path, inbox: Path, dest_root: Path, tag: str) -> Path:
+    """Move the symbolic link ``link`` itself (never the file it points to) below ``dest_root``.
+
+    Raises :class:`NotInInboxError` unless ``link`` is a link received in the inbox
+    (:func:`link_in_inbox`). The link keeps pointing where it pointed; its target is not read,
+    moved or changed.
+    """
+    if not link_in_inbox(link, inbox):
+        raise NotInInboxError(
+            link,
+            f"not a symbolic link received in the inbox {inbox}: not moved",
+            "labpipe moves only what was dropped into its inbox",
+        )
+    for _ in range(5):
+        target = destination_for(link, inbox, dest_root, tag)
+        try:
+            move_file(link, target)  # moves the link as a link (follow_symlinks=False)
+        except FileExistsError:
+            continue
         return target
     raise FileExistsError(errno.EEXIST, "no free name below the destination", str(dest_root))
 

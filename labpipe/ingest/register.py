@@ -31,7 +31,9 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     """The same bytes as an image registered from another path: not processed again."""
     KNOWN = "known"
-    """This very file was registered before (a rescan, a restart): nothing new."""
+    """This very file was registered before (a rescan, a restart) and is still waiting to be moved:
+    nothing new. The same bytes at the same path after the original was moved away are a
+    ``DUPLICATE`` (or a ``RETRY`` for bytes that failed)."""
     QUARANTINED = "quarantined"
     """An unreadable file, recorded as quarantined with its reason."""
 
@@ -101,8 +103,9 @@ def register_file(
             if image is None:
                 continue  # lost a race with another watcher: look again
             return Registration(Outcome.NEW, image.id, image.status, note)
-        if image.source_path == str(path):
+        if image.source_path == str(path) and not image.archived_path:
             return Registration(Outcome.KNOWN, image.id, image.status)
+        # The same path again after its original was moved away: a new copy of known bytes.
         if image.status in (ImageStatus.FAILED.value, ImageStatus.QUARANTINED.value):
             previous = image.error
             ensure_sample(session, sample_id)
@@ -141,7 +144,11 @@ def register_unreadable(
             if image is None:
                 continue
             return Registration(Outcome.QUARANTINED, image.id, image.status, reason)
-        if image.source_path == str(path) and image.status == ImageStatus.QUARANTINED.value:
+        if (
+            image.source_path == str(path)
+            and image.status == ImageStatus.QUARANTINED.value
+            and not image.archived_path
+        ):
             return Registration(Outcome.KNOWN, image.id, image.status, image.error)
         if image.status not in (ImageStatus.FAILED.value, ImageStatus.QUARANTINED.value):
             return Registration(

@@ -21,6 +21,7 @@ The watcher does not import Celery: it is given a :class:`TaskQueue`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import shutil
@@ -38,7 +39,7 @@ from labpipe.config import Settings
 from labpipe.db.models import Image
 from labpipe.errors import ConfigError
 from labpipe.imaging import verify_readable
-from labpipe.ingest.lifecycle import finish_move, stale_images, touch_image
+from labpipe.ingest.lifecycle import finish_move, quarantine_link, stale_images, touch_image
 from labpipe.ingest.moves import inside_inbox, move_original
 from labpipe.ingest.register import Outcome, register_file, register_unreadable
 from labpipe.ingest.rules import IngestRules
@@ -49,6 +50,19 @@ from labpipe.pipeline import STAGE_DIR_PREFIX
 __all__ = ["NETWORK_FILESYSTEMS", "TaskQueue", "Watcher", "choose_observer", "filesystem_type"]
 
 log = get_logger(__name__)
+
+LINK_REASON = (
+    "a symbolic link (or a file reached through a linked folder): labpipe never follows links out "
+    "of its inbox, so the file it points to was not read. Copy the file itself into the inbox "
+    "(for example cp -L) to process it."
+)
+"""The reason recorded for a link in the inbox; it names nothing about the link's target."""
+
+
+def not_received_hash(path: Path) -> str:
+    """The key an image row for a link gets instead of a content hash (its target is never read)."""
+    return hashlib.sha256(f"not-received:{path}".encode()).hexdigest()
+
 
 NETWORK_FILESYSTEMS = frozenset(
     {
@@ -172,6 +186,8 @@ class Watcher:
             d.absolute()
             for d in (self.storage.archive_dir, self.storage.quarantine_dir, self.storage.crops_dir)
         ]
+        self._linked_folders: set[Path] = set()
+        """Symbolic links to folders found in the inbox (logged once; never followed)."""
         self._last_rescan = -1e18
         self._last_sweep = clock()
         self.counts: Counter[str] = Counter()
@@ -187,7 +203,7 @@ class Watcher:
         taken = self._taken.get(path)
         if taken is not None:
             try:
-                st = path.stat()
+                st = path.lstat() if path.is_symlink() else path.stat()
             except OSError:
                 self._taken.pop(path, None)
                 return
@@ -202,6 +218,14 @@ class Watcher:
             dirnames[:] = [
                 d for d in dirnames if not self._is_excluded(here / d) and not self.rules.ignores_folder(d)
             ]
+            for d in dirnames:
+                if (here / d).is_symlink() and (here / d) not in self._linked_folders:
+                    self._linked_folders.add(here / d)
+                    log.warning(
+                        "a linked folder in the inbox is not followed",
+                        folder=str(here / d),
+                        hint="copy the images themselves into the inbox",
+                    )
             for name in filenames:
                 self._add_candidate(here / name)
 
@@ -266,6 +290,9 @@ class Watcher:
                 self._last_rescan = self._clock()
 
     def _consider(self, path: Path) -> None:
+        if path.is_symlink() or (path.exists() and not inside_inbox(path, self.inbox)):
+            self._take_link(path)
+            return
         verdict = self.tracker.check(path)
         if verdict.state is Completeness.WAIT and verdict.reason:
             if self._waiting.get(path) != (verdict.size, verdict.mtime_ns):
@@ -349,6 +376,27 @@ class Watcher:
                 bound.error("quarantined: not a complete, readable image", image_id=image.id, reason=reason)
                 finish_move(session, image, self.storage, reason_code="ImageReadError")
         self._done_with(path, verdict)
+
+    def _take_link(self, path: Path) -> None:
+        """A symbolic link, or a file whose real path is outside the inbox: never read, recorded as
+        quarantined with :data:`LINK_REASON`; a link whose entry is in the inbox is moved (as a link)
+        to the quarantine, anything else stays where it is."""
+        self._candidates.discard(path)
+        self.tracker.forget(path)
+        sample = self.rules.sample_for(path, self.inbox)
+        bound = log.bind(image=str(path), sample=sample)
+        with self.session_factory() as session:
+            reg = register_unreadable(session, path, not_received_hash(path), 0, sample, LINK_REASON)
+            self.counts["link"] += 1
+            image = session.get(Image, reg.image_id)
+            if image is not None and reg.outcome is not Outcome.KNOWN:
+                bound.error(
+                    "quarantined: not a file received in the inbox", image_id=image.id, reason=LINK_REASON
+                )
+            moved = quarantine_link(session, image, self.storage) if image is not None else None
+        if moved is None and (path.exists() or path.is_symlink()):
+            st = path.lstat()
+            self._taken[path] = (st.st_size, st.st_mtime_ns)
 
     # -- sending tasks -----------------------------------------------------------------------------
 
