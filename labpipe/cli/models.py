@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,21 @@ def _resolve_with_database(obj: Any, model: str) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # labpipe train
+
+
+def feature_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--cache-dir``, ``--no-cache`` and ``--threads``: how the backbone's features are computed."""
+    command = click.option("--threads", type=int, help="Torch CPU threads (default: [classifier] threads).")(
+        command
+    )
+    command = click.option("--no-cache", is_flag=True, help="Compute every feature afresh and store none.")(
+        command
+    )
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Feature cache (default: <storage root>/cache/features).",
+    )(command)
 
 
 @click.group()
@@ -133,13 +149,7 @@ def train() -> None:
     "(cross-fitted when validation holds fewer than 5 errors).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Split and augmentation seed.")
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Feature cache (default: <storage root>/cache/features).",
-)
-@click.option("--no-cache", is_flag=True, help="Compute every feature afresh and store none.")
-@click.option("--threads", type=int, help="Torch CPU threads (default: [classifier] threads).")
+@feature_options
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
 @click.option("--register", is_flag=True, help="Add the model to the registry afterwards.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
@@ -265,13 +275,7 @@ def train_classifier_command(
     show_default=True,
     help="Share of whole specimens (cross-fitted) the gate keeps.",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Feature cache (default: <storage root>/cache/features).",
-)
-@click.option("--no-cache", is_flag=True, help="Compute every feature afresh and store none.")
-@click.option("--threads", type=int, help="Torch CPU threads (default: [classifier] threads).")
+@feature_options
 @click.option("--overwrite", is_flag=True, help="Replace a gate already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print gate.json.")
 @click.pass_obj

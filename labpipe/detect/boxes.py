@@ -16,10 +16,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["box_iou", "iou_matrix", "match_boxes", "nms"]
+__all__ = ["as_boxes", "box_iou", "iou_matrix", "match_boxes", "nms"]
 
 
-def _as_boxes(boxes: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+def as_boxes(boxes: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """``boxes`` as an ``(N, 4)`` float array of ``[x, y, w, h]``; a clear error for anything else."""
     arr = np.asarray(boxes, dtype=np.float64)
     if arr.size == 0:
         return np.zeros((0, 4), dtype=np.float64)
@@ -45,7 +46,7 @@ def iou_matrix(
     a: Sequence[Sequence[float]] | np.ndarray, b: Sequence[Sequence[float]] | np.ndarray
 ) -> np.ndarray:
     """IoU of every box in ``a`` (N) with every box in ``b`` (M): an ``(N, M)`` array [1]_."""
-    aa, bb = _as_boxes(a), _as_boxes(b)
+    aa, bb = as_boxes(a), as_boxes(b)
     ax0, ay0 = aa[:, 0:1], aa[:, 1:2]
     ax1, ay1 = ax0 + aa[:, 2:3], ay0 + aa[:, 3:4]
     bx0, by0 = bb[:, 0][None, :], bb[:, 1][None, :]
@@ -73,7 +74,7 @@ def nms(
     """
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1]; given {iou_threshold}")
-    arr = _as_boxes(boxes)
+    arr = as_boxes(boxes)
     sc = np.asarray(scores, dtype=np.float64)
     if sc.shape != (arr.shape[0],):
         raise ValueError(f"need one score per box; given {sc.shape[0]} scores for {arr.shape[0]} boxes")
@@ -108,7 +109,7 @@ def match_boxes(
     >>> match_boxes([[0, 0, 10, 10], [100, 100, 5, 5]], [[1, 1, 10, 10]])
     ([(0, 0)], [1], [])
     """
-    p, t = _as_boxes(predicted), _as_boxes(truth)
+    p, t = as_boxes(predicted), as_boxes(truth)
     ious = iou_matrix(p, t)
     pairs = [(ious[i, j], i, j) for i in range(p.shape[0]) for j in range(t.shape[0])]
     pairs = [x for x in pairs if x[0] >= iou_threshold and x[0] > 0]

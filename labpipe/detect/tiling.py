@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from labpipe.detect.boxes import as_boxes
+
 __all__ = [
     "axis_starts",
     "clip_boxes_to_tile",
@@ -81,17 +83,6 @@ def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
     return [(x, y, tw, th) for y in ys for x in xs]
 
 
-def _as_boxes(boxes: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    arr = np.asarray(boxes, dtype=np.float64)
-    if arr.size == 0:
-        return np.zeros((0, 4), dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (N, 4) as [x, y, w, h]; given shape {arr.shape}")
-    if np.any(arr[:, 2:] < 0):
-        raise ValueError("box widths and heights must be >= 0")
-    return arr
-
-
 def clip_boxes_to_tile(
     boxes: Sequence[Sequence[float]] | np.ndarray, tile: Tile, min_visible: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +110,7 @@ def clip_boxes_to_tile(
     tx, ty, tw, th = tile
     if tw <= 0 or th <= 0:
         raise ValueError(f"tile must have a positive size; given {tile}")
-    arr = _as_boxes(boxes)
+    arr = as_boxes(boxes)
     x0 = np.clip(arr[:, 0], tx, tx + tw)
     y0 = np.clip(arr[:, 1], ty, ty + th)
     x1 = np.clip(arr[:, 0] + arr[:, 2], tx, tx + tw)
@@ -152,7 +143,7 @@ def cut_by_tile_edge(
     [False, True, False]
     """
     tx, ty, tw, th = tile
-    arr = _as_boxes(boxes)
+    arr = as_boxes(boxes)
     inner_left = tx > 0
     inner_top = ty > 0
     inner_right = tx + tw < image_width
@@ -202,7 +193,7 @@ def merge_tile_detections(
         raise ValueError(f"iou_threshold must be in [0, 1]; given {iou_threshold}")
     if not 0.0 < containment <= 1.0:
         raise ValueError(f"containment must be in (0, 1]; given {containment}")
-    arr = _as_boxes(boxes)
+    arr = as_boxes(boxes)
     sc = np.asarray(scores, dtype=np.float64).reshape(-1)
     n = arr.shape[0]
     if sc.shape[0] != n:

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from labpipe.evaluation.truth import TruthImage, read_coco_truth, to_displayed_frame
-from labpipe.metrics.detection import match_with_ignore, precision_recall_f1
+from labpipe.metrics.detection import DetectionScores, match_with_ignore
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
@@ -177,7 +177,7 @@ class ImageResult:
 
 
 @dataclass
-class DetectorReport:
+class DetectorReport(DetectionScores):
     """Metrics of one detector on one set of images (pooled over them, and per image)."""
 
     detector: str
@@ -204,18 +204,6 @@ class DetectorReport:
     @property
     def ignored(self) -> int:
         return sum(r.ignored for r in self.images)
-
-    @property
-    def precision(self) -> float:
-        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[0]
-
-    @property
-    def recall(self) -> float:
-        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[1]
-
-    @property
-    def f1(self) -> float:
-        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[2]
 
     @property
     def right_count_share(self) -> float:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "DetectionScores",
     "MatchResult",
     "ScoredMatch",
     "intersection_over_first",
@@ -64,8 +65,31 @@ def precision_recall_f1(true_positives: int, n_detections: int, n_truth: int) ->
     return precision, recall, f1
 
 
+class DetectionScores:
+    """Precision, recall and F1 of anything that counts ``true_positives``, ``n_detections`` and
+    ``n_truth`` (one image's match, or a pooled report)."""
+
+    true_positives: int
+    n_detections: int
+    n_truth: int
+
+    @property
+    def precision(self) -> float:
+        """TP / detections; 1.0 when nothing was detected (no false claims were made)."""
+        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[0]
+
+    @property
+    def recall(self) -> float:
+        """TP / truth; 1.0 when there was nothing to find."""
+        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[1]
+
+    @property
+    def f1(self) -> float:
+        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[2]
+
+
 @dataclass(frozen=True)
-class MatchResult:
+class MatchResult(DetectionScores):
     """Outcome of matching detections to ground truth at one IoU threshold."""
 
     matches: list[tuple[int, int, float]]
@@ -84,20 +108,6 @@ class MatchResult:
     @property
     def false_negatives(self) -> int:
         return self.n_truth - self.true_positives
-
-    @property
-    def precision(self) -> float:
-        """TP / detections; 1.0 when nothing was detected (no false claims were made)."""
-        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[0]
-
-    @property
-    def recall(self) -> float:
-        """TP / truth; 1.0 when there was nothing to find."""
-        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[1]
-
-    @property
-    def f1(self) -> float:
-        return precision_recall_f1(self.true_positives, self.n_detections, self.n_truth)[2]
 
     @property
     def matched_truth(self) -> set[int]:
