@@ -16,7 +16,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, case, func, or_, select
+from sqlalchemy import Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from labpipe.barcoding.ids import specimen_code
@@ -411,9 +411,10 @@ def neighbours(session: Session, flt: SpecimenFilter, specimen_id: int, pos: int
     }
 
 
-def _code_regex(pattern: str) -> re.Pattern[str] | None:
-    """A regular expression reading a Sample ID made with ``pattern`` back into its fields, or
-    ``None`` for a pattern with a field it cannot read (a number not formatted as decimal).
+def _code_regex(pattern: str, sample_length: int | None = None) -> re.Pattern[str] | None:
+    """A regular expression reading a Sample ID made with ``pattern`` back into its fields (the
+    sample part ``sample_length`` characters long, or as short as can be), or ``None`` for a
+    pattern with a field it cannot read (a number not formatted as decimal).
 
     >>> _code_regex("{sample}-{image:05d}-{index:03d}").fullmatch("CY-2024-00042-007").groupdict()
     {'sample': 'CY-2024', 'image': '00042', 'index': '007'}
@@ -435,12 +436,31 @@ def _code_regex(pattern: str) -> re.Pattern[str] | None:
             continue
         seen.add(name)
         if name == "sample":
-            parts.append(r"(?P<sample>.+?)")
+            parts.append(rf"(?P<sample>.{{{sample_length}}})" if sample_length else r"(?P<sample>.+?)")
         elif re.fullmatch(r"0?\d*d?", spec or ""):
             parts.append(rf"(?P<{name}>\d+)")
         else:
             return None
-    return re.compile("".join(parts), re.IGNORECASE)
+    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+
+
+def _code_readings(text: str, pattern: str) -> list[dict[str, int]]:
+    """Every way ``text`` reads as a Sample ID of ``pattern``: the image, index and specimen numbers
+    of each (a sample part may end where a number begins, so each length of it is tried)."""
+    first = _code_regex(pattern)
+    if first is None or not 0 < len(text) <= _SEARCH_MAX:
+        return []
+    lengths = range(1, len(text) + 1) if "(?P<sample>" in first.pattern else [None]
+    readings: list[dict[str, int]] = []
+    for length in lengths:
+        regex = _code_regex(pattern, length)
+        found = regex.fullmatch(text) if regex is not None else None
+        if found is None:
+            continue
+        numbers = {k: int(v) for k, v in found.groupdict().items() if k != "sample" and v is not None}
+        if numbers and all(0 < n < 2**31 for n in numbers.values()) and numbers not in readings:
+            readings.append(numbers)
+    return readings
 
 
 def code_search_ids(session: Session, text: str, pattern: str, limit: int = 50) -> tuple[int, ...]:
@@ -452,22 +472,16 @@ def code_search_ids(session: Session, text: str, pattern: str, limit: int = 50) 
     are returned, whatever the pattern.
     """
     text = text.strip()
-    regex = _code_regex(pattern)
-    found = regex.fullmatch(text) if regex is not None and 0 < len(text) <= _SEARCH_MAX else None
-    if found is None:
+    readings = _code_readings(text, pattern)
+    if not readings:
         return ()
-    numbers = {k: int(v) for k, v in found.groupdict().items() if k != "sample" and v is not None}
-    if not numbers or any(not 0 < n < 2**31 for n in numbers.values()):
-        return ()
-    query = select(Specimen.id, Specimen.index_in_image, Image.id, Image.sample_id).join(
-        Image, Image.id == Specimen.image_id
+    columns = {"specimen": Specimen.id, "image": Image.id, "index": Specimen.index_in_image}
+    query = (
+        select(Specimen.id, Specimen.index_in_image, Image.id, Image.sample_id)
+        .join(Image, Image.id == Specimen.image_id)
+        .where(or_(*(and_(*(columns[k] == n for k, n in r.items())) for r in readings[:limit])))
+        .order_by(Specimen.id)
     )
-    if "specimen" in numbers:
-        query = query.where(Specimen.id == numbers["specimen"])
-    if "image" in numbers:
-        query = query.where(Image.id == numbers["image"])
-    if "index" in numbers:
-        query = query.where(Specimen.index_in_image == numbers["index"])
     wanted = text.casefold()
     return tuple(
         specimen_id
