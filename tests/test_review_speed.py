@@ -160,7 +160,7 @@ def test_disagreement_filter_lists_exactly_the_specimens_marked_by_barcodes_agre
     waiting = client.get("/specimens?dna=review", headers=HTML).text
     assert sorted(_listed(waiting)) == barcoded["needs_review"]
     assert set(barcoded["needs_review"]) <= set(barcoded["disagree"])
-    assert "DNA and image disagree" in page
+    assert "disagrees with the image" in page
     # the filter combines with the others, and a value that is no filter is refused
     s2 = barcoded["ids"]["s2"]
     assert _listed(client.get("/specimens?dna=disagree&sample=S2", headers=HTML).text) == [s2[0]]
@@ -239,6 +239,14 @@ def test_bulk_verify_then_undo_restores_every_verdict_count_and_review_mark(lab,
         assert len(trail) == 4 and {e.actor for e in trail} == {"R. Reviewer"}
         kept = session.scalars(select(Verification).where(Verification.family == "Formicidae")).all()
         assert len(kept) == 4 and all(v.retracted_at is not None for v in kept)  # history is kept
+
+    # the specimen's history keeps the withdrawn verdict, struck through; the earlier one counts again
+    history = client.get(f"/specimens/{s1[3]}", headers=HTML).text
+    withdrawn = re.search(r'<tr class="retracted">(.*?)</tr>', history)
+    current = re.search(r'<tr class="current">(.*?)</tr>', history)
+    assert withdrawn is not None and "Formicidae" in withdrawn.group(1)
+    assert "withdrawn by R. Reviewer" in withdrawn.group(1)
+    assert current is not None and "Curculionidae" in current.group(1)
 
     # once is enough; a click on an old Undo changes nothing
     again = client.post("/review/undo", data={"csrf": csrf, "events": events, "next": back})

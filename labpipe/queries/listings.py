@@ -73,8 +73,8 @@ SORTS: dict[str, str] = {
 }
 
 DNA_FILTERS: dict[str, str] = {
-    "disagree": "DNA and image disagree",
-    "review": "DNA and image disagree, not reviewed yet",
+    "disagree": "disagrees with the image",
+    "review": "disagrees, not reviewed yet",
 }
 """``dna`` filter values. ``disagree``: a barcode record of the specimen is marked ``disagree`` (the
 list ``labpipe barcodes agreement`` prints as "marked for review"); ``review``: such a record still
