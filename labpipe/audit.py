@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labpipe.db.models import AuditEvent, BarcodeLink, Specimen, Verification, utcnow
+from labpipe.db.models import Agreement, AuditEvent, BarcodeLink, Specimen, Verification, utcnow
 from labpipe.errors import LabpipeError
 from labpipe.samples import NotFoundError
 
@@ -156,11 +156,40 @@ def events_for(session: Session, specimen_id: int) -> list[AuditEvent]:
     )
 
 
+def _mark_for_review_again(session: Session, verification: Verification, link_ids: Any) -> list[int]:
+    """The barcode records a retracted verification had taken off the review list (``link_ids``,
+    kept in its event's ``before``) go back on it, when they still disagree and belong to the
+    specimen and no other verification of the specimen still counts. Returns those marked."""
+    if not isinstance(link_ids, list) or not link_ids:
+        return []
+    still_verified = session.scalar(
+        select(Verification.id).where(
+            Verification.specimen_id == verification.specimen_id,
+            Verification.retracted_at.is_(None),
+            Verification.id != verification.id,
+        )
+    )
+    if still_verified is not None:
+        return []
+    links = session.scalars(
+        select(BarcodeLink).where(
+            BarcodeLink.id.in_([int(i) for i in link_ids]),
+            BarcodeLink.specimen_id == verification.specimen_id,
+            BarcodeLink.agreement == Agreement.DISAGREE.value,
+        )
+    ).all()
+    for link in links:
+        link.needs_review = True
+    return sorted(link.id for link in links)
+
+
 def undo(session: Session, event_id: int, *, undone_by: str) -> AuditEvent:
     """Revert one ``box_edit`` or ``verify`` event; returns the ``undo`` event.
 
     A box goes back to the value before the edit (refused when the box was edited again since:
-    undo the later edit first). A verification is retracted.
+    undo the later edit first). A verification is retracted; the barcode records it had taken off
+    the review list (image and DNA disagree) go back on it, unless another verification of the
+    specimen still counts.
     """
     event = session.get(AuditEvent, event_id)
     if event is None:
@@ -201,6 +230,9 @@ def undo(session: Session, event_id: int, *, undone_by: str) -> AuditEvent:
         current = {"retracted_at": None}
         verification.retracted_at, verification.retracted_by = utcnow(), who[:255]
         after = {"verification_id": verification.id, "retracted_at": verification.retracted_at.isoformat()}
+        marked = _mark_for_review_again(session, verification, (event.before or {}).get("needs_review"))
+        if marked:
+            after["needs_review"] = marked
     else:
         raise AuditError(
             f"event {event_id}",

@@ -54,9 +54,12 @@ __all__ = [
     "TrainingExport",
     "UnknownFamilyError",
     "UnknownSpecimenError",
+    "VerificationBatch",
     "export_training_folder",
     "record_verification",
+    "record_verification_batch",
     "record_verifications",
+    "undo_verifications",
 ]
 
 MAX_BULK = 1000
@@ -93,6 +96,15 @@ class UnknownFamilyError(ReviewError):
         super().__init__(family, "not a family known to this lab", hint)
 
 
+@dataclass(frozen=True)
+class VerificationBatch:
+    """What :func:`record_verification_batch` recorded: the verifications and their audit events."""
+
+    verifications: list[Verification]
+    event_ids: list[int]
+    """The ``verify`` events, one per verification in the same order (what an Undo reverts)."""
+
+
 def _clean_family(family: str | None) -> str | None:
     """Trim, collapse inner whitespace; empty becomes ``None``.
 
@@ -124,7 +136,7 @@ def _check(status: str, family: str | None, verified_by: str) -> tuple[Verificat
     return verdict, family, who[:_NAME_MAX]
 
 
-def record_verifications(
+def record_verification_batch(
     session: Session,
     specimen_ids: Iterable[int],
     status: str,
@@ -135,9 +147,9 @@ def record_verifications(
     at: dt.datetime | None = None,
     families_file: Path | None = None,
     add_family: bool = False,
-) -> list[Verification]:
-    """Add one verification per specimen (all with the same verdict, person and time); flushed, not
-    committed.
+) -> VerificationBatch:
+    """Add one verification per specimen (all with the same verdict, person and time), each with its
+    ``verify`` event in the audit trail; flushed, not committed.
 
     Parameters
     ----------
@@ -170,7 +182,8 @@ def record_verifications(
         cannot be a family name or cannot be added. Whatever is refused, nothing is added.
 
     A specimen's barcode records that were waiting for review (``needs_review``) are marked
-    reviewed: a person has now looked at it.
+    reviewed: a person has now looked at it. Their ids are kept in the event's ``before``
+    (``needs_review``), so that undoing the verification marks them again.
     """
     verdict, family, who = _check(status, family, verified_by)
     ids = list(dict.fromkeys(int(i) for i in specimen_ids))
@@ -199,6 +212,13 @@ def record_verifications(
         for i in ids
     ]
     session.add_all(rows)
+    waiting: dict[int, list[int]] = {}
+    for link_id, specimen_id in session.execute(
+        select(BarcodeLink.id, BarcodeLink.specimen_id).where(
+            BarcodeLink.specimen_id.in_(ids), BarcodeLink.needs_review.is_(True)
+        )
+    ):
+        waiting.setdefault(specimen_id, []).append(link_id)
     session.execute(
         update(BarcodeLink)
         .where(BarcodeLink.specimen_id.in_(ids), BarcodeLink.needs_review.is_(True))
@@ -208,18 +228,89 @@ def record_verifications(
     from labpipe.audit import record_event
 
     image_of = dict(session.execute(select(Specimen.id, Specimen.image_id).where(Specimen.id.in_(ids))).all())
+    events = []
     for row in rows:
-        record_event(
+        marks = sorted(waiting.get(row.specimen_id, []))
+        event = record_event(
             session,
             actor=who,
             action="verify",
             specimen_id=row.specimen_id,
             image_id=image_of.get(row.specimen_id),
+            before={"needs_review": marks} if marks else None,
             after={"verification_id": row.id, "status": row.status, "family": row.family},
             note=note,
             at=when,
         )
-    return rows
+        events.append(event.id)
+    return VerificationBatch(rows, events)
+
+
+def record_verifications(
+    session: Session,
+    specimen_ids: Iterable[int],
+    status: str,
+    *,
+    family: str | None = None,
+    verified_by: str,
+    note: str | None = None,
+    at: dt.datetime | None = None,
+    families_file: Path | None = None,
+    add_family: bool = False,
+) -> list[Verification]:
+    """The verifications of :func:`record_verification_batch` (same arguments, same rules)."""
+    return record_verification_batch(
+        session,
+        specimen_ids,
+        status,
+        family=family,
+        verified_by=verified_by,
+        note=note,
+        at=at,
+        families_file=families_file,
+        add_family=add_family,
+    ).verifications
+
+
+def undo_verifications(session: Session, event_ids: Iterable[int], *, undone_by: str) -> int:
+    """Undo a batch of ``verify`` events of ``undone_by`` (the Undo after a bulk verdict): each
+    verification is retracted (:func:`labpipe.audit.undo`), so the verdict before it, or the model's
+    call, counts again. Events already undone are passed over; returns how many were undone now.
+    Flushed, not committed.
+
+    Raises
+    ------
+    ReviewError
+        An event that does not exist, is no verification, or is someone else's (each person undoes
+        their own); or nothing left to undo. Nothing is undone then.
+    """
+    from labpipe.audit import AuditError, undo
+    from labpipe.db.models import AuditEvent
+
+    who = " ".join(str(undone_by or "").split())[:_NAME_MAX]
+    ids = list(dict.fromkeys(int(i) for i in event_ids))
+    if not ids:
+        raise ReviewError(None, "nothing to undo")
+    if len(ids) > MAX_BULK:
+        raise ReviewError(None, f"{len(ids)} verdicts to undo, at most {MAX_BULK} at once")
+    events = {e.id: e for e in session.scalars(select(AuditEvent).where(AuditEvent.id.in_(ids)))}
+    for event_id in ids:
+        event = events.get(event_id)
+        if event is None or event.action != "verify":
+            raise ReviewError(f"event {event_id}", "no verification to undo")
+        if event.actor != who:
+            raise ReviewError(
+                f"event {event_id}", f"recorded by {event.actor}, not by {who}", "undo your own verdicts"
+            )
+    pending = [i for i in ids if events[i].undone_by is None]
+    if not pending:
+        raise ReviewError(None, "already undone", "reload the page to see the verdicts as they are")
+    try:
+        for event_id in pending:
+            undo(session, event_id, undone_by=who)
+    except AuditError as exc:
+        raise ReviewError(exc.subject, exc.problem, exc.hint) from exc
+    return len(pending)
 
 
 def record_verification(

@@ -32,14 +32,17 @@ MODULES = [
     "labpipe.imaging.tilecache",
     "labpipe.ingest.moves",
     "labpipe.metrics.detection",
+    "labpipe.queries.listings",
     "labpipe.queries.records",
     "labpipe.queries.rule",
     "labpipe.reports.counts",
     "labpipe.web.charts",
+    "labpipe.web.geometry",
     "labpipe.web.render",
     "labpipe.web.routes.common",
     "labpipe.web.routes.exports",
     "labpipe.web.routes.review",
+    "labpipe.web.wording",
 ]
 
 

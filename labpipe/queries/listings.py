@@ -11,13 +11,25 @@ rows in Python (the sample, image, probability, model and verified filters stay 
 
 from __future__ import annotations
 
+import re
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from labpipe.db.models import Classification, Image, ImageStatus, Model, Specimen, Verification
+from labpipe.barcoding.ids import specimen_code
+from labpipe.db.models import (
+    Agreement,
+    BarcodeLink,
+    Classification,
+    Image,
+    ImageStatus,
+    Model,
+    Specimen,
+    Verification,
+)
 from labpipe.queries.calls import (
     call_columns,
     call_from_row,
@@ -28,12 +40,14 @@ from labpipe.queries.calls import (
 from labpipe.queries.rule import Resolution, SpecimenCall, resolve
 
 __all__ = [
+    "DNA_FILTERS",
     "OUTCOMES",
     "SORTS",
     "STATES",
     "ImageFilter",
     "SpecimenFilter",
     "SpecimenRow",
+    "code_search_ids",
     "failures",
     "image_page",
     "image_specimens",
@@ -58,6 +72,17 @@ SORTS: dict[str, str] = {
     "largest": "largest first",
 }
 
+DNA_FILTERS: dict[str, str] = {
+    "disagree": "disagrees with the image",
+    "review": "disagrees, not reviewed yet",
+}
+"""``dna`` filter values. ``disagree``: a barcode record of the specimen is marked ``disagree`` (the
+list ``labpipe barcodes agreement`` prints as "marked for review"); ``review``: such a record still
+waits for a person (``needs_review``: no verification since). The marks are those of the last
+``labpipe barcodes agreement`` run."""
+
+_SEARCH_MAX = 128
+
 
 @dataclass(frozen=True)
 class SpecimenFilter:
@@ -80,10 +105,22 @@ class SpecimenFilter:
     """Query-time acceptance threshold the rows are resolved at (``None``: the stored decisions)."""
     sort: str = "uncertain"
     """One of :data:`SORTS` (``oldest``: by specimen id)."""
+    search: str | None = None
+    """Free text: a part of the sample id, of a barcode record's process ID, BIN or Sample ID
+    (case ignored), or (with :attr:`search_ids`) a specimen's Sample ID exactly."""
+    search_ids: tuple[int, ...] = ()
+    """Specimens whose Sample ID (code) is :attr:`search`, from :func:`code_search_ids` (codes are
+    made from a pattern, so no SQL can match them)."""
+    dna: str | None = None
+    """One of :data:`DNA_FILTERS`."""
 
     def __post_init__(self) -> None:
         if self.state is not None and self.state not in STATES:
             raise ValueError(f"state must be one of {STATES}, given state {self.state!r}")
+        if self.dna is not None and self.dna not in DNA_FILTERS:
+            raise ValueError(f"dna must be one of {tuple(DNA_FILTERS)}, given dna {self.dna!r}")
+        if self.search is not None and len(self.search) > _SEARCH_MAX:
+            raise ValueError(f"search text longer than {_SEARCH_MAX} characters")
         if self.sort not in SORTS:
             raise ValueError(f"sort must be one of {tuple(SORTS)}, given sort {self.sort!r}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -104,6 +141,12 @@ class SpecimenRow:
     width_mm: float | None = None
     score: float | None = None
     threshold: float | None = None
+    um_per_px: float | None = None
+    """The plate's scale (``None``: unknown)."""
+    image_size: tuple[int | None, int | None] = (None, None)
+    """The plate's width and height in pixels."""
+    crop_size: int | None = None
+    """The side of the stored square crop, in plate pixels."""
     resolution: Resolution = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,6 +189,10 @@ def _base(flt: SpecimenFilter) -> tuple[Select[Any], Any]:
             Specimen.length_mm,
             Specimen.width_mm,
             Specimen.score,
+            Image.um_per_px,
+            Image.width,
+            Image.height,
+            Specimen.crop_size,
         )
         .select_from(Specimen)
         .join(Image, Image.id == Specimen.image_id)
@@ -192,6 +239,27 @@ def _filtered(flt: SpecimenFilter) -> Select[Any]:
         query = query.where(cls.probability >= flt.p_min)
     if flt.p_max is not None:
         query = query.where(cls.probability <= flt.p_max)
+    if flt.search and flt.search.strip():
+        text = flt.search.strip()
+        records = select(BarcodeLink.specimen_id).where(
+            BarcodeLink.specimen_id.is_not(None),
+            or_(
+                BarcodeLink.processid.icontains(text, autoescape=True),
+                BarcodeLink.bin_uri.icontains(text, autoescape=True),
+                BarcodeLink.sampleid.icontains(text, autoescape=True),
+            ),
+        )
+        found = [Image.sample_id.icontains(text, autoescape=True), Specimen.id.in_(records)]
+        if flt.search_ids:
+            found.append(Specimen.id.in_(list(flt.search_ids)))
+        query = query.where(or_(*found))
+    if flt.dna is not None:
+        marked = select(BarcodeLink.specimen_id).where(BarcodeLink.specimen_id.is_not(None))
+        if flt.dna == "disagree":
+            marked = marked.where(BarcodeLink.agreement == Agreement.DISAGREE.value)
+        else:
+            marked = marked.where(BarcodeLink.needs_review.is_(True))
+        query = query.where(Specimen.id.in_(marked))
     return query
 
 
@@ -228,6 +296,8 @@ def _needs_joins_for_count(flt: SpecimenFilter) -> bool:
         or flt.p_min is not None
         or flt.p_max is not None
         or flt.model is not None
+        or bool(flt.search)
+        or flt.dna is not None
     )
 
 
@@ -246,7 +316,7 @@ def _count(session: Session, flt: SpecimenFilter) -> int:
 
 def _row(r: Any, threshold: float | None) -> SpecimenRow:
     call = call_from_row(r)
-    image_id, index, x, y, w, h, length, width, score = r[10:19]
+    image_id, index, x, y, w, h, length, width, score, um_per_px, image_w, image_h, side = r[10:23]
     return SpecimenRow(
         call.specimen_id,
         image_id,
@@ -258,6 +328,9 @@ def _row(r: Any, threshold: float | None) -> SpecimenRow:
         width_mm=width,
         score=score,
         threshold=threshold,
+        um_per_px=um_per_px,
+        image_size=(image_w, image_h),
+        crop_size=side,
     )
 
 
@@ -336,6 +409,85 @@ def neighbours(session: Session, flt: SpecimenFilter, specimen_id: int, pos: int
         "next": window[here] if here < len(window) else None,
         "pos": pos,
     }
+
+
+def _code_regex(pattern: str, sample_length: int | None = None) -> re.Pattern[str] | None:
+    """A regular expression reading a Sample ID made with ``pattern`` back into its fields (the
+    sample part ``sample_length`` characters long, or as short as can be), or ``None`` for a
+    pattern with a field it cannot read (a number not formatted as decimal).
+
+    >>> _code_regex("{sample}-{image:05d}-{index:03d}").fullmatch("CY-2024-00042-007").groupdict()
+    {'sample': 'CY-2024', 'image': '00042', 'index': '007'}
+    """
+    parts: list[str] = []
+    seen: set[str] = set()
+    try:
+        parsed = list(string.Formatter().parse(pattern))
+    except ValueError:
+        return None
+    for literal, name, spec, conversion in parsed:
+        parts.append(re.escape(literal))
+        if name is None:
+            continue
+        if name not in ("sample", "image", "index", "specimen") or conversion:
+            return None
+        if name in seen:
+            parts.append(f"(?P={name})")
+            continue
+        seen.add(name)
+        if name == "sample":
+            parts.append(rf"(?P<sample>.{{{sample_length}}})" if sample_length else r"(?P<sample>.+?)")
+        elif re.fullmatch(r"0?\d*d?", spec or ""):
+            parts.append(rf"(?P<{name}>\d+)")
+        else:
+            return None
+    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+
+
+def _code_readings(text: str, pattern: str) -> list[dict[str, int]]:
+    """Every way ``text`` reads as a Sample ID of ``pattern``: the image, index and specimen numbers
+    of each (a sample part may end where a number begins, so each length of it is tried)."""
+    first = _code_regex(pattern)
+    if first is None or not 0 < len(text) <= _SEARCH_MAX:
+        return []
+    lengths = range(1, len(text) + 1) if "(?P<sample>" in first.pattern else [None]
+    readings: list[dict[str, int]] = []
+    for length in lengths:
+        regex = _code_regex(pattern, length)
+        found = regex.fullmatch(text) if regex is not None else None
+        if found is None:
+            continue
+        numbers = {k: int(v) for k, v in found.groupdict().items() if k != "sample" and v is not None}
+        if numbers and all(0 < n < 2**31 for n in numbers.values()) and numbers not in readings:
+            readings.append(numbers)
+    return readings
+
+
+def code_search_ids(session: Session, text: str, pattern: str, limit: int = 50) -> tuple[int, ...]:
+    """The specimens whose Sample ID (made with ``pattern``, :func:`labpipe.barcoding.ids.specimen_code`)
+    is ``text`` (case ignored).
+
+    The text is read back into image, index or specimen numbers, the few specimens with those
+    numbers are fetched, and each one's Sample ID is made again and compared: only exact matches
+    are returned, whatever the pattern.
+    """
+    text = text.strip()
+    readings = _code_readings(text, pattern)
+    if not readings:
+        return ()
+    columns = {"specimen": Specimen.id, "image": Image.id, "index": Specimen.index_in_image}
+    query = (
+        select(Specimen.id, Specimen.index_in_image, Image.id, Image.sample_id)
+        .join(Image, Image.id == Specimen.image_id)
+        .where(or_(*(and_(*(columns[k] == n for k, n in r.items())) for r in readings[:limit])))
+        .order_by(Specimen.id)
+    )
+    wanted = text.casefold()
+    return tuple(
+        specimen_id
+        for specimen_id, index, image_id, sample_id in session.execute(query.limit(limit))
+        if specimen_code(sample_id, image_id, index, specimen_id, pattern).casefold() == wanted
+    )
 
 
 def known_families(session: Session, limit: int = 500) -> list[str]:

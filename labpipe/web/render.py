@@ -12,6 +12,9 @@ from urllib.parse import urlencode
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
+from labpipe.web.geometry import length_text
+from labpipe.web.wording import reason_words
+
 __all__ = [
     "PALETTE",
     "STATIC_DIR",
@@ -142,6 +145,20 @@ def _num(value: float | int | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}".replace(",", "\u202f")
 
 
+def _value(value: Any) -> Any:
+    """A setting or figure as shown: a float rounded to two decimals (``0.9944020755300735`` is
+    ``0.99``; a small one keeps two significant digits), anything else as it is.
+
+    >>> _value(0.9944020755300735), _value(1.4), _value(0.000123), _value("x"), _value(True)
+    ('0.99', '1.40', '0.00012', 'x', True)
+    """
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 0.01:
+            return f"{value:.2g}"
+        return f"{value:.2f}"
+    return value
+
+
 def _short_version(version: str | None) -> str:
     """``name@w1234567890ab-l...`` -> ``name@w1234567``."""
     if not version:
@@ -152,7 +169,15 @@ def _short_version(version: str | None) -> str:
 
 templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
 templates.env.filters.update(
-    colour=family_colour, pct=_pct, prob=_prob, when=_when, num=_num, short_version=_short_version
+    colour=family_colour,
+    pct=_pct,
+    prob=_prob,
+    when=_when,
+    num=_num,
+    short_version=_short_version,
+    reason_words=reason_words,
+    length_mm=length_text,
+    value=_value,
 )
 templates.env.globals.update(with_query=with_query)
 templates.env.trim_blocks = True

@@ -13,13 +13,15 @@ query layer (:mod:`labpipe.queries`) or a write module (:mod:`labpipe.review`,
 ``/images/{id}``                   plate view: overview with every specimen box, zoom and pan
 ``/images/{id}/overview.jpg``      the cached overview
 ``/images/{id}/retry``             POST: put a failed or quarantined plate back into the inbox
-``/specimens``                     gallery: filters, sort by uncertainty, paging, bulk review:
+``/specimens``                     gallery: dense tiles or cards, search, filters (DNA
+                                   disagreement too), sort by uncertainty, paging, bulk review:
                                    :mod:`~labpipe.web.routes.specimens`
 ``/review``                        the gallery as a review queue (unverified, doubtful first)
 ``/specimens/{id}``                one specimen with its review form (keyboard shortcuts)
 ``/specimens/{id}/thumb/{n}.jpg``  cached thumbnail (n = 160 or 320); ``.../crop.png`` the crop
 ``/specimens/{id}/verify``         POST: record a verification: :mod:`~labpipe.web.routes.review`
 ``/review/bulk``                   POST: one verdict for the ticked specimens
+``/review/undo``                   POST: withdraw the verdicts just recorded (the Undo button)
 ``/review/training.zip``           verified crops as a training folder (one folder per family)
 ``/samples``, ``/samples/{id}``    samples; one sample's counts, chart, exports, plate layout:
                                    :mod:`~labpipe.web.routes.samples`

@@ -4,6 +4,8 @@ query-string parameters, downloads, and 404s for rows that do not exist."""
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
@@ -20,6 +22,7 @@ from labpipe.web.auth import CSRF_FIELD, Viewer, require_page_read
 from labpipe.web.render import templates
 
 __all__ = [
+    "DENSE_PAGE",
     "GALLERY_PAGE",
     "LIST_PAGE",
     "MAX_PAGE",
@@ -28,10 +31,12 @@ __all__ = [
     "accepted_names",
     "download",
     "here",
+    "id_ranges",
     "image_or_404",
     "int_param",
     "page_offset",
     "pager",
+    "parse_id_ranges",
     "probability_param",
     "redirect",
     "render_page",
@@ -43,12 +48,14 @@ log = get_logger(__name__)
 
 ViewerDep = Annotated[Viewer, Depends(require_page_read)]
 GALLERY_PAGE = 60
+DENSE_PAGE = 120
 REVIEW_PAGE = 24
 LIST_PAGE = 50
 MAX_PAGE = 1_000_000
 
 FLASH = {
     "verified": "Recorded: {n} specimen(s) {what}.",
+    "undone": "Undone: {n} verdict(s) withdrawn; what counted before counts again.",
     "retry": "The file is back in the inbox; the daemon will process it again.",
     "layout": "Laid out {n} specimen(s) on new plates.",
     "login": "Logged in: your reviews are recorded as {who}.",
@@ -62,21 +69,71 @@ VERDICT_WORDS = {
 }
 
 
+_ID_RANGES = re.compile(r"\d{1,10}(?:-\d{1,10})?(?:,\d{1,10}(?:-\d{1,10})?)*")
+_MAX_RANGE_IDS = 1000
+
+
+def id_ranges(ids: Iterable[int]) -> str:
+    """Ids as short text for a URL: runs of consecutive ids as ``first-last``.
+
+    >>> id_ranges([12, 13, 14, 20, 7])
+    '7,12-14,20'
+    """
+    runs: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+def parse_id_ranges(text: str) -> list[int]:
+    """The ids of :func:`id_ranges`' text; ``ValueError`` for anything else or over 1000 ids.
+
+    >>> parse_id_ranges("7,12-14,20")
+    [7, 12, 13, 14, 20]
+    """
+    if len(text) > 8000 or not _ID_RANGES.fullmatch(text):
+        raise ValueError(f"{text[:40]!r}: not a list of ids")
+    ids: list[int] = []
+    for run in text.split(","):
+        first, _, last = run.partition("-")
+        a, b = int(first), int(last or first)
+        if b < a or len(ids) + b - a + 1 > _MAX_RANGE_IDS:
+            raise ValueError(f"{run!r}: not a run of at most {_MAX_RANGE_IDS} ids")
+        ids.extend(range(a, b + 1))
+    return ids
+
+
 def render_page(
     request: Request, name: str, viewer: Viewer, context: dict[str, Any], code: int = 200
 ) -> HTMLResponse:
     """Template ``name`` with ``context``, the viewer, the CSRF field name, the time, and the flash
-    message named by ``?ok=`` (after a redirect from a form)."""
+    message named by ``?ok=`` (after a redirect from a form); with ``?undo=`` (the audit events of
+    the verdicts just recorded, :func:`id_ranges`) the message offers an Undo button."""
     flash = None
+    undo = None
     ok = request.query_params.get("ok")
     if ok in FLASH:
         n = request.query_params.get("n", "")
         what = VERDICT_WORDS.get(request.query_params.get("what", ""), "verified")
         flash = FLASH[ok].format(n=n if n.isdigit() else "", what=what, who=viewer.name or "you")
+        events = request.query_params.get("undo", "")
+        if ok == "verified" and events and len(events) <= 8000 and _ID_RANGES.fullmatch(events):
+            undo = events
     return templates.TemplateResponse(
         request,
         name,
-        {"viewer": viewer, "flash": flash, "csrf_field": CSRF_FIELD, "now": utcnow(), **context},
+        {
+            "viewer": viewer,
+            "flash": flash,
+            "flash_undo": undo,
+            "flash_back": here(request),
+            "csrf_field": CSRF_FIELD,
+            "now": utcnow(),
+            **context,
+        },
         status_code=code,
     )
 
@@ -133,7 +190,7 @@ def probability_param(text: str | None) -> float | None:
 
 def here(request: Request) -> str:
     """The current page's URL without the flash message's parameters (to come back to after a post)."""
-    items = [(k, v) for k, v in request.query_params.multi_items() if k not in ("ok", "n", "what")]
+    items = [(k, v) for k, v in request.query_params.multi_items() if k not in ("ok", "n", "what", "undo")]
     return request.url.path + (f"?{urlencode(items)}" if items else "")
 
 

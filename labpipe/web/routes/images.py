@@ -15,6 +15,7 @@ from labpipe.db.models import Image, ImageStatus
 from labpipe.queries.listings import ImageFilter, image_page, image_specimens
 from labpipe.web.auth import check_write, get_viewer
 from labpipe.web.charts import plate_extent
+from labpipe.web.geometry import scale_bar
 from labpipe.web.media import image_file, overview_cache_path, overview_digest, overview_file
 from labpipe.web.progress import plate_progress
 from labpipe.web.render import family_colours
@@ -81,7 +82,8 @@ def images_page(request: Request, viewer: ViewerDep, session: SessionDep) -> HTM
 def plate_view(
     request: Request, image_id: int, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
 ) -> HTMLResponse:
-    """The plate with every specimen box, coloured by family, rejected ones dashed."""
+    """The plate with every specimen box, coloured by family, rejected ones dashed; a scale bar
+    when the plate's scale is known."""
     image = image_or_404(session, image_id)
     rows = image_specimens(session, image.id)
     per_family: dict[str, int] = {}
@@ -106,6 +108,7 @@ def plate_view(
         "width": width,
         "height": height,
         "has_file": image.width is not None and _overview_possible(image, settings),
+        "bar": scale_bar(image.um_per_px, width, 0.2),
         "progress": plate_progress(settings.storage.crops_dir, image.id),
     }
     return render_page(request, "plate.html", viewer, context)

@@ -1,5 +1,10 @@
-"""Recording verdicts: one specimen's review form, one verdict for the ticked specimens, and the
-verified crops as a training folder.
+"""Recording verdicts: one specimen's review form, one verdict for the ticked specimens, undoing
+them, and the verified crops as a training folder.
+
+After a verdict the page comes back with an Undo button: the redirect carries the ``verify`` audit
+events just written (``?undo=``, :func:`~labpipe.web.routes.common.id_ranges`), and
+``POST /review/undo`` retracts them all (:func:`labpipe.review.undo_verifications`), so the
+verdicts that counted before, or the model's calls, count again.
 
 A family that is not a name the lab knows is never recorded: the answer is the form again, with the
 closest known names and a box to confirm the typed name as a new one (``add_family``). A
@@ -23,12 +28,21 @@ from starlette.background import BackgroundTask
 
 from labpipe.api.deps import SessionDep, SettingsDep
 from labpipe.config import Settings
+from labpipe.db.models import utcnow
 from labpipe.queries.calls import best_families
-from labpipe.review import ReviewError, UnknownFamilyError, export_training_folder, record_verifications
+from labpipe.review import (
+    ReviewError,
+    UnknownFamilyError,
+    export_training_folder,
+    record_verification_batch,
+    undo_verifications,
+)
 from labpipe.web.auth import CSRF_FIELD, Viewer, check_write, get_viewer, safe_next
 from labpipe.web.routes.common import (
     ViewerDep,
     accepted_names,
+    id_ranges,
+    parse_id_ranges,
     redirect,
     render_page,
     specimen_or_404,
@@ -114,7 +128,7 @@ def verify(
     if verdict == "confirmed" and fam is None:
         fam = best
     try:
-        record_verifications(
+        batch = record_verification_batch(
             session,
             [spec.id],
             verdict,
@@ -144,7 +158,7 @@ def verify(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, exc.message) from None
     session.commit()
     target = safe_next(next, default=f"/specimens/{spec.id}")
-    return redirect(with_flash(target, "verified", n=1, what=verdict))
+    return redirect(with_flash(target, "verified", n=1, what=verdict, undo=id_ranges(batch.event_ids)))
 
 
 def _best_families(session: Session, ids: list[int]) -> dict[int, str | None]:
@@ -174,29 +188,35 @@ def verify_bulk(
     check_write(request, viewer, csrf)
     family = " ".join(bulk_family.split()) or None
     lab_list = settings.families_path
+    when = utcnow()  # one time for the whole batch
+    events: list[int] = []
     try:
         if status_ == "confirmed" and family is None:
             for sid, fam in _best_families(session, ids).items():
-                record_verifications(
+                batch = record_verification_batch(
                     session,
                     [sid],
                     "confirmed",
                     family=fam,
                     verified_by=_verifier(viewer),
+                    at=when,
                     families_file=lab_list,
                 )
+                events.extend(batch.event_ids)
             if not ids:
                 raise ReviewError(None, "no specimen selected", "tick at least one specimen")
         else:
-            record_verifications(
+            batch = record_verification_batch(
                 session,
                 ids,
                 status_,
                 family=family,
                 verified_by=_verifier(viewer),
+                at=when,
                 families_file=lab_list,
                 add_family=add_family,
             )
+            events.extend(batch.event_ids)
     except UnknownFamilyError as exc:
         session.rollback()
         fields = [("status", status_), ("next", next), *(("ids", str(i)) for i in dict.fromkeys(ids))]
@@ -216,7 +236,32 @@ def verify_bulk(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, exc.message) from None
     session.commit()
     target = safe_next(next, default="/review")
-    return redirect(with_flash(target, "verified", n=len(set(ids)), what=status_))
+    return redirect(with_flash(target, "verified", n=len(set(ids)), what=status_, undo=id_ranges(events)))
+
+
+@router.post("/review/undo")
+def undo_bulk(
+    request: Request,
+    session: SessionDep,
+    events: Annotated[str, Form(max_length=8000)] = "",
+    csrf: Annotated[str, Form(max_length=128)] = "",
+    next: Annotated[str, Form(max_length=4096)] = "",
+) -> Response:
+    """Withdraw the verdicts just recorded (the ``verify`` events in ``events``, the viewer's own):
+    each verification is retracted, so what counted before counts again."""
+    viewer = get_viewer(request)
+    check_write(request, viewer, csrf)
+    try:
+        event_ids = parse_id_ranges(events)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    try:
+        n = undo_verifications(session, event_ids, undone_by=_verifier(viewer))
+    except ReviewError as exc:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, exc.message) from None
+    session.commit()
+    return redirect(with_flash(safe_next(next, default="/review"), "undone", n=n))
 
 
 @router.get("/review/training.zip")

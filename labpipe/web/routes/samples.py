@@ -52,7 +52,10 @@ def samples_page(request: Request, viewer: ViewerDep, session: SessionDep) -> HT
 def sample_page(
     request: Request, sample_id: str, viewer: ViewerDep, session: SessionDep, settings: SettingsDep
 ) -> HTMLResponse:
-    """Metadata, family counts with a chart, expected counts with intervals, exports, plate layout."""
+    """Metadata, family counts with a chart, expected counts with intervals, exports, plate layout.
+
+    Families with no counted specimen (only an expected or corrected count) are left out unless
+    ``?zeros=1``; the page says how many were left out."""
     sample = records.get_sample(session, sample_id)
     if sample is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"sample {sample_id}: no such sample")
@@ -60,6 +63,8 @@ def sample_page(
     table = compute_counts(session, CountFilter(samples=(sample.id,)), threshold=threshold, corrected=True)
     counts = table[0].as_dict() if table else None
     n_images, images = sample_images(session, sample.id, limit=500)
+    show_zeros = request.query_params.get("zeros") == "1"
+    hidden_zeros = 0
     expected_rows = []
     colours: dict[str, str] = {}
     chart = None
@@ -71,16 +76,22 @@ def sample_page(
         rest = sorted(set(exp) - set(counts["families"]), key=lambda f: (-exp[f]["mean"], f.lower()))
         rest += [f for f in fixed if f not in counts["families"] and f not in exp]
         for fam in list(counts["families"]) + rest:
-            expected_rows.append(
-                {"family": fam, "n": counts["families"].get(fam, 0), "e": exp.get(fam), "c": fixed.get(fam)}
-            )
+            n = counts["families"].get(fam, 0)
+            if n or show_zeros:
+                expected_rows.append({"family": fam, "n": n, "e": exp.get(fam), "c": fixed.get(fam)})
+            else:
+                hidden_zeros += 1
         colours = family_colours(r["family"] for r in expected_rows)
-        chart = count_chart(counts["families"], exp, counts[REJECTED], colours)
+        counted = {f: n for f, n in counts["families"].items() if n or show_zeros}
+        drawn = exp if show_zeros else {f: e for f, e in exp.items() if f in counted}
+        chart = count_chart(counted, drawn, counts[REJECTED], colours)
     context = {
         "page": "samples",
         "sample": sample,
         "counts": counts,
         "expected_rows": expected_rows,
+        "show_zeros": show_zeros,
+        "hidden_zeros": hidden_zeros,
         "corrected": corrected,
         "other": OTHER,
         "chart": chart,

@@ -145,6 +145,44 @@
     refresh();
   }
 
+  // ---- dense gallery: tile size slider (remembered in this browser), view switch ----------------
+  function tileSize() {
+    var list = document.getElementById("gallery");
+    var slider = document.getElementById("tile-size");
+    var view = document.getElementById("view");
+    if (view && view.form) view.addEventListener("change", function () { view.form.submit(); });
+    if (!list || !slider) return;
+    var KEY = "labpipe.tile";
+    function apply(v, remember) {
+      list.style.setProperty("--tile", v + "px");
+      list.querySelectorAll("img[sizes]").forEach(function (img) { img.setAttribute("sizes", v + "px"); });
+      if (!remember) return;
+      try { window.localStorage.setItem(KEY, String(v)); } catch (e) { /* private mode: not remembered */ }
+      if (window.history && window.URL) {
+        var url = new URL(window.location.href);
+        url.searchParams.set("tile", String(v));
+        window.history.replaceState(null, "", url.toString());
+      }
+    }
+    slider.addEventListener("input", function () { apply(parseInt(slider.value, 10), true); });
+    var saved = null;
+    try { saved = window.localStorage.getItem(KEY); } catch (e) { saved = null; }
+    if (saved && !/[?&]tile=/.test(window.location.search)) {
+      var v = Math.max(parseInt(slider.min, 10), Math.min(parseInt(slider.max, 10), parseInt(saved, 10)));
+      if (!isNaN(v)) { slider.value = String(v); apply(v, false); }
+    }
+  }
+
+  // ---- undo after a verdict: "u" ----------------------------------------------------------------
+  function undoKey() {
+    var button = document.getElementById("undo");
+    if (!button) return;
+    document.addEventListener("keydown", function (e) {
+      if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
+      if (e.key === "u") { e.preventDefault(); button.click(); }
+    });
+  }
+
   // ---- one specimen: keyboard review ----------------------------------------------------------
   function specimen() {
     var form = document.getElementById("verify");
@@ -173,6 +211,8 @@
     liveRefresh();
     plateZoom();
     gallery();
+    tileSize();
+    undoKey();
     specimen();
   });
 })();
