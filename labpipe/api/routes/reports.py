@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from labpipe.api.deps import SessionDep, SettingsDep, require_read
 from labpipe.api.schemas import CountsOut, ErrorOut
-from labpipe.barcoding.bold import load_bold_specimens, write_bold_submission
+from labpipe.barcoding.bold import bold_submission_items, write_bold_submission
 from labpipe.queries.calls import CountFilter
 from labpipe.registry import find_model
 from labpipe.reports.counts import compute_counts, counts_to_csv, matrix_to_csv
@@ -119,8 +119,11 @@ def get_bold(
     ] = False,
     threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
 ) -> Response:
-    """BOLD submission: bold_specimens.xlsx, bold_images.xlsx and images/ (the crops), zipped."""
-    items = load_bold_specimens(
+    """BOLD submission: bold_specimens.xlsx, bold_images.xlsx and images/ (the crops), zipped.
+
+    Refused (400) when nothing of the selection is on a plate (without ``all``), with the words of
+    ``labpipe export bold``."""
+    items = bold_submission_items(
         session,
         pattern=settings.bold.sample_id_pattern,
         plates=tuple(plate or ()),
