@@ -154,8 +154,10 @@ def test_counts_and_exports_match_the_database(lab, local: TestClient) -> None:
     assert list(long.columns) == ["sample", "family", "count", "model_versions", "mixed_models"]
     matrix = pd.read_csv(io.StringIO(local.get("/api/exports/matrix.csv").text), index_col=0)
     assert matrix.loc["S1", "Curculionidae"] == 2 and matrix.loc["S2", "Apidae"] == 1
-    archive = zipfile.ZipFile(io.BytesIO(local.get("/api/exports/dwca.zip").content))
+    dwca = local.get("/api/exports/dwca.zip")
+    archive = zipfile.ZipFile(io.BytesIO(dwca.content))
     assert set(archive.namelist()) == {"meta.xml", "eml.xml", "event.txt", "occurrence.txt"}
+    assert "no rights holder" in dwca.headers["x-labpipe-warning"]  # [dwca] metadata unset in this lab
     unknown = local.get("/api/counts", params={"model": "nope"})
     assert unknown.status_code == 400 and "no registered model" in unknown.json()["detail"]
 

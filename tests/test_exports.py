@@ -94,6 +94,7 @@ def test_event_terms_come_from_the_sample() -> None:
         "habitat": "litter",
         "samplingProtocol": "sifting",
         "eventRemarks": "fraction: fine; wet",
+        "dynamicProperties": "",
     }
     assert event_record(Sample(id="S2"), DwcaConfig())["geodeticDatum"] == ""
 
@@ -193,6 +194,37 @@ def test_dwca_is_valid_and_matches_the_database_field_by_field(lab, tmp_path: Pa
     assert summary["occurrences"] == len(occurrences) and summary["events"] == 3
     assert summary["unassigned_specimens_left_out"] == 1
 
+    # Each event says how many of its specimens are in no occurrence, so sums are not taken for totals.
+    by_sample = {row["sample"]: row for row in count_families(session) if row["sample"] is not None}
+    for sample_id, row in by_sample.items():
+        event = events[f"urn:cysl:{sample_id}"]
+        numbers = json.loads(event["dynamicProperties"])
+        counted = sum(row["families"].values())
+        assert (
+            numbers["specimensCounted"]
+            == counted
+            == sum(int(o["individualCount"]) for o in occurrences if o["eventID"] == event["eventID"])
+        )
+        assert numbers["specimensRejected"] == row["rejected"]
+        assert numbers["specimensUnclassified"] == row["unclassified"]
+        assert numbers["specimensExcluded"] == row["excluded"]
+        assert numbers["specimensDetected"] == row["specimens"] + row["unclassified"] + row["excluded"]
+        assert numbers["classifierVersions"] == row["model_versions"]
+        assert f"{row['rejected']} rejected by the classifier (family not reported)" in event["eventRemarks"]
+    s1 = json.loads(events["urn:cysl:S1"]["dynamicProperties"])
+    assert (s1["specimensCounted"], s1["specimensRejected"], s1["specimensExcluded"]) == (5, 2, 1)
+    assert summary["rejected_specimens"] == sum(r["rejected"] for r in by_sample.values())
+    assert summary["model_versions"] == [MODEL]
+    # The model versions are stated in eml.xml, and unset metadata is warned about.
+    method = " ".join(p.text for p in eml.findall("dataset/methods/methodStep/description/para"))
+    assert f"Classifier version(s) behind the counts: {MODEL}." in method
+    assert f"{summary['rejected_specimens']} specimen(s) rejected by the classifier" in method
+    assert summary["warnings"] == [
+        "no rights holder: set [dwca] rights_holder (who holds the rights to these data)",
+        "no contact: set [dwca] contact_name and contact_email (who answers questions on the data)",
+    ]
+    assert "warning: no rights holder" in run.stderr and "warning: no contact" in run.stderr
+
     assert eml.tag == EML_NS + "eml" and eml.get("packageId")
     dataset = eml.find("dataset")
     assert dataset.find("title").text == DwcaConfig().title
@@ -210,6 +242,25 @@ def test_dwca_is_valid_and_matches_the_database_field_by_field(lab, tmp_path: Pa
     tags = [child.tag for child in dataset]
     assert tags.index("title") < tags.index("creator") < tags.index("pubDate") < tags.index("coverage")
     assert tags.index("coverage") < tags.index("contact") < tags.index("methods")
+
+
+def test_dwca_says_what_it_leaves_out_and_stops_warning_once_metadata_is_set(lab, tmp_path: Path) -> None:
+    settings, _ = lab
+    base = ["--data-dir", str(settings.storage.root), "export", "dwca"]
+    plain = CliRunner().invoke(cli, [*base, str(tmp_path / "a.zip")], env={"LABPIPE_DWCA_LICENSE": ""})
+    assert plain.exit_code == 0, plain.output
+    assert "warning: no licence: set [dwca] license" in plain.stderr
+    assert "not in any occurrence: 2 rejected, 0 not classified yet, 1 excluded" in plain.stdout
+    assert f"classifier version(s): {MODEL}" in plain.stdout
+    env = {
+        "LABPIPE_DWCA_RIGHTS_HOLDER": "Cyprus Soil Lab",
+        "LABPIPE_DWCA_CONTACT_EMAIL": "lab@example.org",
+    }
+    ready = CliRunner().invoke(cli, [*base, str(tmp_path / "b.zip")], env=env)
+    assert ready.exit_code == 0 and "warning" not in ready.stderr
+    _, eml, _ = _read_dwca(tmp_path / "b.zip")
+    paras = [p.text for p in eml.findall("dataset/intellectualRights/para")]
+    assert paras[-1] == "Rights holder: Cyprus Soil Lab."
 
 
 def test_dwca_at_a_threshold_and_for_one_site(lab, tmp_path: Path) -> None:

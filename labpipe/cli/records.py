@@ -334,19 +334,32 @@ def export() -> None:
 @click.pass_obj
 def export_dwca_command(obj: Any, out: Path, as_json: bool, **kw: Any) -> None:
     """Write a Darwin Core Archive (zip) to OUT: sample events, family occurrences with counts,
-    meta.xml and eml.xml (dataset metadata from [dwca] in the configuration)."""
+    meta.xml and eml.xml (dataset metadata from [dwca] in the configuration).
+
+    The archive names the classifier versions behind the counts, and each event says how many of
+    its specimens are in no occurrence (rejected by the classifier, not classified yet, excluded).
+    A warning names each of rights holder, licence and contact still unset in [dwca].
+    """
     from labpipe.reports.dwca import export_dwca
 
     with _session(obj) as session:
         flt = _count_filter(session, kw)
         result = export_dwca(session, out, obj.settings.dwca, flt, kw.get("threshold"))
+    for warning in result["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         _echo_json(result)
-    else:
-        click.echo(
-            f"wrote {out}: {result['events']} events, {result['occurrences']} occurrences, "
-            f"{result['individuals']} individuals"
-        )
+        return
+    click.echo(
+        f"wrote {out}: {result['events']} events, {result['occurrences']} occurrences, "
+        f"{result['individuals']} individuals"
+    )
+    click.echo(
+        f"not in any occurrence: {result['rejected_specimens']} rejected, "
+        f"{result['unclassified_specimens']} not classified yet, {result['excluded_specimens']} excluded "
+        "(per sample in each event's eventRemarks)"
+    )
+    click.echo(f"classifier version(s): {', '.join(result['model_versions']) or 'none'}")
 
 
 @export.command("csv")

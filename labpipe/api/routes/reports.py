@@ -94,16 +94,18 @@ _ZIP = {200: {"content": {"application/zip": {}}, "description": "A zip archive.
 
 @router.get("/exports/dwca.zip", response_class=Response, responses={**_ERRORS, **_ZIP})
 def get_dwca(session: SessionDep, settings: SettingsDep, q: Filters) -> Response:
-    """Darwin Core Archive for GBIF: sample events, family occurrences, meta.xml, eml.xml."""
+    """Darwin Core Archive for GBIF: sample events, family occurrences, meta.xml, eml.xml.
+
+    Dataset metadata still unset in ``[dwca]`` (rights holder, licence, contact) is named in the
+    ``X-Labpipe-Warning`` header, as ``labpipe export dwca`` warns."""
     with tempfile.TemporaryDirectory(prefix="labpipe-dwca-") as tmp:
         path = Path(tmp) / "dwca.zip"
-        export_dwca(session, path, settings.dwca, q.filter(session), q.threshold)
+        result = export_dwca(session, path, settings.dwca, q.filter(session), q.threshold)
         content = path.read_bytes()
-    return Response(
-        content,
-        media_type="application/zip",
-        headers={"Content-Disposition": 'attachment; filename="labpipe-dwca.zip"'},
-    )
+    headers = {"Content-Disposition": 'attachment; filename="labpipe-dwca.zip"'}
+    if result["warnings"]:
+        headers["X-Labpipe-Warning"] = "; ".join(result["warnings"])
+    return Response(content, media_type="application/zip", headers=headers)
 
 
 @router.get(
