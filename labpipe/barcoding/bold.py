@@ -390,16 +390,20 @@ def bold_submission_items(
         raise NothingToSubmitError(
             ", ".join(plates), "no specimen on these plates can be submitted", "they hold none left to submit"
         )
-    if all_specimens:
+    if all_specimens or not load_bold_specimens(
+        session, pattern=pattern, sample=sample, all_specimens=True, threshold=threshold
+    ):
         raise NothingToSubmitError(
-            f"sample {sample}", "has no specimens to submit to BOLD", "process its images first"
+            f"sample {sample}",
+            "has no specimens to submit to BOLD",
+            "process its images first, or check the sample id",
         )
     raise NothingToSubmitError(
         f"sample {sample}",
         "none of its specimens is on a 96-well plate, so there is nothing to submit to BOLD",
-        "lay them out first (labpipe plates layout, or 'Lay out on new plates' on the sample page), "
-        "or ask for every specimen of the sample, plated or not (--all, or 'every specimen' on the "
-        "sample page)",
+        "lay them out first with labpipe plates layout or the sample page's 'Lay out on new plates', "
+        "or ask for every specimen of the sample, plated or not: --all, or 'every specimen' on the "
+        "sample page",
     )
 
 
