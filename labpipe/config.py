@@ -272,6 +272,9 @@ class DwcaConfig:
     contact_email: str = ""
     license: str = "http://creativecommons.org/licenses/by/4.0/legalcode"
     """Licence URL of the dataset (GBIF accepts CC0, CC BY and CC BY-NC)."""
+    rights_holder: str = ""
+    """Who holds the rights to the data (eml.xml intellectualRights); ``labpipe export dwca`` warns
+    while it, the licence or a contact is unset."""
     language: str = "en"
     country_code: str = ""
     """ISO 3166-1 alpha-2 country code of every event (empty: left out)."""

@@ -79,6 +79,37 @@ def test_samples_images_and_specimens_are_listed_with_paging(local: TestClient) 
     assert {s["probability"] for s in confident["items"]} == {0.93, 0.9, 0.95}
 
 
+def test_a_query_parameter_an_endpoint_does_not_take_is_refused_not_ignored(local: TestClient) -> None:
+    # A misspelt filter used to return every specimen, as if it had matched them all.
+    everything = local.get("/api/specimens").json()["total"]
+    assert everything > 1
+    for url, params in (
+        ("/api/specimens", {"code": "S1-00001-001"}),
+        ("/api/samples", {"limit": 2, "sit": "Troodos"}),
+        ("/api/images", {"sample_id": "S1"}),
+        ("/api/counts", {"samples": "S1"}),
+        ("/api/plates", {"sampel": "S1"}),
+        ("/api/exports/counts.csv", {"expected": "true", "format": "matrix"}),
+        ("/api/health", {"verbose": "1"}),
+    ):
+        response = local.get(url, params=params)
+        assert response.status_code == 422, (url, response.text)
+        errors = response.json()["detail"]
+        wrong = [k for k in params if k not in ("limit", "expected")]
+        assert [e["loc"] for e in errors] == [["query", k] for k in sorted(wrong)], url
+        assert f"unknown query parameter {wrong[0]!r}" in errors[0]["msg"]
+    # The parameters each endpoint declares, paging and formats included, still work.
+    assert local.get("/api/specimens", params={"sample": "S1", "limit": 1, "offset": 1}).status_code == 200
+    assert local.get("/api/samples", params={"site": "Troodos", "limit": 2}).status_code == 200
+    assert local.get("/api/images", params={"sample": "S1", "status": "done"}).status_code == 200
+    assert local.get("/api/counts", params=[("sample", "S1"), ("sample", "S2")]).status_code == 200
+    assert local.get("/api/exports/bold.zip", params={"sample": "S1", "all": "true"}).status_code == 200
+    assert local.get("/api/exports/matrix.csv", params={"expected": "true"}).status_code == 200
+    # The message names what the endpoint does take.
+    detail = local.get("/api/specimens", params={"code": "x"}).json()["detail"][0]["msg"]
+    assert "family" in detail and "limit" in detail and "sample" in detail and "status" in detail
+
+
 def test_a_specimen_shows_every_classification_verification_and_its_crop(lab, local: TestClient) -> None:
     settings, factory, _ = lab
     with factory() as session:
@@ -123,8 +154,10 @@ def test_counts_and_exports_match_the_database(lab, local: TestClient) -> None:
     assert list(long.columns) == ["sample", "family", "count", "model_versions", "mixed_models"]
     matrix = pd.read_csv(io.StringIO(local.get("/api/exports/matrix.csv").text), index_col=0)
     assert matrix.loc["S1", "Curculionidae"] == 2 and matrix.loc["S2", "Apidae"] == 1
-    archive = zipfile.ZipFile(io.BytesIO(local.get("/api/exports/dwca.zip").content))
+    dwca = local.get("/api/exports/dwca.zip")
+    archive = zipfile.ZipFile(io.BytesIO(dwca.content))
     assert set(archive.namelist()) == {"meta.xml", "eml.xml", "event.txt", "occurrence.txt"}
+    assert "no rights holder" in dwca.headers["x-labpipe-warning"]  # [dwca] metadata unset in this lab
     unknown = local.get("/api/counts", params={"model": "nope"})
     assert unknown.status_code == 400 and "no registered model" in unknown.json()["detail"]
 

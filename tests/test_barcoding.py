@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labpipe.barcoding.agreement import agreement_summary, barcode_agreement, compare_families
+from labpipe.barcoding.code128 import WIDTHS, code128_modules, code128_svg, code128_values
 from labpipe.barcoding.ids import check_pattern, specimen_code, specimen_codes
 from labpipe.barcoding.import_results import import_barcodes, normalise_column, parse_bold_table
 from labpipe.barcoding.plates import (
@@ -24,6 +27,7 @@ from labpipe.barcoding.plates import (
     parse_well,
     picking_sheet_html,
     plate_manifest,
+    plate_sheet,
     plate_wells,
 )
 from labpipe.cli.main import cli
@@ -33,6 +37,10 @@ from labpipe.errors import ConfigError
 from labpipe.samples import NotFoundError
 
 PATTERN = BoldConfig().sample_id_pattern
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = Path(os.environ.get("LABPIPE_CHROMIUM", "/usr/bin/chromium"))
 
 # --- pure: wells and plates -----------------------------------------------------------------------
 
@@ -186,7 +194,7 @@ def test_manifest_lists_every_well_and_reads_back_with_pandas(lab) -> None:
         assert row["crop_path"] == specimen.crop_path and int(row["x"]) == specimen.x
         assert row["image_file"] == "s2-plate1.tif" and row["sample"] == "S2"
     assert list(specimens["family"]) == ["Formicidae", "Formicidae", "Apidae"]
-    page = picking_sheet_html(rows, settings.storage.crops_dir, 64, "Plate S2-P01")
+    page = picking_sheet_html(rows, settings.storage.crops_dir, 64)
     assert page.count("data:image/png;base64,") == 2 * 3  # grid + pick list, every specimen
     for code in specimens["sample_id"]:
         assert code in page
@@ -217,6 +225,132 @@ def test_cli_layout_writes_manifest_and_picking_sheet(lab, tmp_path: Path) -> No
         cli, [*base, "plates", "layout", "--sample", "S2", "--controls", "Z9", "--dry-run"]
     )
     assert bad.exit_code == 2 and "Z9" in bad.output
+
+
+# --- Code 128 plate labels ---------------------------------------------------------------------------
+
+
+def test_code128_matches_known_encodings() -> None:
+    # Start B, stop and the value-0 symbol as printed in every Code 128 table (ISO/IEC 15417, table 1)
+    assert code128_modules(" ")[:22] == "11010010000" + "11011001100"
+    assert code128_modules(" ").endswith("1100011101011")
+    # "A" (value 33), check symbol (104 + 33) mod 103 = 34, stop: bar by bar
+    assert code128_modules("A") == "1101001000010100011000100010110001100011101011"
+    # Wikipedia's worked check digit for "PJJ123C" (start A, 103: 878 mod 103 = 54) is one more with
+    # start B (104); and the common "abcdef" example in code set B gives 97.
+    assert code128_values("PJJ123C")[-2] == 55
+    assert code128_values("abcdef")[-2] == 97
+    # every symbol: three bars and three spaces, 11 modules (the stop symbol 13)
+    assert all(len(w) == 6 and sum(map(int, w)) == 11 for w in WIDTHS[:-1]) and len(WIDTHS) == 107
+    assert sum(map(int, WIDTHS[-1])) == 13 and len(set(WIDTHS)) == 107
+    with pytest.raises(ValueError, match="cannot encode"):
+        code128_values("S1-P01\u00e9")
+
+
+def test_code128_svg_draws_exactly_the_encoded_bars() -> None:
+    svg = code128_svg("S1-P01")
+    drawn = ["0"] * (len(code128_modules("S1-P01")) + 20)
+    for x, w in re.findall(r'<rect x="(\d+)" y="0" width="(\d+)"', svg):
+        drawn[int(x) : int(x) + int(w)] = ["1"] * int(w)
+    assert "".join(drawn).strip("0") == code128_modules("S1-P01").strip("0")
+    assert 'data-code128="S1-P01"' in svg and ">S1-P01</text>" in svg
+
+
+# --- rejected specimens: a stated choice ----------------------------------------------------------------
+
+
+def test_layout_says_how_many_rejected_specimens_it_left_out_or_included(lab, tmp_path: Path) -> None:
+    settings, _ = lab
+    base = ["--data-dir", str(settings.storage.root)]
+    help_text = CliRunner().invoke(cli, [*base, "plates", "layout", "--help"]).output
+    assert "--include-rejected / --leave-out-rejected" in help_text
+    assert "[default: leave-out-rejected]" in " ".join(help_text.split())
+    out = CliRunner().invoke(cli, [*base, "plates", "layout", "--sample", "S1", "--out", str(tmp_path / "p")])
+    assert out.exit_code == 0, out.output
+    # S1 has 2 rejected specimens (numbers 3 and 5): left out by default, and said so
+    assert "rejected specimens: 2 left out (lay them out too with --include-rejected)" in out.output
+    sheet = (tmp_path / "p" / "S1-P01.picking.html").read_text()
+    assert "Rejected specimens: none on this plate; 2 of sample S1 left out (on no plate)." in sheet
+    again = CliRunner().invoke(
+        cli,
+        [
+            *base,
+            "plates",
+            "layout",
+            "--sample",
+            "S1",
+            "--include-rejected",
+            "--out",
+            str(tmp_path / "p"),
+            "--json",
+        ],
+    )
+    result = json.loads(again.stdout)
+    assert (
+        result["include_rejected"] and result["rejected_included"] == 2 and result["rejected_left_out"] == 0
+    )
+    sheet2 = (tmp_path / "p" / "S1-P02.picking.html").read_text()
+    assert "Rejected specimens: 2 included on this plate; none of sample S1 left out." in sheet2
+    assert sheet2.count('<td class="rejected">') == 2
+
+
+# --- the printed picking sheet ---------------------------------------------------------------------------
+
+
+def test_picking_sheet_prints_on_a4_landscape_with_barcode_dish_map_and_one_title(lab) -> None:
+    """Printed by chromium (the PDF a technician gets from the browser's print dialog)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright Python package is not installed")
+    if not CHROMIUM.is_file():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"chromium not found at {CHROMIUM} (CI=true: the print test must run)")
+        pytest.skip(f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    settings, session = lab
+    layout_plates(session, "S1", pattern=PATTERN)
+    session.commit()
+    page_html = plate_sheet(session, ["S1-P01"], settings.storage.crops_dir)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"], headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1123, "height": 794})
+            page.set_content(page_html)
+            pdf = page.pdf(prefer_css_page_size=True, print_background=True)
+            page.emulate_media(media="print")
+            page.screenshot(path=str(SCREENSHOTS / "picking-sheet-print.png"), full_page=True)
+            found = page.evaluate(
+                """() => ({
+                    h1: [...document.querySelectorAll('h1')].map(h => h.textContent),
+                    barcode: document.querySelector('header svg.barcode').dataset.code128,
+                    barcodeWidth: document.querySelector('header svg.barcode').getBoundingClientRect().width,
+                    wells: [...document.querySelectorAll('.dish g.spec')].map(g => g.dataset.well),
+                    tags: [...document.querySelectorAll('.dish rect.tag')].map(r => {
+                        const b = r.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; }),
+                    note: document.querySelector('.rejected-note').textContent,
+                })"""
+            )
+        finally:
+            browser.close()
+    # A4 landscape (841.9 x 595.3 pt) from @page; header and grid, dish map, pick list: three pages
+    sizes = {
+        tuple(round(float(v)) for v in m) for m in re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", pdf)
+    }
+    assert sizes == {(842, 595)}
+    assert len(re.findall(rb"/Type /Page\b", pdf)) == 3
+    assert found["h1"] == ["Picking sheet · plate S1-P01"]  # once, not once per page or twice in a line
+    assert found["barcode"] == "S1-P01" and found["barcodeWidth"] > 100  # about 30 mm at 96 dpi
+    assert found["wells"] == ["A01", "B01", "C01", "D01", "E01"]
+    tags = found["tags"]
+    assert not any(  # well labels of neighbouring specimens never cover each other
+        a[0] < b[2] - 0.5 and b[0] < a[2] - 0.5 and a[1] < b[3] - 0.5 and b[1] < a[3] - 0.5
+        for i, a in enumerate(tags)
+        for b in tags[i + 1 :]
+    )
+    assert "2 of sample S1 left out" in found["note"]
 
 
 def _tsv(rows: list[dict[str, str]], header: list[str]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import html
 import io
 import json
 import xml.etree.ElementTree as ET
@@ -22,11 +23,18 @@ from records_fixtures import MODEL, build_lab, lab_settings, open_lab_db
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labpipe.barcoding.bold import IMAGE_SHEET, SPECIMEN_SHEETS, bold_rows, load_bold_specimens
+from labpipe.barcoding.bold import (
+    IMAGE_SHEET,
+    SPECIMEN_SHEETS,
+    NothingToSubmitError,
+    bold_rows,
+    bold_submission_items,
+    load_bold_specimens,
+)
 from labpipe.barcoding.ids import specimen_code
 from labpipe.barcoding.plates import layout_plates
 from labpipe.cli.main import cli
-from labpipe.config import BoldConfig, DwcaConfig
+from labpipe.config import BoldConfig, DwcaConfig, load_settings
 from labpipe.db.models import BarcodeLink, Image, Sample, Specimen
 from labpipe.reports.counts import SampleCounts, count_families
 from labpipe.reports.dwca import DWC, OCCURRENCE_TERMS, event_record, occurrence_records
@@ -86,6 +94,7 @@ def test_event_terms_come_from_the_sample() -> None:
         "habitat": "litter",
         "samplingProtocol": "sifting",
         "eventRemarks": "fraction: fine; wet",
+        "dynamicProperties": "",
     }
     assert event_record(Sample(id="S2"), DwcaConfig())["geodeticDatum"] == ""
 
@@ -185,6 +194,37 @@ def test_dwca_is_valid_and_matches_the_database_field_by_field(lab, tmp_path: Pa
     assert summary["occurrences"] == len(occurrences) and summary["events"] == 3
     assert summary["unassigned_specimens_left_out"] == 1
 
+    # Each event says how many of its specimens are in no occurrence, so sums are not taken for totals.
+    by_sample = {row["sample"]: row for row in count_families(session) if row["sample"] is not None}
+    for sample_id, row in by_sample.items():
+        event = events[f"urn:cysl:{sample_id}"]
+        numbers = json.loads(event["dynamicProperties"])
+        counted = sum(row["families"].values())
+        assert (
+            numbers["specimensCounted"]
+            == counted
+            == sum(int(o["individualCount"]) for o in occurrences if o["eventID"] == event["eventID"])
+        )
+        assert numbers["specimensRejected"] == row["rejected"]
+        assert numbers["specimensUnclassified"] == row["unclassified"]
+        assert numbers["specimensExcluded"] == row["excluded"]
+        assert numbers["specimensDetected"] == row["specimens"] + row["unclassified"] + row["excluded"]
+        assert numbers["classifierVersions"] == row["model_versions"]
+        assert f"{row['rejected']} rejected by the classifier (family not reported)" in event["eventRemarks"]
+    s1 = json.loads(events["urn:cysl:S1"]["dynamicProperties"])
+    assert (s1["specimensCounted"], s1["specimensRejected"], s1["specimensExcluded"]) == (5, 2, 1)
+    assert summary["rejected_specimens"] == sum(r["rejected"] for r in by_sample.values())
+    assert summary["model_versions"] == [MODEL]
+    # The model versions are stated in eml.xml, and unset metadata is warned about.
+    method = " ".join(p.text for p in eml.findall("dataset/methods/methodStep/description/para"))
+    assert f"Classifier version(s) behind the counts: {MODEL}." in method
+    assert f"{summary['rejected_specimens']} specimen(s) rejected by the classifier" in method
+    assert summary["warnings"] == [
+        "no rights holder: set [dwca] rights_holder (who holds the rights to these data)",
+        "no contact: set [dwca] contact_name and contact_email (who answers questions on the data)",
+    ]
+    assert "warning: no rights holder" in run.stderr and "warning: no contact" in run.stderr
+
     assert eml.tag == EML_NS + "eml" and eml.get("packageId")
     dataset = eml.find("dataset")
     assert dataset.find("title").text == DwcaConfig().title
@@ -202,6 +242,25 @@ def test_dwca_is_valid_and_matches_the_database_field_by_field(lab, tmp_path: Pa
     tags = [child.tag for child in dataset]
     assert tags.index("title") < tags.index("creator") < tags.index("pubDate") < tags.index("coverage")
     assert tags.index("coverage") < tags.index("contact") < tags.index("methods")
+
+
+def test_dwca_says_what_it_leaves_out_and_stops_warning_once_metadata_is_set(lab, tmp_path: Path) -> None:
+    settings, _ = lab
+    base = ["--data-dir", str(settings.storage.root), "export", "dwca"]
+    plain = CliRunner().invoke(cli, [*base, str(tmp_path / "a.zip")], env={"LABPIPE_DWCA_LICENSE": ""})
+    assert plain.exit_code == 0, plain.output
+    assert "warning: no licence: set [dwca] license" in plain.stderr
+    assert "not in any occurrence: 2 rejected, 0 not classified yet, 1 excluded" in plain.stdout
+    assert f"classifier version(s): {MODEL}" in plain.stdout
+    env = {
+        "LABPIPE_DWCA_RIGHTS_HOLDER": "Cyprus Soil Lab",
+        "LABPIPE_DWCA_CONTACT_EMAIL": "lab@example.org",
+    }
+    ready = CliRunner().invoke(cli, [*base, str(tmp_path / "b.zip")], env=env)
+    assert ready.exit_code == 0 and "warning" not in ready.stderr
+    _, eml, _ = _read_dwca(tmp_path / "b.zip")
+    paras = [p.text for p in eml.findall("dataset/intellectualRights/para")]
+    assert paras[-1] == "Rights holder: Cyprus Soil Lab."
 
 
 def test_dwca_at_a_threshold_and_for_one_site(lab, tmp_path: Path) -> None:
@@ -381,6 +440,81 @@ def test_bold_selection_needs_plates_or_a_sample(lab) -> None:
     assert load_bold_specimens(session, pattern=settings.bold.sample_id_pattern, sample="S2") == []
     rows = bold_rows(everything[2], BoldConfig(license_year=0), today=dt.date(2031, 1, 1))
     assert rows["Images"]["License Year"] == 2031 and rows["Images"]["Measurement"] == ""
+
+
+def _workbook_rows(path_or_bytes: Path | bytes) -> dict[str, list[tuple[object, ...]]]:
+    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
+    book = load_workbook(source, read_only=True)
+    return {ws.title: list(ws.iter_rows(values_only=True)) for ws in book.worksheets}
+
+
+def test_bold_export_follows_one_rule_in_the_cli_the_web_ui_and_the_api(lab, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from labpipe.web import create_web_app
+
+    lab_cfg, session = lab
+    # The CLI reads the lab's [bold] settings from a file; the web app gets the same settings.
+    config = tmp_path / "labpipe.toml"
+    config.write_text(
+        '[bold]\ninstitution = "Cyprus Soil Lab"\ncollection_code = "CSL-LIT"\ncountry = "Cyprus"\n'
+        'license_holder = "CSL"\nlicense_year = 2024\nphotographer = "P. Hotographer"\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(config, overrides={"storage.root": lab_cfg.storage.root}, environ={})
+    factory = open_lab_db(settings)
+    web = TestClient(
+        create_web_app(settings, session_factory=factory),
+        base_url="http://localhost",
+        client=("127.0.0.1", 5000),
+    )
+    base = ["--config", str(config), "--data-dir", str(settings.storage.root)]
+
+    # Nothing of S2 is on a plate: the CLI, the web UI's download and the API refuse, in the same words.
+    with pytest.raises(NothingToSubmitError) as refusal:
+        bold_submission_items(session, pattern=settings.bold.sample_id_pattern, sample="S2")
+    message = refusal.value.message
+    assert message.startswith("sample S2: none of its specimens is on a 96-well plate")
+    cli_run = CliRunner().invoke(cli, [*base, "export", "bold", str(tmp_path / "cli"), "--sample", "S2"])
+    assert cli_run.exit_code == 2 and cli_run.stderr.strip() == f"error: {message}"
+    assert not (tmp_path / "cli" / "bold_specimens.xlsx").exists()
+    page = web.get("/exports/bold.zip", params={"sample": "S2"}, headers={"Accept": "text/html"})
+    assert page.status_code == 400 and html.escape(message) in page.text  # a page, not JSON
+    api = web.get("/api/exports/bold.zip", params={"sample": "S2"})
+    assert api.status_code == 400 and api.json() == {"detail": message}
+
+    # Every specimen, plated or not, on request: the same workbook rows from each.
+    def same_rows(
+        extra_cli: list[str], params: dict[str, str], out: str
+    ) -> dict[str, list[tuple[object, ...]]]:
+        done = CliRunner().invoke(
+            cli, [*base, "export", "bold", str(tmp_path / out), "--sample", "S2", *extra_cli]
+        )
+        assert done.exit_code == 0, done.output
+        archive = zipfile.ZipFile(
+            io.BytesIO(web.get("/exports/bold.zip", params={"sample": "S2", **params}).content)
+        )
+        api_zip = zipfile.ZipFile(
+            io.BytesIO(web.get("/api/exports/bold.zip", params={"sample": "S2", **params}).content)
+        )
+        rows = {}
+        for name in ("bold_specimens.xlsx", "bold_images.xlsx"):
+            from_cli = _workbook_rows(tmp_path / out / name)
+            assert _workbook_rows(archive.read(name)) == from_cli == _workbook_rows(api_zip.read(name)), name
+            rows.update(from_cli)
+        return rows
+
+    everything = same_rows(["--all"], {"all": "true"}, "all")
+    assert len(everything["Lab Sheet"]) == 1 + 3
+
+    # Once S2 is plated, the default (plated specimens only) gives the same rows everywhere too.
+    layout_plates(session, "S2", pattern=settings.bold.sample_id_pattern)
+    session.commit()
+    plated = same_rows([], {}, "plated")
+    assert len(plated["Lab Sheet"]) == 1 + 3
+    assert all("plate S2-P01 well" in str(r[5]) for r in plated["Specimen Details"][1:])  # Notes
+    assert {r[4] for r in plated["Lab Sheet"][1:]} == {"Cyprus Soil Lab"}
+    factory.kw["bind"].dispose()
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from labpipe.classify.dataset import file_sha256, load_square, scan_family_folde
 from labpipe.classify.loader import load_classifier
 from labpipe.classify.metrics import confusion_matrix, per_class_prf, top_k_accuracy
 from labpipe.classify.trained import TrainedFamilyClassifier, labels_sha256, model_identity
-from labpipe.classify.training import balanced_sample, class_weights
+from labpipe.classify.training import balanced_sample, choose_calibration, class_weights
 from labpipe.cli.main import cli
 from labpipe.crops import pad_to_square, save_crop
 from labpipe.db.database import open_database
@@ -133,6 +133,25 @@ def test_tied_confidences_are_accepted_or_rejected_together() -> None:
 # Metrics
 
 
+def test_a_validation_split_too_small_for_a_threshold_is_cross_fitted_and_warned_about() -> None:
+    # The lab's run: 3 families, 6 validation images each, 6 of them wrong. On 18 images the 95 %
+    # target sits above the most confident error (it gave 0.994, rejecting 92 of 116 crops).
+    choice = choose_calibration("auto", 18, 6, True, pool_n=180)
+    assert choice.crossfit and choice.reason == "cross-fitted: validation held 18 images (< 50)"
+    assert choice.warning == (
+        "the validation split holds 18 images, fewer than 50: too few to set a threshold for 0.95 "
+        "accuracy of accepted predictions (one error there moves it to the most confident wrong "
+        "prediction); temperature and threshold were chosen by 5-fold cross-fitting on the 180 "
+        "train + validation images instead"
+    )
+    assert not choose_calibration("auto", 80, 9, True).crossfit  # large enough, errors enough
+    assert choose_calibration("auto", 80, 9, True).warning is None
+    forced = choose_calibration("validation", 18, 6, True)
+    assert not forced.crossfit and "expect many correct crops rejected" in (forced.warning or "")
+    finetuned = choose_calibration("auto", 18, 6, False)
+    assert not finetuned.crossfit and "cross-fitting is not available" in (finetuned.warning or "")
+
+
 def test_macro_accuracy_weighs_every_family_equally() -> None:
     scores = np.array([[0.9, 0.1, 0.0]] * 8 + [[0.6, 0.3, 0.1]] * 2)
     labels = np.array([0] * 8 + [1, 2])  # the big family is always right, the small ones never
@@ -216,7 +235,13 @@ def trained(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     args += ["--views", "1", "--epochs", "8", "--name", "tiny", "--json"]
     result = CliRunner().invoke(cli, args, env=THREADS_ENV)
     assert result.exit_code == 0, result.output
-    return {"out": out, "base": base, "args": args, "summary": json.loads(result.stdout)}
+    return {
+        "out": out,
+        "base": base,
+        "args": args,
+        "summary": json.loads(result.stdout),
+        "stderr": result.stderr,
+    }
 
 
 def test_training_writes_a_self_describing_model_directory(trained: dict) -> None:
@@ -285,6 +310,29 @@ def test_a_specimen_unlike_every_trained_family_is_rejected_as_out_of_distributi
     assert far.rejected and "from every family" in (far.reason or "")
     assert codes[10:].count("out_of_distribution") <= 1  # unseen ground beetles are in distribution
     assert all(r.family for r in results)  # the best family is still named, for review
+
+
+def test_tiny_training_warns_and_its_threshold_keeps_most_held_out_crops(
+    trained: dict, shared_data: Path
+) -> None:
+    # 12 images per family: 1 validation image each. The command says so, and cross-fits.
+    summary = trained["summary"]
+    assert summary["temperature_fit"]["crossfit"]
+    assert summary["warnings"] == [summary["temperature_fit"]["warning"]]
+    assert summary["warnings"][0].startswith("the validation split holds 2 images, fewer than 50")
+    assert "warning: the validation split holds 2 images" in trained["stderr"]
+    # Crops of the same families the model never saw (the folders' last 20, training took the first 12)
+    clf = load_classifier(str(trained["out"]), threads=1)
+    held_out = [
+        load_square(p)
+        for folder in ("carabidae-crops", "ants-bees/ants")
+        for p in sorted((shared_data / folder).iterdir())[-20:]
+    ]
+    results = clf.classify(held_out)
+    below_threshold = sum(r.probability is not None and r.probability < clf.threshold for r in results)
+    assert clf.threshold < 0.99
+    assert below_threshold <= len(held_out) // 4, (clf.threshold, below_threshold)
+    assert sum(r.rejected for r in results) < len(held_out) // 2  # not "92 of 116 rejected"
 
 
 def test_a_second_training_run_reads_every_feature_from_the_cache(trained: dict) -> None:

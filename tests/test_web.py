@@ -821,7 +821,10 @@ def test_exports_download_as_attachments_and_match_the_counts(lab, local: TestCl
     )
     dwca = zipfile.ZipFile(io.BytesIO(local.get("/exports/dwca.zip", params={"sample": "S1"}).content))
     assert "occurrence.txt" in dwca.namelist()
-    bold = zipfile.ZipFile(io.BytesIO(local.get("/exports/bold.zip", params={"sample": "S2"}).content))
+    # nothing of S2 is plated: its BOLD submission is refused unless every specimen is asked for
+    assert local.get("/exports/bold.zip", params={"sample": "S2"}).status_code == 400
+    everything = local.get("/exports/bold.zip", params={"sample": "S2", "all": "true"}).content
+    bold = zipfile.ZipFile(io.BytesIO(everything))
     assert "bold_specimens.xlsx" in bold.namelist()
     assert local.get("/exports/bold.zip").status_code == 400
     assert local.get("/exports/other.txt").status_code == 404
@@ -836,6 +839,21 @@ def test_a_sample_is_laid_out_on_plates_from_its_page(lab, local: TestClient) ->
     manifest = local.get("/plates/S2-P01/manifest.csv")
     assert manifest.status_code == 200 and "attachment" in manifest.headers["content-disposition"]
     assert "<html" in local.get("/plates/S2-P01/sheet").text.lower()
+
+
+def test_the_layout_form_states_the_rejected_choice_and_the_sheet_reports_it(lab, local: TestClient) -> None:
+    csrf = _login(local)
+    page = local.get("/samples/S1").text
+    choice = page[page.index('id="rejected-choice"') :]
+    choice = choice[: choice.index("</fieldset>")]
+    assert 'value="false" checked> leave out (default)' in choice and 'value="true"> include' in choice
+    assert 'name="all" value="true"> every specimen, plated or not' in page  # the BOLD export's choice
+    local.post("/plates/layout", data={"csrf": csrf, "sample": "S1", "include_rejected": "false"})
+    sheet = local.get("/plates/S1-P01/sheet").text
+    assert "Rejected specimens: none on this plate; 2 of sample S1 left out (on no plate)." in sheet
+    local.post("/plates/layout", data={"csrf": csrf, "sample": "S1", "include_rejected": "true"})
+    sheet = local.get("/plates/S1-P02/sheet").text
+    assert "Rejected specimens: 2 included on this plate; none of sample S1 left out." in sheet
 
 
 # --- retry --------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ app).
 
 Errors are JSON ``{"detail": "..."}`` naming the object, what was wrong and what to do: 400 for
 bad input (labpipe errors, values the database refuses), 401/403 for access (see
-:mod:`labpipe.api.deps`), 404 for unknown ids, 422 for request validation and for a family name the
-lab does not know (then with ``family`` and ``suggestions``, the closest known names).
+:mod:`labpipe.api.deps`), 404 for unknown ids, 422 for request validation (a query parameter the
+endpoint does not take included: :func:`~labpipe.api.deps.reject_unknown_query`) and for a family
+name the lab does not know (then with ``family`` and ``suggestions``, the closest known names).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from labpipe.api import routes
-from labpipe.api.deps import READ_ACCESS, SessionDep
+from labpipe.api.deps import READ_ACCESS, SessionDep, reject_unknown_query
 from labpipe.api.guard import FailureLimiter, allowed_host_names, host_allowed
 from labpipe.api.schemas import HealthOut
 from labpipe.config import Settings
@@ -124,7 +125,18 @@ def create_app(
     app.add_exception_handler(LabpipeError, _labpipe_error)
     app.add_exception_handler(sa_exc.DataError, _data_error)
 
-    @app.get(f"{API_PREFIX}/health", response_model=HealthOut, tags=["service"])
+    strict = [Depends(reject_unknown_query)]
+    unknown_query: dict[int | str, dict[str, Any]] = {
+        422: {"description": "Validation error, or a query parameter the endpoint does not take."}
+    }
+
+    @app.get(
+        f"{API_PREFIX}/health",
+        response_model=HealthOut,
+        tags=["service"],
+        dependencies=strict,
+        responses=unknown_query,
+    )
     def health(session: SessionDep) -> dict[str, Any]:
         """Liveness: the API answers and the database is reachable (no token needed)."""
         revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -138,7 +150,7 @@ def create_app(
         routes.reports,
         routes.barcoding,
     ):
-        app.include_router(module.router, prefix=API_PREFIX)
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=strict, responses=unknown_query)
     for router in extra_routers:
         app.include_router(router)
     return app

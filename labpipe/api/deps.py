@@ -2,6 +2,8 @@
 
 Access rules (``[api]`` in the configuration):
 
+- a query parameter the endpoint does not take is refused (422, :func:`reject_unknown_query`), so
+  a misspelt filter (``/api/specimens?code=...``) never silently returns everything;
 - every write (POST) needs ``Authorization: Bearer <[api] token>``; with no token configured the API
   refuses all writes (403);
 - reads follow ``read_access``: ``localhost`` (default) lets clients on this machine read without
@@ -14,10 +16,13 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from labpipe.config import Settings
@@ -27,9 +32,11 @@ __all__ = [
     "SessionDep",
     "SettingsDep",
     "bearer",
+    "declared_query_names",
     "get_session",
     "get_settings",
     "is_local_client",
+    "reject_unknown_query",
     "require_read",
     "require_write",
 ]
@@ -131,3 +138,51 @@ def require_write(
             "this write needs the API token (Authorization: Bearer <token>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def declared_query_names(route: APIRoute) -> frozenset[str]:
+    """The query parameter names ``route`` takes: its own and those of its dependencies (by alias;
+    the fields of a parameter model count one by one)."""
+    cached: frozenset[str] | None = getattr(route, "_labpipe_query_names", None)
+    if cached is not None:
+        return cached
+    names: set[str] = set()
+    todo = [route.dependant]
+    while todo:
+        dependant = todo.pop()
+        for param in dependant.query_params:
+            annotation: Any = param.field_info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                names.update(f.alias or n for n, f in annotation.model_fields.items())
+            else:
+                names.add(param.alias)
+        todo.extend(dependant.dependencies)
+    found = frozenset(names)
+    route._labpipe_query_names = found  # type: ignore[attr-defined]
+    return found
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Refuse (422, in FastAPI's validation error form) a query parameter the matched endpoint does
+    not declare: FastAPI would ignore it, and a filter nobody applied reads as an empty result or as
+    everything. Paging (``limit``, ``offset``) and format parameters are declared where they apply,
+    so they pass."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = declared_query_names(route)
+    unknown = sorted({k for k in request.query_params if k not in known})
+    if not unknown:
+        return
+    takes = ", ".join(sorted(known)) or "no query parameters"
+    raise RequestValidationError(
+        [
+            {
+                "type": "extra_forbidden",
+                "loc": ("query", name),
+                "msg": f"unknown query parameter {name!r}: this endpoint takes {takes}",
+                "input": request.query_params.get(name),
+            }
+            for name in unknown
+        ]
+    )

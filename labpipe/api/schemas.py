@@ -425,7 +425,11 @@ class LayoutRequest(BaseModel):
 
     sample: str = Field(min_length=1, max_length=64)
     family: str | None = Field(default=None, max_length=128)
-    include_rejected: bool = False
+    include_rejected: bool = Field(
+        default=False,
+        description="Also lay out specimens the classifier rejected; default: leave them out "
+        "(the answer's rejected_left_out counts them).",
+    )
     order: Literal["column", "row"] | None = None
     controls: str | None = Field(default=None, max_length=200, description="e.g. 'G12,H12'; '' for none.")
     prefix: str | None = Field(default=None, max_length=61)
@@ -446,6 +450,10 @@ class LayoutOut(BaseModel):
     wells: list[WellOut]
     already_on_plates: list[AlreadyPlacedOut]
     dry_run: bool
+    include_rejected: bool
+    rejected_included: int
+    rejected_left_out: int
+    """Rejected specimens of the sample not laid out (``include_rejected`` false) and on no plate."""
 
 
 class UnknownOut(BaseModel):

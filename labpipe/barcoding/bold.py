@@ -15,6 +15,12 @@ configuration. Header names and their order follow BOLD's templates (first row o
 the column lists are module constants, so a template change is a one-line edit.
 
 The mapping from one specimen to one row per sheet is the pure function :func:`bold_rows`.
+
+Which specimens go into a submission, and when there is nothing to submit, is decided by one
+function, :func:`bold_submission_items`, which ``labpipe export bold``, ``/api/exports/bold.zip`` and
+the web UI's BOLD download all call: specimens on the named plates, or the sample's specimens that
+are on a plate (with ``all_specimens``: every specimen of the sample). When that selection is empty
+it refuses with :class:`NothingToSubmitError`, the same words everywhere.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ __all__ = [
     "SPECIMEN_DETAILS",
     "TAXONOMY",
     "BoldSpecimen",
+    "NothingToSubmitError",
     "bold_rows",
+    "bold_submission_items",
     "load_bold_specimens",
     "write_bold_submission",
 ]
@@ -346,6 +354,57 @@ def load_bold_specimens(
         )
     out.sort(key=lambda b: (b.plate or "\uffff", b.well or "", b.sample_id))
     return out
+
+
+class NothingToSubmitError(LabpipeError):
+    """A BOLD submission was asked for, but the selection holds no specimen (nothing is plated)."""
+
+
+def bold_submission_items(
+    session: Session,
+    *,
+    pattern: str,
+    plates: Sequence[str] = (),
+    sample: str | None = None,
+    all_specimens: bool = False,
+    threshold: float | None = None,
+) -> list[BoldSpecimen]:
+    """The specimens of a BOLD submission, or a refusal: the one rule every caller follows.
+
+    Parameters are those of :func:`load_bold_specimens`. Raises :class:`NothingToSubmitError` when
+    the selection is empty (a sample none of whose specimens is on a plate, without
+    ``all_specimens``; a sample with no specimens at all), :class:`NotFoundError` for an unknown
+    plate, and :class:`LabpipeError` when neither plates nor a sample is named.
+    """
+    items = load_bold_specimens(
+        session,
+        pattern=pattern,
+        plates=plates,
+        sample=sample,
+        all_specimens=all_specimens,
+        threshold=threshold,
+    )
+    if items:
+        return items
+    if plates:
+        raise NothingToSubmitError(
+            ", ".join(plates), "no specimen on these plates can be submitted", "they hold none left to submit"
+        )
+    if all_specimens or not load_bold_specimens(
+        session, pattern=pattern, sample=sample, all_specimens=True, threshold=threshold
+    ):
+        raise NothingToSubmitError(
+            f"sample {sample}",
+            "has no specimens to submit to BOLD",
+            "process its images first, or check the sample id",
+        )
+    raise NothingToSubmitError(
+        f"sample {sample}",
+        "none of its specimens is on a 96-well plate, so there is nothing to submit to BOLD",
+        "lay them out first with labpipe plates layout or the sample page's 'Lay out on new plates', "
+        "or ask for every specimen of the sample, plated or not: --all, or 'every specimen' on the "
+        "sample page",
+    )
 
 
 def _write_sheet(ws: Any, columns: list[str], rows: list[dict[str, Any]]) -> None:

@@ -19,8 +19,11 @@ Steps, each recorded in the model directory:
    validation, each scoring the fold it did not see (out-of-fold logits);
 5. temperature scaling (Guo et al. 2017) and the rejection threshold chosen for the target accuracy
    of accepted predictions (:func:`~labpipe.classify.calibration.select_threshold`), on the
-   validation split or, when it holds fewer than ``min_val_errors`` errors (a small split of easy
-   families often holds none, and the temperature then stays at 1), on the out-of-fold logits;
+   validation split or, when it is too small to set them (fewer than ``min_val_images`` images: a
+   target of 95 % accepted accuracy cannot be told from 100 % on a dozen images, and one unlucky
+   error there pushes the threshold to 0.99), or holds fewer than ``min_val_errors`` errors (a small
+   split of easy families often holds none, and the temperature then stays at 1), on the out-of-fold
+   logits; :func:`choose_calibration` decides and words the warning the command prints;
 6. the out-of-distribution rule (:mod:`labpipe.classify.rejection`), by default the distance to the
    k-th nearest training crop on L2-normalised backbone features (Sun et al. 2022), fitted on train
    + validation (all views); ``k`` is chosen by leave-one-family-out (each family in turn plays the
@@ -94,9 +97,11 @@ from labpipe.classify.trained import (
 from labpipe.errors import ConfigError
 
 __all__ = [
+    "CalibrationChoice",
     "TrainOptions",
     "TrainResult",
     "balanced_sample",
+    "choose_calibration",
     "class_weights",
     "train_classifier",
     "train_head",
@@ -143,8 +148,10 @@ class TrainOptions:
     calibration: str = "auto"
     """``validation`` (temperature and threshold on the validation split), ``crossfit`` (on
     out-of-fold logits of train + validation) or ``auto``: cross-fitted when validation holds
-    fewer than ``min_val_errors`` errors."""
+    fewer than ``min_val_images`` images or fewer than ``min_val_errors`` errors."""
     min_val_errors: int = 5
+    min_val_images: int = 50
+    """Fewest validation images a threshold is set on (``auto``); fewer: cross-fitted, with a warning."""
     crossfit_folds: int = 5
     threads: int = 0
     """Torch CPU threads (0: torch's setting)."""
@@ -164,8 +171,10 @@ class TrainOptions:
             raise ValueError("ood_rule 'outlier_exposure' needs outlier folders (--outliers)")
         if self.calibration not in ("auto", "validation", "crossfit"):
             raise ValueError(f"calibration must be auto, validation or crossfit; given {self.calibration!r}")
-        if self.knn_k < 0 or self.crossfit_folds < 2 or self.min_val_errors < 0:
-            raise ValueError("need knn_k >= 0, crossfit_folds >= 2 and min_val_errors >= 0")
+        if self.knn_k < 0 or self.crossfit_folds < 2 or self.min_val_errors < 0 or self.min_val_images < 0:
+            raise ValueError(
+                "need knn_k >= 0, crossfit_folds >= 2, min_val_errors >= 0 and min_val_images >= 0"
+            )
         if not self.name or "@" in self.name or "/" in self.name:
             raise ValueError(f"name must be non-empty without '@' or '/', given name {self.name!r}")
 
@@ -174,6 +183,78 @@ class TrainOptions:
         out["fractions"] = list(self.fractions)
         out["outliers"] = list(self.outliers)
         return out
+
+
+@dataclass(frozen=True)
+class CalibrationChoice:
+    """Where temperature and threshold are fitted (:func:`choose_calibration`), and why."""
+
+    crossfit: bool
+    """On out-of-fold logits of train + validation (else on the validation split)."""
+    reason: str
+    warning: str | None = None
+    """For the person training: the validation split is too small to trust, and what was done."""
+
+
+def choose_calibration(
+    calibration: str,
+    val_n: int,
+    val_errors: int,
+    crossfit_available: bool,
+    *,
+    min_val_images: int = 50,
+    min_val_errors: int = 5,
+    target: float = 0.95,
+    pool_n: int = 0,
+    folds: int = 5,
+) -> CalibrationChoice:
+    """Fit temperature and threshold on validation or cross-fitted (pure).
+
+    ``auto`` cross-fits when validation holds fewer than ``min_val_images`` images (too few to set a
+    threshold for ``target``) or fewer than ``min_val_errors`` errors (too few to fit a temperature).
+    A tiny validation split is warned about whatever is chosen; cross-fitting needs out-of-fold
+    logits (not available with fine-tuning, or with fewer than ``2 * folds`` images).
+
+    >>> choose_calibration("auto", 18, 6, True, pool_n=180).crossfit
+    True
+    >>> choose_calibration("auto", 80, 9, True).crossfit
+    False
+    """
+    small = val_n < min_val_images
+    few_errors = val_errors < min_val_errors
+    size = (
+        f"the validation split holds {val_n} images, fewer than {min_val_images}: too few to set a "
+        f"threshold for {target:g} accuracy of accepted predictions (one error there moves it to "
+        "the most confident wrong prediction)"
+    )
+    wanted = calibration == "crossfit" or (calibration == "auto" and (small or few_errors))
+    if wanted and crossfit_available:
+        why = (
+            "asked for"
+            if calibration == "crossfit"
+            else (
+                f"validation held {val_n} images (< {min_val_images})"
+                if small
+                else f"validation held {val_errors} errors (< {min_val_errors})"
+            )
+        )
+        warning = (
+            f"{size}; temperature and threshold were chosen by {folds}-fold cross-fitting on the "
+            f"{pool_n} train + validation images instead"
+            if small
+            else None
+        )
+        return CalibrationChoice(True, f"cross-fitted: {why}", warning)
+    if small:
+        if calibration == "validation":
+            how = "set on it anyway (--calibration validation): expect many correct crops rejected"
+        else:
+            how = (
+                "cross-fitting is not available (fine-tuning, or fewer than "
+                f"{2 * folds} images): the threshold is unreliable; add images or use a lower --target"
+            )
+        return CalibrationChoice(False, "validation split", f"{size}; {how}")
+    return CalibrationChoice(False, "validation split")
 
 
 @dataclass
@@ -599,21 +680,29 @@ def train_classifier(
 
         # 5. Calibration and threshold: on validation, or cross-fitted when validation has few errors.
         val_errors = int((val_logits.argmax(axis=1) != y["val"]).sum()) if len(y["val"]) else 0
-        crossfit = oof_logits is not None and (
-            options.calibration == "crossfit"
-            or (options.calibration == "auto" and val_errors < options.min_val_errors)
+        calibration = choose_calibration(
+            options.calibration,
+            len(y["val"]),
+            val_errors,
+            oof_logits is not None,
+            min_val_images=options.min_val_images,
+            min_val_errors=options.min_val_errors,
+            target=options.target,
+            pool_n=len(pool_y),
+            folds=options.crossfit_folds,
         )
+        crossfit = calibration.crossfit
         cal_logits, cal_y = (oof_logits, pool_y) if crossfit else (val_logits, y["val"])
         temperature = fit_temperature(cal_logits, cal_y)
         temperature_fit = {
             "method": (
                 f"temperature scaling (Guo et al. 2017), NLL on out-of-fold logits of train + validation "
-                f"({options.crossfit_folds} folds): validation held {val_errors} errors "
-                f"(< {options.min_val_errors})"
+                f"({options.crossfit_folds} folds): {calibration.reason}"
                 if crossfit
                 else "temperature scaling, NLL on validation (Guo et al. 2017)"
             ),
             "crossfit": crossfit,
+            "warning": calibration.warning,
             "n": len(cal_y),
             "errors": int((cal_logits.argmax(axis=1) != cal_y).sum()) if len(cal_y) else 0,
             "val_n": len(y["val"]),

@@ -146,7 +146,15 @@ def train() -> None:
     default="auto",
     show_default=True,
     help="Temperature and threshold on validation, cross-fitted on train + validation, or auto "
-    "(cross-fitted when validation holds fewer than 5 errors).",
+    "(cross-fitted when validation holds fewer than --min-val-images images or fewer than 5 errors).",
+)
+@click.option(
+    "--min-val-images",
+    type=int,
+    default=50,
+    show_default=True,
+    help="Fewest validation images a threshold is set on; a smaller split is warned about and, with "
+    "--calibration auto, cross-fitted.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Split and augmentation seed.")
 @feature_options
@@ -173,6 +181,7 @@ def train_classifier_command(
     knn_k: int,
     outliers: tuple[Path, ...],
     calibration: str,
+    min_val_images: int,
     seed: int,
     cache_dir: Path | None,
     no_cache: bool,
@@ -189,12 +198,12 @@ def train_classifier_command(
     cached so a second run is fast; --finetune then trains the whole network. Probabilities are
     calibrated by temperature scaling, and the rejection threshold is the lowest one whose accepted
     predictions are at least --target correct, both on validation or, when validation holds few
-    errors, on cross-fitted (out-of-fold) logits of train + validation. Specimens whose backbone
-    features lie far from every family (--ood-rule; default: distance to the k-th nearest training
-    crop, k chosen by leave-one-family-out; the threshold keeps --ood-keep of out-of-fold
-    in-distribution crops, no out-of-distribution images needed) are rejected as out of
-    distribution. The test split is evaluated into metrics.json, confusion.csv/png and
-    risk_coverage.png in --out.
+    errors or fewer than --min-val-images images (warned about), on cross-fitted (out-of-fold)
+    logits of train + validation. Specimens whose backbone features lie far from every family
+    (--ood-rule; default: distance to the k-th nearest training crop, k chosen by
+    leave-one-family-out; the threshold keeps --ood-keep of out-of-fold in-distribution crops, no
+    out-of-distribution images needed) are rejected as out of distribution. The test split is
+    evaluated into metrics.json, confusion.csv/png and risk_coverage.png in --out.
     """
     from labpipe.classify.augment import AugmentSpec
     from labpipe.classify.training import TrainOptions, train_classifier
@@ -217,6 +226,7 @@ def train_classifier_command(
             knn_k=knn_k,
             outliers=tuple(str(p) for p in outliers),
             calibration=calibration,
+            min_val_images=min_val_images,
             finetune=finetune,
             finetune_epochs=finetune_epochs,
             threads=settings.classifier.threads if threads is None else threads,
@@ -232,6 +242,8 @@ def train_classifier_command(
         _fail(exc)
         return
     summary = _train_summary(result)
+    for warning in summary["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if register:
         from labpipe.db.database import open_database
         from labpipe.registry import add_model
@@ -344,6 +356,7 @@ def _train_summary(result: Any) -> dict[str, Any]:
         "feature_cache": config["training"]["feature_cache"],
         "temperature": round(config["temperature"], 4),
         "temperature_fit": config.get("temperature_fit"),
+        "warnings": [w for w in [(config.get("temperature_fit") or {}).get("warning")] if w],
         "threshold": config["threshold_selection"],
         "ood": config.get("ood"),
         "test": metrics,

@@ -334,19 +334,32 @@ def export() -> None:
 @click.pass_obj
 def export_dwca_command(obj: Any, out: Path, as_json: bool, **kw: Any) -> None:
     """Write a Darwin Core Archive (zip) to OUT: sample events, family occurrences with counts,
-    meta.xml and eml.xml (dataset metadata from [dwca] in the configuration)."""
+    meta.xml and eml.xml (dataset metadata from [dwca] in the configuration).
+
+    The archive names the classifier versions behind the counts, and each event says how many of
+    its specimens are in no occurrence (rejected by the classifier, not classified yet, excluded).
+    A warning names each of rights holder, licence and contact still unset in [dwca].
+    """
     from labpipe.reports.dwca import export_dwca
 
     with _session(obj) as session:
         flt = _count_filter(session, kw)
         result = export_dwca(session, out, obj.settings.dwca, flt, kw.get("threshold"))
+    for warning in result["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         _echo_json(result)
-    else:
-        click.echo(
-            f"wrote {out}: {result['events']} events, {result['occurrences']} occurrences, "
-            f"{result['individuals']} individuals"
-        )
+        return
+    click.echo(
+        f"wrote {out}: {result['events']} events, {result['occurrences']} occurrences, "
+        f"{result['individuals']} individuals"
+    )
+    click.echo(
+        f"not in any occurrence: {result['rejected_specimens']} rejected, "
+        f"{result['unclassified_specimens']} not classified yet, {result['excluded_specimens']} excluded "
+        "(per sample in each event's eventRemarks)"
+    )
+    click.echo(f"classifier version(s): {', '.join(result['model_versions']) or 'none'}")
 
 
 @export.command("csv")
@@ -395,13 +408,15 @@ def export_bold(
     """Write a BOLD submission into OUT_DIR: bold_specimens.xlsx (Lab Sheet, Taxonomy, Specimen
     Details, Collection Data), bold_images.xlsx and images/ with each specimen's crop.
 
-    Institution, licence, identifier and photographer come from [bold] in the configuration.
+    Without --all only specimens laid out on plates are submitted; a sample with none on a plate is
+    refused (exit status 2), as in the web UI and the API. Institution, licence, identifier and
+    photographer come from [bold] in the configuration.
     """
-    from labpipe.barcoding.bold import load_bold_specimens, write_bold_submission
+    from labpipe.barcoding.bold import bold_submission_items, write_bold_submission
 
     settings = obj.settings
     with _session(obj) as session:
-        items = load_bold_specimens(
+        items = bold_submission_items(
             session,
             pattern=settings.bold.sample_id_pattern,
             plates=plate_names,
@@ -430,7 +445,7 @@ def plates() -> None:
 
 
 def _write_plate_files(obj: Any, session: Session, plate_names: list[str], out_dir: Path) -> list[str]:
-    from labpipe.barcoding.plates import manifest_csv, picking_sheet_html, plate_manifest
+    from labpipe.barcoding.plates import manifest_csv, plate_manifest, plate_sheet
 
     cfg = obj.settings.plates
     written = []
@@ -440,10 +455,15 @@ def _write_plate_files(obj: Any, session: Session, plate_names: list[str], out_d
         csv_path = out_dir / f"{plate}.manifest.csv"
         html_path = out_dir / f"{plate}.picking.html"
         csv_path.write_text(manifest_csv(rows), encoding="utf-8")
-        html_path.write_text(
-            picking_sheet_html(rows, obj.settings.storage.crops_dir, cfg.thumbnail_px, f"Plate {plate}"),
-            encoding="utf-8",
+        sheet = plate_sheet(
+            session,
+            [plate],
+            obj.settings.storage.crops_dir,
+            controls=cfg.controls,
+            order=cfg.order,
+            thumbnail_px=cfg.thumbnail_px,
         )
+        html_path.write_text(sheet, encoding="utf-8")
         written += [str(csv_path), str(html_path)]
     return written
 
@@ -451,7 +471,13 @@ def _write_plate_files(obj: Any, session: Session, plate_names: list[str], out_d
 @plates.command("layout")
 @click.option("--sample", "sample_id", required=True, help="The sample whose specimens are laid out.")
 @click.option("--family", help="Only specimens counted as this family.")
-@click.option("--include-rejected", is_flag=True, help="Also specimens the classifier rejected.")
+@click.option(
+    "--include-rejected/--leave-out-rejected",
+    default=False,
+    show_default=True,
+    help="Specimens the classifier rejected (unsure, or no family it knows): lay them out too, or leave "
+    "them out; the report and the picking sheet say how many were included or left out.",
+)
 @click.option("--order", type=click.Choice(["column", "row"]), help="Fill order (default: [plates] order).")
 @click.option("--controls", help="Control wells left empty, e.g. 'G12,H12' ('' for none; default: config).")
 @click.option("--prefix", help="Plate name prefix (default: [plates] prefix, else '<sample>-P').")
@@ -485,7 +511,8 @@ def plates_layout(
     (HTML with each well's crop thumbnail and Sample ID; print it or save it as PDF).
 
     The wells are recorded, so BOLD results link back by Sample ID; specimens already on a plate
-    are not laid out again.
+    are not laid out again. Rejected specimens are left out unless --include-rejected; either way
+    the report and the picking sheet say how many.
     """
     from labpipe.barcoding.plates import layout_plates
 
@@ -519,6 +546,7 @@ def plates_layout(
     for plate in result.plates:
         n = sum(1 for r in result.placed if r.plate == plate)
         click.echo(f"  {plate}: {n} wells")
+    click.echo(f"  {result.rejected_text()}")
     if result.already_on_plates:
         click.echo(f"  {len(result.already_on_plates)} specimens were already on plates (left as they are)")
     for path in written:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labpipe.db.models import Image, Model, Sample, Specimen, Verification
+from labpipe.db.models import BarcodeLink, Image, Model, Sample, Specimen, Verification
 
 __all__ = [
     "existing_specimen_ids",
@@ -20,6 +20,7 @@ __all__ = [
     "get_model",
     "get_sample",
     "get_specimen",
+    "plated_specimen_ids",
     "specimen_crop_path",
     "verifications_of",
 ]
@@ -62,6 +63,24 @@ def existing_specimen_ids(session: Session, ids: Iterable[int]) -> set[int]:
     if not wanted:
         return set()
     return set(session.scalars(select(Specimen.id).where(Specimen.id.in_(wanted))))
+
+
+def plated_specimen_ids(session: Session, ids: Iterable[int]) -> set[int]:
+    """Those of ``ids`` that are in a well of some 96-well plate."""
+    wanted = list(dict.fromkeys(int(i) for i in ids))
+    out: set[int] = set()
+    for start in range(0, len(wanted), 900):  # below SQLite's bound-parameter limit
+        chunk = wanted[start : start + 900]
+        out.update(
+            i
+            for i in session.scalars(
+                select(BarcodeLink.specimen_id).where(
+                    BarcodeLink.specimen_id.in_(chunk), BarcodeLink.plate.is_not(None)
+                )
+            )
+            if i is not None
+        )
+    return out
 
 
 def specimen_crop_path(session: Session, specimen_id: int) -> str | None:

@@ -6,7 +6,11 @@ The archive (a zip) holds:
     The core (``http://rs.tdwg.org/dwc/terms/Event``): one row per sample; ``eventID`` is the sample
     id (with ``[dwca] id_prefix``), with date, coordinates (WGS84), locality (site), habitat,
     sampling protocol (method) and remarks (fraction, notes). Samples with no accepted specimen are
-    events too: the sample was examined.
+    events too: the sample was examined. Each event also says what its occurrences leave out, so a
+    reader summing ``individualCount`` knows it is not every specimen imaged: ``eventRemarks`` in words
+    and ``dynamicProperties`` as JSON give the specimens detected, counted, rejected by the
+    classifier (no family reported), not classified yet and excluded as not a specimen, and the
+    classifier version(s) that counted them.
 ``occurrence.txt``
     An extension (``http://rs.tdwg.org/dwc/terms/Occurrence``) linked by ``eventID``: one row per
     sample x family with an accepted count (see :mod:`labpipe.reports.counts`), ``occurrenceID``
@@ -19,8 +23,10 @@ The archive (a zip) holds:
 ``meta.xml``
     The archive descriptor (DwC text guidelines): tab-separated UTF-8, one header line.
 ``eml.xml``
-    Dataset metadata in GBIF's EML profile (EML 2.1.1): title, creator, publisher, licence,
-    geographic and temporal coverage, contact and a method description; from ``[dwca]``.
+    Dataset metadata in GBIF's EML profile (EML 2.1.1): title, creator, publisher, licence and rights
+    holder, geographic and temporal coverage, contact and a method description naming every
+    classifier version behind the counts and the specimens left out of the occurrences; from
+    ``[dwca]``. :func:`metadata_warnings` names what is unset (rights holder, licence, contact).
 
 Images whose sample is unknown are left out (an event needs a sample) and counted in the result.
 The term mapping is the pure functions :func:`event_record` and :func:`occurrence_records`.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import uuid
 import xml.etree.ElementTree as ET
 import zipfile
@@ -54,6 +61,7 @@ __all__ = [
     "event_record",
     "export_dwca",
     "meta_xml",
+    "metadata_warnings",
     "occurrence_records",
     "write_dwca",
 ]
@@ -72,6 +80,7 @@ EVENT_TERMS = [
     "habitat",
     "samplingProtocol",
     "eventRemarks",
+    "dynamicProperties",
 ]
 OCCURRENCE_TERMS = [
     "occurrenceID",
@@ -103,17 +112,50 @@ def _event_id(sample_id: str, cfg: DwcaConfig) -> str:
     return f"{cfg.id_prefix}{sample_id}"
 
 
-def event_record(sample: Sample, cfg: DwcaConfig) -> dict[str, Any]:
-    """The Event core row of one sample (term -> value; empty string where unknown).
+def _left_out(counts: SampleCounts) -> tuple[str, dict[str, Any]]:
+    """What the event's occurrences hold and leave out, in words and as JSON-ready numbers."""
+    counted = sum(counts.families.values())
+    detected = counts.specimens + counts.unclassified + counts.excluded
+    models = ", ".join(counts.model_versions) or "none"
+    words = (
+        f"{detected} specimen(s) detected: {counted} counted in this event's occurrences, "
+        f"{counts.rejected} rejected by the classifier (family not reported), "
+        f"{counts.unclassified} not classified yet, {counts.excluded} excluded as not a specimen; "
+        f"classifier version(s): {models}"
+    )
+    if counts.multiple:
+        words += f"; {counts.multiple} box(es) held several specimens (counts are lower bounds)"
+    numbers = {
+        "specimensDetected": detected,
+        "specimensCounted": counted,
+        "specimensRejected": counts.rejected,
+        "specimensUnclassified": counts.unclassified,
+        "specimensExcluded": counts.excluded,
+        "boxesWithSeveralSpecimens": counts.multiple,
+        "classifierVersions": list(counts.model_versions),
+    }
+    return words, numbers
+
+
+def event_record(sample: Sample, cfg: DwcaConfig, counts: SampleCounts | None = None) -> dict[str, Any]:
+    """The Event core row of one sample (term -> value; empty string where unknown); with ``counts``,
+    the remarks and dynamic properties say how many specimens its occurrences leave out.
 
     >>> from labpipe.config import DwcaConfig
     >>> event_record(Sample(id="S1", site="Troodos", latitude=34.9, longitude=32.8), DwcaConfig())["locality"]
     'Troodos'
+    >>> c = SampleCounts("S1", specimens=5, rejected=2, unclassified=1, families={"Carabidae": 3})
+    >>> event_record(Sample(id="S1"), DwcaConfig(), c)["eventRemarks"][:80]
+    "6 specimen(s) detected: 3 counted in this event's occurrences, 2 rejected by the"
     """
     has_coordinates = sample.latitude is not None and sample.longitude is not None
-    remarks = "; ".join(
-        t for t in ((f"fraction: {sample.fraction}" if sample.fraction else ""), sample.notes or "") if t
-    )
+    parts = [f"fraction: {sample.fraction}" if sample.fraction else "", sample.notes or ""]
+    dynamic = ""
+    if counts is not None:
+        words, numbers = _left_out(counts)
+        parts.append(words)
+        dynamic = json.dumps(numbers, separators=(",", ":"))
+    remarks = "; ".join(t for t in parts if t)
     return {
         "eventID": _event_id(sample.id, cfg),
         "eventDate": sample.collection_date.isoformat() if sample.collection_date else "",
@@ -125,6 +167,7 @@ def event_record(sample: Sample, cfg: DwcaConfig) -> dict[str, Any]:
         "habitat": sample.habitat or "",
         "samplingProtocol": sample.method or "",
         "eventRemarks": remarks,
+        "dynamicProperties": dynamic,
     }
 
 
@@ -229,8 +272,36 @@ def _party(parent: ET.Element, tag: str, name: str, email: str) -> None:
         ET.SubElement(party, "electronicMailAddress").text = email
 
 
-def eml_xml(cfg: DwcaConfig, samples: Sequence[Sample], today: dt.date | None = None) -> str:
-    """Dataset metadata (GBIF EML profile) covering ``samples``' places and dates."""
+def metadata_warnings(cfg: DwcaConfig) -> list[str]:
+    """What a publisher must set before the archive goes to GBIF, one sentence each (empty: ready).
+
+    >>> metadata_warnings(DwcaConfig(rights_holder="Lab", contact_email="a@b.org"))
+    []
+    >>> metadata_warnings(DwcaConfig(license=""))[1]
+    'no licence: set [dwca] license (GBIF accepts CC0, CC BY and CC BY-NC)'
+    """
+    out = []
+    if not cfg.rights_holder.strip():
+        out.append("no rights holder: set [dwca] rights_holder (who holds the rights to these data)")
+    if not cfg.license.strip():
+        out.append("no licence: set [dwca] license (GBIF accepts CC0, CC BY and CC BY-NC)")
+    if not (cfg.contact_email.strip() or cfg.contact_name.strip()):
+        out.append(
+            "no contact: set [dwca] contact_name and contact_email (who answers questions on the data)"
+        )
+    return out
+
+
+def eml_xml(
+    cfg: DwcaConfig,
+    samples: Sequence[Sample],
+    today: dt.date | None = None,
+    model_versions: Sequence[str] = (),
+    left_out: dict[str, int] | None = None,
+) -> str:
+    """Dataset metadata (GBIF EML profile) covering ``samples``' places and dates, naming the
+    classifier ``model_versions`` behind the counts and the specimens ``left_out`` of the
+    occurrences (``rejected``, ``unclassified``, ``excluded``: totals over the events)."""
     today = today or dt.date.today()
     ET.register_namespace("eml", _EML_NS)
     ET.register_namespace("xsi", "http://www.w3.org/2001/XMLSchema-instance")
@@ -264,6 +335,8 @@ def eml_xml(cfg: DwcaConfig, samples: Sequence[Sample], today: dt.date | None = 
     link = ET.SubElement(para, "ulink", {"url": cfg.license})
     ET.SubElement(link, "citetitle").text = cfg.license
     link.tail = "."
+    if cfg.rights_holder.strip():
+        ET.SubElement(rights, "para").text = f"Rights holder: {cfg.rights_holder.strip()}."
     coverage = ET.SubElement(dataset, "coverage")
     lats = [s.latitude for s in samples if s.latitude is not None and s.longitude is not None]
     lons = [s.longitude for s in samples if s.latitude is not None and s.longitude is not None]
@@ -307,6 +380,14 @@ def eml_xml(cfg: DwcaConfig, samples: Sequence[Sample], today: dt.date | None = 
         "probabilities. A specimen counts for a family when accepted at the stated threshold or "
         "verified by a person; rejected specimens are not reported as occurrences."
     )
+    versions = ", ".join(model_versions) or "none (every family was verified by a person)"
+    ET.SubElement(step, "para").text = f"Classifier version(s) behind the counts: {versions}."
+    if left_out is not None:
+        ET.SubElement(step, "para").text = (
+            f"Not in any occurrence: {left_out.get('rejected', 0)} specimen(s) rejected by the classifier, "
+            f"{left_out.get('unclassified', 0)} not classified yet and {left_out.get('excluded', 0)} "
+            "excluded as not a specimen; each event's eventRemarks and dynamicProperties give its own."
+        )
     sampling = ET.SubElement(methods, "sampling")
     ET.SubElement(sampling, "studyExtent").append(_description("Bulk samples listed as events."))
     ET.SubElement(sampling, "samplingDescription").append(_para("See each event's samplingProtocol."))
@@ -355,20 +436,31 @@ def write_dwca(
     occurrences: list[dict[str, Any]] = []
     used: list[Sample] = []
     unassigned = 0
+    versions: set[str] = set()
+    per_sample: dict[str, dict[str, Any]] = {}
     for entry in counts:
         if entry.sample is None:
             unassigned += entry.specimens
             continue
         sample = samples.get(entry.sample) or Sample(id=entry.sample)
         used.append(sample)
-        events.append(event_record(sample, cfg))
+        events.append(event_record(sample, cfg, entry))
         occurrences += occurrence_records(entry, cfg, threshold, recorded_by=sample.collector)
+        versions.update(entry.model_versions)
+        per_sample[entry.sample] = {
+            "counted": sum(entry.families.values()),
+            "rejected": entry.rejected,
+            "unclassified": entry.unclassified,
+            "excluded": entry.excluded,
+            "model_versions": list(entry.model_versions),
+        }
+    left_out = {k: sum(v[k] for v in per_sample.values()) for k in ("rejected", "unclassified", "excluded")}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("meta.xml", meta_xml())
-        archive.writestr("eml.xml", eml_xml(cfg, used, today))
+        archive.writestr("eml.xml", eml_xml(cfg, used, today, sorted(versions), left_out))
         archive.writestr(EVENT_FILE, _tsv(events, EVENT_TERMS))
         archive.writestr(OCCURRENCE_FILE, _tsv(occurrences, OCCURRENCE_TERMS))
     tmp.replace(path)
@@ -378,6 +470,10 @@ def write_dwca(
         "occurrences": len(occurrences),
         "individuals": sum(int(o["individualCount"]) for o in occurrences),
         "unassigned_specimens_left_out": unassigned,
+        "model_versions": sorted(versions),
+        **{f"{k}_specimens": v for k, v in left_out.items()},
+        "per_sample": per_sample,
+        "warnings": metadata_warnings(cfg),
     }
 
 

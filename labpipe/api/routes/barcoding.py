@@ -24,8 +24,8 @@ from labpipe.barcoding.plates import (
     layout_plates,
     list_plates,
     manifest_csv,
-    picking_sheet_html,
     plate_manifest,
+    plate_sheet,
 )
 
 __all__ = ["router"]
@@ -89,10 +89,18 @@ def get_plate_manifest(plate: PlateName, session: SessionDep, settings: Settings
     responses={**_ERRORS, 200: {"content": {"text/html": {}}, "description": "Printable picking sheet."}},
 )
 def get_plate_sheet(plate: PlateName, session: SessionDep, settings: SettingsDep) -> Response:
-    """The printable picking sheet: each well with its crop thumbnail and Sample ID."""
+    """The printable picking sheet (A4 landscape): the plate's barcode, each well with its crop
+    thumbnail and Sample ID, a dish map of where each specimen lies, the pick list, and how many
+    rejected specimens are on the plate or were left out."""
     cfg = settings.plates
-    rows = plate_manifest(session, [plate], controls=cfg.controls, order=cfg.order)
-    page = picking_sheet_html(rows, settings.storage.crops_dir, cfg.thumbnail_px, f"Plate {plate}")
+    page = plate_sheet(
+        session,
+        [plate],
+        settings.storage.crops_dir,
+        controls=cfg.controls,
+        order=cfg.order,
+        thumbnail_px=cfg.thumbnail_px,
+    )
     return Response(page, media_type="text/html")
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from labpipe.api.deps import SessionDep, SettingsDep, require_read
 from labpipe.api.schemas import CountsOut, ErrorOut
-from labpipe.barcoding.bold import load_bold_specimens, write_bold_submission
+from labpipe.barcoding.bold import bold_submission_items, write_bold_submission
 from labpipe.queries.calls import CountFilter
 from labpipe.registry import find_model
 from labpipe.reports.counts import compute_counts, counts_to_csv, matrix_to_csv
@@ -94,16 +94,18 @@ _ZIP = {200: {"content": {"application/zip": {}}, "description": "A zip archive.
 
 @router.get("/exports/dwca.zip", response_class=Response, responses={**_ERRORS, **_ZIP})
 def get_dwca(session: SessionDep, settings: SettingsDep, q: Filters) -> Response:
-    """Darwin Core Archive for GBIF: sample events, family occurrences, meta.xml, eml.xml."""
+    """Darwin Core Archive for GBIF: sample events, family occurrences, meta.xml, eml.xml.
+
+    Dataset metadata still unset in ``[dwca]`` (rights holder, licence, contact) is named in the
+    ``X-Labpipe-Warning`` header, as ``labpipe export dwca`` warns."""
     with tempfile.TemporaryDirectory(prefix="labpipe-dwca-") as tmp:
         path = Path(tmp) / "dwca.zip"
-        export_dwca(session, path, settings.dwca, q.filter(session), q.threshold)
+        result = export_dwca(session, path, settings.dwca, q.filter(session), q.threshold)
         content = path.read_bytes()
-    return Response(
-        content,
-        media_type="application/zip",
-        headers={"Content-Disposition": 'attachment; filename="labpipe-dwca.zip"'},
-    )
+    headers = {"Content-Disposition": 'attachment; filename="labpipe-dwca.zip"'}
+    if result["warnings"]:
+        headers["X-Labpipe-Warning"] = "; ".join(result["warnings"])
+    return Response(content, media_type="application/zip", headers=headers)
 
 
 @router.get(
@@ -119,8 +121,11 @@ def get_bold(
     ] = False,
     threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
 ) -> Response:
-    """BOLD submission: bold_specimens.xlsx, bold_images.xlsx and images/ (the crops), zipped."""
-    items = load_bold_specimens(
+    """BOLD submission: bold_specimens.xlsx, bold_images.xlsx and images/ (the crops), zipped.
+
+    Refused (400) when nothing of the selection is on a plate (without ``all``), with the words of
+    ``labpipe export bold``."""
+    items = bold_submission_items(
         session,
         pattern=settings.bold.sample_id_pattern,
         plates=tuple(plate or ()),

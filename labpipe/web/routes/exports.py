@@ -11,8 +11,10 @@ from fastapi.responses import Response
 from labpipe.api.deps import SessionDep, SettingsDep
 from labpipe.api.routes import reports as api_reports
 from labpipe.crops.store import safe_component
+from labpipe.errors import LabpipeError
 from labpipe.queries.calls import CountFilter
 from labpipe.reports.counts import compute_counts, counts_to_csv, matrix_to_csv
+from labpipe.samples import NotFoundError
 from labpipe.web.routes.common import ViewerDep, download
 
 __all__ = ["router"]
@@ -38,10 +40,14 @@ def export(
     sample: Annotated[list[str] | None, Query()] = None,
     threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     expected: bool = False,
-    all_specimens: Annotated[bool, Query(alias="all")] = True,
+    all_specimens: Annotated[bool, Query(alias="all")] = False,
 ) -> Response:
     """Downloads: ``counts.csv`` (long), ``matrix.csv`` (community matrix), ``dwca.zip`` (Darwin
-    Core Archive), ``bold.zip`` (BOLD submission) for the given samples (all without)."""
+    Core Archive), ``bold.zip`` (BOLD submission) for the given samples (all without).
+
+    ``bold.zip`` follows ``labpipe export bold``: the sample's plated specimens, every specimen with
+    ``all=true``, and the same refusal when none is plated (one rule:
+    :func:`labpipe.barcoding.bold.bold_submission_items`)."""
     samples = [s[:64] for s in (sample or [])]
     flt = CountFilter(samples=tuple(samples))
     if kind == "counts.csv":
@@ -61,9 +67,19 @@ def export(
             raise HTTPException(
                 status.HTTP_400_BAD_REQUEST, "a BOLD export is made per sample: give ?sample="
             )
-        response = api_reports.get_bold(
-            session, settings, plate=None, sample=samples[0], all_specimens=all_specimens, threshold=threshold
-        )
+        try:
+            response = api_reports.get_bold(
+                session,
+                settings,
+                plate=None,
+                sample=samples[0],
+                all_specimens=all_specimens,
+                threshold=threshold,
+            )
+        except LabpipeError as exc:  # an HTML page for the person who clicked, not JSON
+            missing = isinstance(exc, NotFoundError)
+            code = status.HTTP_404_NOT_FOUND if missing else status.HTTP_400_BAD_REQUEST
+            raise HTTPException(code, exc.message) from None
         return download(response.body, _export_name(samples, "bold.zip"), "application/zip")
     raise HTTPException(
         status.HTTP_404_NOT_FOUND, f"{kind}: no such export (counts.csv, matrix.csv, dwca.zip, bold.zip)"

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, Response
 
 from labpipe.api.deps import SessionDep, SettingsDep
-from labpipe.barcoding.plates import layout_plates, manifest_csv, picking_sheet_html, plate_manifest
+from labpipe.barcoding import plates as barcoding_plates
+from labpipe.barcoding.plates import layout_plates, manifest_csv, plate_manifest
 from labpipe.crops.store import safe_component
 from labpipe.errors import LabpipeError
 from labpipe.web.auth import check_write, get_viewer
@@ -62,7 +63,13 @@ def plate_manifest_csv(plate: str, viewer: ViewerDep, session: SessionDep, setti
 @router.get("/plates/{plate}/sheet", response_class=HTMLResponse)
 def plate_sheet(plate: str, viewer: ViewerDep, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     cfg = settings.plates
-    rows = plate_manifest(session, [plate[:64]], controls=cfg.controls, order=cfg.order)
     return HTMLResponse(
-        picking_sheet_html(rows, settings.storage.crops_dir, cfg.thumbnail_px, f"Plate {plate}")
+        barcoding_plates.plate_sheet(
+            session,
+            [plate[:64]],
+            settings.storage.crops_dir,
+            controls=cfg.controls,
+            order=cfg.order,
+            thumbnail_px=cfg.thumbnail_px,
+        )
     )
