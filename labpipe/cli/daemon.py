@@ -71,12 +71,18 @@ def serve(obj: Any, workers: int | None, with_api: bool, host: str | None, port:
     settings everything stays on this machine: SQLite and an embedded broker file in the data
     folder, no Redis. Stop with Ctrl-C or SIGTERM: work in progress finishes or returns to the queue.
     With no [api] token set, one is generated on first start and kept in <data-dir>/state/api-token.
+    One serve per data folder (a second one refuses to start); its processes die with it.
     """
-    from labpipe.daemon.service import Supervisor
+    from labpipe.daemon.service import ServeLock, Supervisor
     from workers.app import describe
 
     obj.overrides.update({"api.host": host, "api.port": port})  # the children get them as LABPIPE_API_*
     settings = obj.settings
+    lock = ServeLock(settings.storage.root)
+    try:
+        lock.acquire()  # held until this process ends, however it ends
+    except LabpipeError as exc:
+        _fail(exc)
     _dispose(_open_db(settings))  # create or check the schema once, before the children start
     settings.storage.inbox_dir.mkdir(parents=True, exist_ok=True)
     count = workers or settings.queue.serve_workers
@@ -90,7 +96,11 @@ def serve(obj: Any, workers: int | None, with_api: bool, host: str | None, port:
         from labpipe.api_token import ensure_api_token, login_message
 
         click.echo(login_message(settings, ensure_api_token(settings)), err=True)
-    sys.exit(Supervisor(settings, workers=count, api=with_api).run())
+    try:
+        code = Supervisor(settings, workers=count, api=with_api).run()
+    finally:
+        lock.release()
+    sys.exit(code)
 
 
 @click.command()
