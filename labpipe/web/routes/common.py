@@ -50,6 +50,7 @@ MAX_PAGE = 1_000_000
 FLASH = {
     "verified": "Recorded: {n} specimen(s) {what}.",
     "retry": "The file is back in the inbox; the daemon will process it again.",
+    "requeued": "The plate is queued again: the next free worker takes it over.",
     "layout": "Laid out {n} specimen(s) on new plates.",
     "login": "Logged in: your reviews are recorded as {who}.",
     "logout": "Logged out.",
