@@ -11,7 +11,14 @@ import datetime as dt
 import hashlib
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -364,3 +371,128 @@ def test_the_dashboard_shows_stuck_plates_with_a_retry_button_that_queues_them(l
     forced = client.post(f"/images/{held}/retry", data={"csrf": csrf, "force": "true"})
     assert forced.status_code == 303 and _image(factory, held).status == ImageStatus.QUEUED.value
     assert "queued again" in client.get("/?ok=requeued").text
+
+
+# -- real daemons, killed ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive_in_group(pgid: int) -> set[int]:
+    """Processes of process group ``pgid`` that are still running (zombies count as dead)."""
+    alive = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.add(int(stat.parent.name))
+    return alive
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer: it listens
+    except OSError:
+        return False
+
+
+def _wait(what: str, ready: Callable[[], bool], timeout: float, daemon: Daemon) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{daemon.log_tail()}")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_second_serve_refuses_to_start_and_the_children_die_with_a_killed_serve(
+    request: pytest.FixtureRequest,
+) -> None:
+    port = _free_port()
+    daemon: Daemon = request.getfixturevalue("embedded")(**{"api.port": port, "api.token": "t0ken"})
+    first = daemon.start("serve")
+    _wait("the API of the first serve", lambda: _answers(port), 90, daemon)
+    _wait("watcher, worker and API", lambda: len(_alive_in_group(first.pid)) >= 4, 60, daemon)
+
+    second = subprocess.run(
+        [sys.executable, "-m", "labpipe.cli.main", "serve"],
+        env=daemon.env(),
+        cwd=daemon.root.parent,
+        capture_output=True,
+        timeout=60,
+    )
+    assert second.returncode != 0
+    message = second.stderr.decode()
+    assert f"another labpipe serve (pid {first.pid}) is already running on this data folder" in message
+    assert str(daemon.root) in message
+
+    children = _alive_in_group(first.pid) - {first.pid}
+    os.kill(first.pid, signal.SIGKILL)  # only the supervisor, not its process group
+    first.wait(timeout=30)
+    daemon.processes.pop("serve")
+    _wait("the children to die with their parent", lambda: not _alive_in_group(first.pid), 15, daemon)
+    assert children  # watcher, worker (and its pool process) and API were running
+
+    again = daemon.start("serve", "serve-again")  # starts cleanly: the lock and the port are free
+    _wait("the API of the new serve", lambda: _answers(port), 90, daemon)
+    assert again.poll() is None
+    assert "address already in use" not in (daemon.logs / "serve-again.log").read_text().lower()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["embedded", "distributed"])
+def test_a_plate_interrupted_by_sigkill_of_the_whole_daemon_is_done_once_soon_after_restart(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.tif"
+    write_plate(SLOW, big)
+    daemon: Daemon = request.getfixturevalue(kind)(
+        **{
+            "queue.lease_seconds": 6,
+            "queue.stuck_after": 1800,  # the default: only the lease can bring the plate back soon
+            "queue.visibility_timeout": 3600,
+            "queue.classify_batch": 4,
+        }
+    )
+
+    def start() -> None:
+        if kind == "embedded":
+            daemon.start("serve", "serve", "--no-api")
+        else:
+            daemon.start("watch")
+            daemon.start("worker")
+
+    start()
+    drop(big, daemon.inbox / "S1" / "big.tif")
+    daemon.wait_for(
+        "the worker to start on the plate",
+        lambda images: bool(images) and images[0].status == ImageStatus.PROCESSING.value,
+        timeout=120,
+    )
+    time.sleep(1.0)
+    for name in list(daemon.processes):
+        daemon.kill(name)  # SIGKILL to every process of the daemon at once
+    (image,) = daemon.images()
+    assert image.status == ImageStatus.PROCESSING.value, "the plate finished before the kill"
+
+    restarted = time.monotonic()
+    start()
+    (image,) = daemon.wait_finished(1, timeout=90)
+    recovery = time.monotonic() - restarted
+    images = assert_processed_exactly_once(daemon)
+    plate = images["S1/big.tif"]
+    assert plate.status == ImageStatus.DONE.value and plate.n_specimens >= 12
+    assert not list((daemon.root / "crops").glob(".stage-*"))  # removed at takeover, or consumed
+    logs = "".join(p.read_text() for p in daemon.logs.glob("*.log"))
+    assert "lease expired: handing the image to another worker" in logs
+    print(f"\n{kind}: plate done {recovery:.1f} s after the restart that followed SIGKILL of the daemon")
