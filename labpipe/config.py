@@ -153,7 +153,11 @@ class QueueConfig:
     """A ``queued`` image is sent again after this many seconds when the broker holds fewer tasks than
     there are queued images (a broker restart lost them)."""
     stuck_after: int = 1800
-    """A ``processing`` image without progress for this many seconds is taken over by another worker."""
+    """A ``processing`` image without progress for this many seconds is taken over by another worker,
+    even while its worker still renews its lease (a hung worker, or its classify tasks were lost)."""
+    lease_seconds: int = 30
+    """A worker holds each image it works on for this many seconds, renewed by a heartbeat every third
+    of it; an image whose lease has expired (its worker died) is handed to another worker at once."""
     sweep_interval: int = 30
     """Seconds between two sweeps (re-sending lost work, finishing interrupted moves)."""
     serve_workers: int = 1

@@ -1,6 +1,7 @@
-"""What the daemon is doing, from the database: images per state, work in progress, the last
-failures with their reasons, and throughput over the last hour. ``labpipe status`` adds the
-broker's queue depth (which needs the broker, so it is not queried here).
+"""What the daemon is doing, from the database: images per state, work in progress, stuck plates
+(processing, but no live worker moves them on), the last failures with their reasons, and
+throughput over the last hour. ``labpipe status`` adds the broker's queue depth (which needs the
+broker, so it is not queried here).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from labpipe.db.models import Image, ImageStatus, utcnow
+from labpipe.ingest.recovery import stuck_images
 
 __all__ = ["format_status", "image_status"]
 
@@ -20,14 +22,19 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
-def image_status(session: Session, *, now: dt.datetime | None = None, failures: int = 10) -> dict[str, Any]:
+def image_status(
+    session: Session, *, now: dt.datetime | None = None, failures: int = 10, stuck_after: float = 1800
+) -> dict[str, Any]:
     """The database half of ``labpipe status --json``.
 
     Returns
     -------
     dict
         ``images`` (count per state, every state present, and ``total``), ``in_progress`` (the
-        processing images with how long since their last progress), ``oldest_queued_seconds``,
+        processing images with how long since their last progress, the worker holding each and
+        the seconds left on its lease), ``stuck`` (processing images whose lease expired, or without
+        progress for ``stuck_after`` seconds: see :mod:`labpipe.ingest.recovery`; ``labpipe retry``
+        and the dashboard hand them to a worker), ``oldest_queued_seconds``,
         ``last_failures`` (newest first: id, file, sample, status, reason, when, where the file
         went), and ``last_hour`` (images done, specimens found, images per hour, mean seconds per
         image).
@@ -44,6 +51,10 @@ def image_status(session: Session, *, now: dt.datetime | None = None, failures: 
             "file": image.file_name,
             "sample": image.sample_id,
             "seconds_since_progress": round((now - image.updated_at).total_seconds(), 1),
+            "lease_owner": image.lease_owner,
+            "lease_seconds_left": round((image.lease_expires_at - now).total_seconds(), 1)
+            if image.lease_expires_at is not None
+            else None,
         }
         for image in session.scalars(
             select(Image).where(Image.status == ImageStatus.PROCESSING.value).order_by(Image.updated_at)
@@ -86,6 +97,7 @@ def image_status(session: Session, *, now: dt.datetime | None = None, failures: 
         "time": _iso(now),
         "images": counts,
         "in_progress": in_progress,
+        "stuck": [item.as_dict() for item in stuck_images(session, stuck_after=stuck_after, now=now)],
         "oldest_queued_seconds": round((now - oldest_queued).total_seconds(), 1) if oldest_queued else None,
         "last_failures": last_failures,
         "last_hour": {
@@ -145,6 +157,14 @@ def format_status(report: dict[str, Any]) -> str:
             f"last progress {p['seconds_since_progress']:.0f} s ago"
             for p in report["in_progress"]
         ]
+    if report.get("stuck"):
+        lines += ["", "stuck (processing, but no live worker moves them on; `labpipe retry --stuck`):"]
+        for item in report["stuck"]:
+            held = f", held by {item['lease_owner']}" if item["leased"] else ""
+            lines.append(
+                f"  #{item['image_id']} {item['file']} (sample {item['sample'] or '-'}): {item['reason']}"
+                f"{held}, last progress {item['seconds_since_progress']:.0f} s ago"
+            )
     if report["last_failures"]:
         lines += ["", "last failures:"]
         for f in report["last_failures"]:

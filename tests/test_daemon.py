@@ -129,11 +129,11 @@ class Daemon:
             )
         return env
 
-    def start(self, role: str, name: str | None = None) -> subprocess.Popen[bytes]:
+    def start(self, role: str, name: str | None = None, *args: str) -> subprocess.Popen[bytes]:
         name = name or role
         log = (self.logs / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "labpipe.cli.main", role],
+            [sys.executable, "-m", "labpipe.cli.main", role, *args],
             cwd=self.root.parent,
             env=self.env(),
             stdout=log,

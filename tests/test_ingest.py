@@ -31,7 +31,7 @@ from labpipe.ingest import (
     register_file,
     register_unreadable,
 )
-from labpipe.ingest.lifecycle import stale_images
+from labpipe.ingest.lifecycle import release_for_takeover, stale_images
 from labpipe.ingest.watcher import Watcher, choose_observer, filesystem_type
 from labpipe.synth.plate import PlateSpec, write_plate
 
@@ -290,16 +290,32 @@ def test_archive_keeps_the_name_and_never_overwrites(tmp_path: Path) -> None:
 # -- claims and the sweeper ----------------------------------------------------------------------
 
 
+def _claim(session, image_id: int, owner: str = "host:1:a", lease: float = 600, **kw):
+    return claim_image(session, image_id, owner=owner, lease_seconds=lease, stuck_after=600, **kw)
+
+
 def test_an_image_is_claimed_by_one_worker_only(factory, tmp_path: Path) -> None:
     with factory() as session:
         reg = register_file(session, tmp_path / "p.tif", "d" * 64, 5, None)
-        assert claim_image(session, reg.image_id, takeover=False, stuck_after=600) is not None
-        assert claim_image(session, reg.image_id, takeover=False, stuck_after=600) is None  # second delivery
-        assert claim_image(session, reg.image_id, takeover=True, stuck_after=600) is not None  # worker died
+        assert _claim(session, reg.image_id, "host:1:a") is not None
+        assert _claim(session, reg.image_id, "host:2:b") is None  # second delivery, live lease
+        assert _claim(session, reg.image_id, "host:1:a") is None  # a duplicate in the same process
+        assert _claim(session, reg.image_id, "host:2:b", force=True) is not None  # a resumed attempt
+        assert session.get(Image, reg.image_id).lease_owner == "host:2:b"
         image = session.get(Image, reg.image_id)
         image.status = ImageStatus.DONE.value
         session.commit()
-        assert claim_image(session, reg.image_id, takeover=True, stuck_after=0) is None  # finished stays
+        assert _claim(session, reg.image_id, "host:3:c", force=True) is None  # finished stays
+
+
+def test_an_image_whose_lease_expired_is_claimed_by_another_worker(factory, tmp_path: Path) -> None:
+    with factory() as session:
+        image_id = register_file(session, tmp_path / "p.tif", "d" * 64, 5, None).image_id
+        assert _claim(session, image_id, "host:1:a", lease=0) is not None  # its worker dies at once
+        time.sleep(0.01)
+        assert _claim(session, image_id, "host:2:b") is not None
+        image = session.get(Image, image_id)
+        assert image.lease_owner == "host:2:b" and image.lease_expires_at > utcnow()
 
 
 def test_sweeper_resends_lost_tasks_and_hands_over_abandoned_images(tmp_path: Path) -> None:
@@ -324,9 +340,10 @@ def test_sweeper_resends_lost_tasks_and_hands_over_abandoned_images(tmp_path: Pa
     with factory() as session:
         lost = register_file(session, tmp_path / "lost.tif", "e" * 64, 5, None).image_id
         stuck = register_file(session, tmp_path / "stuck.tif", "f" * 64, 5, None).image_id
-        claim_image(session, stuck, takeover=False, stuck_after=0)
+        _claim(session, stuck)  # its worker is alive (lease renewed) but makes no progress
         found = stale_images(session, inbox=settings.storage.inbox_dir, requeue_after=0, stuck_after=0)
         assert found.queued == [lost] and found.processing == [stuck] and found.queued_total == 1
+        assert found.expired == []
     watcher = Watcher(settings, factory, broker)
     broker.held = 1  # the broker still holds a task for every queued image: nothing is re-sent
     watcher.sweep()
@@ -505,7 +522,7 @@ def test_an_image_whose_worker_keeps_dying_is_failed_not_retried_forever(tmp_pat
     ctx.attempts.bump(image_id)
     ctx.attempts.bump(image_id)  # two workers died on it already
     with ctx.session() as session:
-        claim_image(session, image_id, takeover=False, stuck_after=600)
+        _claim(session, image_id, lease=0)  # its worker died
     assert detect_job(ctx, image_id, _InlineFollowups(ctx), takeover=True) == "failed"
     with ctx.session() as session:
         assert re.search("gave up after 2 interrupted attempts", session.get(Image, image_id).error)
@@ -563,7 +580,7 @@ def test_reject_gives_the_message_back_at_once(tmp_path: Path) -> None:
 def test_claims_use_utc_timestamps(factory, tmp_path: Path) -> None:
     with factory() as session:
         image_id = register_file(session, tmp_path / "t.tif", "7" * 64, 5, None).image_id
-        claim_image(session, image_id, takeover=False, stuck_after=600)
+        _claim(session, image_id)
         assert abs((utcnow() - session.get(Image, image_id).updated_at).total_seconds()) < 60
 
 
@@ -656,6 +673,8 @@ def test_lost_classify_tasks_resume_from_the_staged_detections(plate_file: Path,
     first, *lost = follow.classify_calls
     assert classify_job(ctx, *first, follow) == "classified"  # the other batches' tasks are lost
     follow.classify_calls.clear()
+    with ctx.session() as session:  # no progress for stuck_after: the sweeper hands it over
+        assert release_for_takeover(session, image_id, expired_only=False) is not None
     assert detect_job(ctx, image_id, follow, takeover=True) == "resumed"  # the sweeper's takeover
     assert follow.classify_calls == lost  # only the missing batches, same attempt
     assert [classify_job(ctx, *call, follow) for call in lost][-1] == "done"

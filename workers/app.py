@@ -119,11 +119,28 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def configure(settings: Settings) -> Celery:
-    """Point the app at ``settings`` (broker, queue semantics, worker limits); returns the app."""
+    """Point the app at ``settings`` (broker, queue semantics, worker limits); returns the app.
+
+    Pointed at another broker than before (a process serving two data folders, tests), the pooled
+    connections to the old one are dropped, so tasks go where the settings say.
+    """
     global _settings
+    previous = broker_url(_settings) if _settings is not None else None
     _settings = settings
     app.conf.update(celery_config(settings))
+    if previous is not None and previous != app.conf.broker_url:
+        _drop_connections()
     return app
+
+
+def _drop_connections() -> None:
+    """Forget the app's pooled broker connections and producers (they name the old broker)."""
+    pool, app._pool = app._pool, None
+    if pool is not None:
+        pool.force_close_all()
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 def current_settings() -> Settings:

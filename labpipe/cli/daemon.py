@@ -8,7 +8,9 @@ Registered on the main group in :mod:`labpipe.cli.main`; settings come through `
 - ``watch`` and ``worker``: the same parts as separate processes, for the distributed deployment
   (``[queue] broker_url = "redis://..."``, ``[database] url = "postgresql+psycopg://..."``); run any
   number of workers on any number of machines sharing the database and the storage root.
-- ``status``: queue depth, images per state, last failures, throughput; ``--watch`` refreshes.
+- ``status``: queue depth, images per state, stuck plates, last failures, throughput; ``--watch``
+  refreshes.
+- ``retry``: put a stuck, failed or quarantined plate back to work (:mod:`labpipe.ingest.recovery`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import click
 
 from labpipe.errors import LabpipeError
 
-__all__ = ["serve", "status", "watch", "worker"]
+__all__ = ["retry", "serve", "status", "watch", "worker"]
 
 
 def _fail(exc: LabpipeError | str) -> None:
@@ -71,12 +73,18 @@ def serve(obj: Any, workers: int | None, with_api: bool, host: str | None, port:
     settings everything stays on this machine: SQLite and an embedded broker file in the data
     folder, no Redis. Stop with Ctrl-C or SIGTERM: work in progress finishes or returns to the queue.
     With no [api] token set, one is generated on first start and kept in <data-dir>/state/api-token.
+    One serve per data folder (a second one refuses to start); its processes die with it.
     """
-    from labpipe.daemon.service import Supervisor
+    from labpipe.daemon.service import ServeLock, Supervisor
     from workers.app import describe
 
     obj.overrides.update({"api.host": host, "api.port": port})  # the children get them as LABPIPE_API_*
     settings = obj.settings
+    lock = ServeLock(settings.storage.root)
+    try:
+        lock.acquire()  # held until this process ends, however it ends
+    except LabpipeError as exc:
+        _fail(exc)
     _dispose(_open_db(settings))  # create or check the schema once, before the children start
     settings.storage.inbox_dir.mkdir(parents=True, exist_ok=True)
     count = workers or settings.queue.serve_workers
@@ -90,7 +98,11 @@ def serve(obj: Any, workers: int | None, with_api: bool, host: str | None, port:
         from labpipe.api_token import ensure_api_token, login_message
 
         click.echo(login_message(settings, ensure_api_token(settings)), err=True)
-    sys.exit(Supervisor(settings, workers=count, api=with_api).run())
+    try:
+        code = Supervisor(settings, workers=count, api=with_api).run()
+    finally:
+        lock.release()
+    sys.exit(code)
 
 
 @click.command()
@@ -143,7 +155,7 @@ def _report(settings: Any, failures: int) -> dict[str, Any]:
     factory = _open_db(settings)
     try:
         with factory() as session:
-            report = image_status(session, failures=failures)
+            report = image_status(session, failures=failures, stuck_after=settings.queue.stuck_after)
     finally:
         _dispose(factory)
     report["database"] = _redact(settings.database_url)
@@ -182,3 +194,56 @@ def status(obj: Any, as_json: bool, live: bool, interval: float, failures: int) 
             time.sleep(max(0.2, interval))
         except KeyboardInterrupt:
             return
+
+
+@click.command()
+@click.argument("image_id", type=int, required=False)
+@click.option("--stuck", is_flag=True, help="Every stuck plate (listed by labpipe status).")
+@click.option("--force", is_flag=True, help="Also take plates a live worker still holds.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def retry(obj: Any, image_id: int | None, stuck: bool, force: bool, as_json: bool) -> None:
+    """Put IMAGE_ID (or, with --stuck, every stuck plate) back to work.
+
+    A processing plate goes back to the queue as a takeover (it resumes from the detections its last
+    attempt left); one a live worker still holds is refused unless --force. A failed or quarantined
+    plate's file moves back into the inbox under a free name (a file dropped there meanwhile is
+    never overwritten); the watcher takes it again. Exit status 1 when a plate was refused.
+    """
+    from labpipe.ingest.recovery import RetryRefused, broker_sender, stuck_images
+    from labpipe.ingest.recovery import retry as retry_one
+
+    if (image_id is None) == (not stuck):
+        _fail("give an IMAGE_ID or --stuck (not both)")
+    settings = obj.settings
+    factory = _open_db(settings)
+    send = broker_sender(settings)
+    results: list[dict[str, Any]] = []
+    try:
+        with factory() as session:
+            if image_id is not None:
+                ids = [image_id]
+            else:
+                ids = [s.image_id for s in stuck_images(session, stuck_after=settings.queue.stuck_after)]
+            for one in ids:
+                try:
+                    done = retry_one(session, one, settings, force=force, send=send)
+                except RetryRefused as exc:
+                    session.rollback()
+                    results.append({"image_id": one, "action": "refused", "message": exc.message})
+                else:
+                    results.append(
+                        {"image_id": one, "action": done.action, "message": done.message, "sent": done.sent}
+                    )
+    finally:
+        _dispose(factory)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for item in results:
+            stream_err = item["action"] == "refused"
+            click.echo(f"#{item['image_id']}: {item['action']}: {item['message']}", err=stream_err)
+        if not results:
+            click.echo("no stuck plates")
+    if any(item["action"] == "refused" for item in results):
+        sys.exit(1)

@@ -417,12 +417,13 @@ from labpipe.cli.records import api, barcodes, counts, export, plates, samples  
 for _command in (samples, counts, export, plates, barcodes, api):
     cli.add_command(_command)
 
-from labpipe.cli.daemon import serve, status, watch, worker  # noqa: E402
+from labpipe.cli.daemon import retry, serve, status, watch, worker  # noqa: E402
 
 cli.add_command(serve)
 cli.add_command(watch)
 cli.add_command(worker)
 cli.add_command(status)
+cli.add_command(retry)
 
 from labpipe.cli.bench import bench  # noqa: E402
 

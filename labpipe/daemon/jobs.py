@@ -3,10 +3,13 @@
 A task carries ids, never data: ``detect(image_id)`` and ``classify(image_id, attempt, batch)``.
 Every job is idempotent and safe to run twice:
 
-- :func:`detect_job` *claims* the image (one conditional UPDATE; a second delivery of the same task
-  finds it claimed and does nothing), reads, detects and crops into a stage directory on shared
-  storage, and asks for one classify task per batch of specimens. An image without specimens is
-  recorded at once: done, with zero.
+- :func:`detect_job` *claims* the image under this process's lease (one conditional UPDATE; a
+  second delivery of the same task finds it claimed and does nothing; the process's heartbeat,
+  :class:`~labpipe.ingest.lifecycle.LeaseKeeper`, keeps the lease while it lives), removes the
+  stage directories an interrupted attempt left, reads, detects and crops into a stage directory
+  on shared storage, and asks for one classify task per batch of specimens. An image without
+  specimens is recorded at once: done, with zero. A takeover resumes from an earlier attempt's
+  complete detections when there are some.
 - :func:`classify_job` classifies its batch (a batch already classified is not redone) and, when
   every batch of the attempt is classified, records the image in one transaction under the image's
   row lock, so of two workers finishing the same image only one records it.
@@ -33,6 +36,7 @@ from labpipe.db.models import Image, ImageStatus
 from labpipe.errors import ImageReadError, LabpipeError
 from labpipe.ingest.lifecycle import (
     AttemptCounter,
+    LeaseKeeper,
     claim_image,
     finish_move,
     lock_image,
@@ -86,6 +90,28 @@ class JobContext:
     """Drop reviewed specimens a re-run does not find again (only ``labpipe process --drop-reviewed``)."""
     actor: str = "labpipe daemon"
     """Who the audit trail names for re-runs."""
+    lease: LeaseKeeper | None = None
+    """This process's lease owner and heartbeat (made from the settings when not given)."""
+
+    def __post_init__(self) -> None:
+        if self.lease is None:
+            self.lease = LeaseKeeper(self.pipeline.session_factory, self.settings.queue.lease_seconds)
+
+    @property
+    def owner(self) -> str:
+        """The lease owner this process claims images as (``host:pid:token``)."""
+        assert self.lease is not None
+        return self.lease.owner
+
+    def holds(self, session: Session, image_id: int) -> bool:
+        """Whether this process still holds the image (nobody took it over meanwhile)."""
+        session.rollback()
+        image = session.get(Image, image_id, populate_existing=True)
+        return (
+            image is not None
+            and image.status == ImageStatus.PROCESSING.value
+            and image.lease_owner == self.owner
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, transient: tuple[type[BaseException], ...] = ()) -> JobContext:
@@ -193,13 +219,23 @@ def detect_job(
                 )
                 return "foreign"
             session.rollback()
-        image = claim_image(session, image_id, takeover=takeover, stuck_after=settings.queue.stuck_after)
+        image = claim_image(
+            session,
+            image_id,
+            owner=ctx.owner,
+            lease_seconds=settings.queue.lease_seconds,
+            stuck_after=settings.queue.stuck_after,
+            force=resumed,
+        )
         if image is None:
             log.info("not claimed: already done, or in progress elsewhere", image_id=image_id)
             return "skipped"
+        assert ctx.lease is not None
+        ctx.lease.start()
         bound = log.bind(image=image.source_path, image_id=image.id, sample=image.sample_id)
         attempt_no = ctx.attempts.get(image.id) if resumed else ctx.attempts.bump(image.id)
         if attempt_no > settings.queue.max_attempts:
+            _remove_stale_stages(ctx, image.id, keep=None, bound=bound)
             return _fail(
                 ctx,
                 session,
@@ -208,21 +244,20 @@ def detect_job(
                 "for example out of memory); raise [queue] max_attempts or give workers more memory",
                 bound,
             )
-        if takeover and not resumed:
-            staged = _latest_stage(ctx, image)
-            if staged is not None:  # detection survived (only a classify task was lost): resume
-                missing = [b for b in range(staged.n_batches) if not staged.results_file(b).is_file()]
-                bound = bound.bind(attempt=staged.attempt)
-                if not missing:
-                    return _record(
-                        ctx, session, image.id, staged, staged.load_results() or [], followups, bound
-                    )
-                touch_image(session, image.id)
-                session.commit()
-                for batch in missing:
-                    followups.classify(image_id, staged.attempt, batch)
-                bound.info("resumed from the staged detections", batches=len(missing), attempt_no=attempt_no)
-                return "resumed"
+        staged = _latest_stage(ctx, image) if takeover and not resumed else None
+        if not resumed:
+            _remove_stale_stages(ctx, image.id, keep=staged, bound=bound)
+        if staged is not None:  # a takeover, and the detections survived: resume from them
+            missing = [b for b in range(staged.n_batches) if not staged.results_file(b).is_file()]
+            bound = bound.bind(attempt=staged.attempt)
+            if not missing:
+                return _record(ctx, session, image.id, staged, staged.load_results() or [], followups, bound)
+            touch_image(session, image.id)
+            session.commit()
+            for batch in missing:
+                followups.classify(image_id, staged.attempt, batch)
+            bound.info("resumed from the staged detections", batches=len(missing), attempt_no=attempt_no)
+            return "resumed"
         ctx.pipeline.follow_defaults(session)  # a default changed meanwhile: this image uses the new one
         attempt = uuid.uuid4().hex[:12]
         bound = bound.bind(attempt=attempt)
@@ -234,6 +269,9 @@ def detect_job(
         except Exception as exc:
             if ctx.is_transient(exc):
                 raise
+            if not ctx.holds(session, image.id):
+                bound.warning("detect interrupted: another worker took the image over", error=repr(exc))
+                return "skipped"
             bound.error("detect failed", exc_info=True)
             return _fail(ctx, session, image, f"internal error while detecting: {exc!r}", bound)
         if not staged.specimens:
@@ -245,9 +283,33 @@ def detect_job(
     return "detected"
 
 
+def _stage_dirs(ctx: JobContext, image_id: int) -> list[Path]:
+    """Every stage directory of the image, whatever its attempt."""
+    prefix = stage_directory(ctx.pipeline.crops_dir, image_id, "").name
+    return [d for d in ctx.pipeline.crops_dir.glob(f"{prefix}*") if d.is_dir()]
+
+
+def _remove_stale_stages(
+    ctx: JobContext, image_id: int, *, keep: StagedImage | None, bound: BoundLogger
+) -> int:
+    """At a claim: remove the stage directories earlier attempts left (all but ``keep``).
+
+    The claim holds the image, so no other worker writes to them any more (a worker that lost its
+    lease finds its directory gone and stops); the sweeper's age rule is only a net for leftovers.
+    """
+    removed = 0
+    for directory in _stage_dirs(ctx, image_id):
+        if keep is not None and directory == keep.directory:
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed += 1
+    if removed:
+        bound.info("removed stage directories of interrupted attempts", removed=removed)
+    return removed
+
+
 def _latest_stage(ctx: JobContext, image: Image) -> StagedImage | None:
     """The newest complete stage directory of ``image`` (its detections survived a lost task)."""
-    prefix = stage_directory(ctx.pipeline.crops_dir, image.id, "").name
 
     def mtime(directory: Path) -> float:
         try:
@@ -255,7 +317,7 @@ def _latest_stage(ctx: JobContext, image: Image) -> StagedImage | None:
         except OSError:  # removed meanwhile
             return 0.0
 
-    for directory in sorted(ctx.pipeline.crops_dir.glob(f"{prefix}*"), key=mtime, reverse=True):
+    for directory in sorted(_stage_dirs(ctx, image.id), key=mtime, reverse=True):
         staged = StagedImage.load(directory)
         if staged is not None and staged.content_hash == image.content_hash:
             return staged
@@ -282,6 +344,9 @@ def classify_job(ctx: JobContext, image_id: int, attempt: str, batch: int, follo
         except Exception as exc:
             if ctx.is_transient(exc):
                 raise
+            if not staged.directory.is_dir():
+                bound.warning("attempt abandoned: another worker took the image over", error=repr(exc))
+                return "skipped"
             bound.error("classify failed", exc_info=True)
             return _fail(ctx, session, image, f"internal error while classifying: {exc!r}", bound)
         results = staged.load_results()
@@ -362,11 +427,15 @@ def run_inline(
         actor=actor,
     )
     followups = _InlineFollowups()
-    outcome = detect_job(ctx, image_id, followups)
-    while followups.pending:
-        kind, args, kwargs = followups.pending.popleft()
-        if kind == "classify":
-            outcome = classify_job(ctx, *args, followups)
-        else:
-            outcome = detect_job(ctx, *args, followups, **kwargs)
+    try:
+        outcome = detect_job(ctx, image_id, followups)
+        while followups.pending:
+            kind, args, kwargs = followups.pending.popleft()
+            if kind == "classify":
+                outcome = classify_job(ctx, *args, followups)
+            else:
+                outcome = detect_job(ctx, *args, followups, **kwargs)
+    finally:
+        assert ctx.lease is not None
+        ctx.lease.stop()
     return outcome

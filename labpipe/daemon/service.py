@@ -6,12 +6,23 @@ them its effective settings as ``LABPIPE_<SECTION>_<KEY>`` environment variables
 sees the same configuration, restarts a child that dies (with a growing pause if it keeps dying),
 and on SIGTERM or SIGINT stops them: SIGTERM to each (the watcher stops taking files; a worker
 finishes the task in progress and returns prefetched ones to the queue), then SIGKILL for any still
-running after ``[queue] shutdown_timeout`` seconds. Work a killed worker held is redelivered later
-(visibility timeout) or taken over by the sweeper.
+running after ``[queue] shutdown_timeout`` seconds. Work a killed worker held is handed to another
+worker as soon as its lease expires (``[queue] lease_seconds``).
+
+The children die with the supervisor: each asks the kernel for SIGKILL when its parent dies
+(``PR_SET_PDEATHSIG``; Celery's pool processes do the same with their worker), so a supervisor
+that is killed (SIGKILL, out of memory) leaves no watcher, worker or API behind to compete with the
+next one. One supervisor per data folder: :class:`ServeLock` (``<root>/state/serve.lock``, an
+``flock`` held for the supervisor's life, with its pid inside) makes a second ``labpipe serve`` on
+the same folder refuse to start, with a message naming the one that runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
+import functools
 import os
 import signal
 import subprocess
@@ -23,9 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labpipe.config import ENV_PREFIX, Settings
+from labpipe.errors import LabpipeError
 from labpipe.logs import get_logger
 
-__all__ = ["Supervisor", "settings_environment", "worker_threads"]
+__all__ = [
+    "ServeLock",
+    "ServeRunningError",
+    "Supervisor",
+    "die_with_parent",
+    "settings_environment",
+    "worker_threads",
+]
 
 log = get_logger(__name__)
 
@@ -61,6 +80,81 @@ def worker_threads(settings: Settings, workers: int, cpus: int | None = None) ->
         return {}
     cpus = cpus or os.cpu_count() or 1
     return {f"{ENV_PREFIX}CLASSIFIER_THREADS": str(max(1, cpus // workers))}
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library (loaded in the parent, so a child between fork and exec only calls it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a child, before ``exec``: be sent SIGKILL when the parent dies (Linux; elsewhere nothing).
+
+    The kernel sends the signal when the *thread* that forked the child ends: the supervisor starts
+    its children from its main thread. A parent that died before the call is caught by comparing
+    ``getppid()``.
+    """
+    libc = _libc()
+    if libc is None:
+        return
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # not allowed here: the serve lock still stops a second supervisor
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ServeRunningError(LabpipeError):
+    """Another ``labpipe serve`` already runs on this data folder."""
+
+
+class ServeLock:
+    """``<root>/state/serve.lock``: an exclusive ``flock`` held by the running ``labpipe serve``.
+
+    The lock goes with the process (the kernel releases it when the process dies, however it dies),
+    so a stale file never blocks a start; the file holds the pid of the holder, for the message.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root.absolute() / "state" / "serve.lock"
+        self._fd: int | None = None
+
+    def holder(self) -> int | None:
+        """The pid written by the holder (or by the last holder), if any."""
+        with contextlib.suppress(OSError, ValueError):
+            return int(self.path.read_text().strip() or 0) or None
+        return None
+
+    def acquire(self) -> None:
+        """Take the lock for this process, or raise :class:`ServeRunningError`."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = self.holder()
+            raise ServeRunningError(
+                self.path.parent.parent,
+                f"another labpipe serve (pid {pid or 'unknown'}) is already running on this data folder",
+                f"stop it first: kill -TERM {pid}" if pid else "stop it first",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go of the lock (also done by the kernel when this process ends)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)
 
 
 @dataclass
@@ -103,14 +197,24 @@ class Supervisor:
         return env
 
     def _spawn(self, child: _Child) -> None:
+        """Start ``child``; it is killed by the kernel if this process dies (:func:`die_with_parent`)."""
+        parent = os.getpid()
+        _libc()
+        out = None
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_file.open("ab") as out:
-                child.process = subprocess.Popen(
-                    child.argv, env=self._environment(), stdout=out, stderr=subprocess.STDOUT
-                )
-        else:
-            child.process = subprocess.Popen(child.argv, env=self._environment())
+            out = self.log_file.open("ab")
+        try:
+            child.process = subprocess.Popen(
+                child.argv,
+                env=self._environment(),
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                preexec_fn=lambda: die_with_parent(parent),  # the supervisor runs no other threads
+            )
+        finally:
+            if out is not None:
+                out.close()
         child.started = time.monotonic()
         log.info("started", process=child.name, pid=child.process.pid)
 

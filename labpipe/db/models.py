@@ -222,6 +222,11 @@ class Image(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     processed_at: Mapped[dt.datetime | None] = mapped_column()
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(_NAME))
+    """The worker process holding a ``processing`` image (``host:pid:token``); ``None`` otherwise."""
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column()
+    """When that worker's claim lapses unless its heartbeat renews it; a processing image whose lease
+    has expired is handed to another worker at once (see :mod:`labpipe.ingest.lifecycle`)."""
 
     sample: Mapped[Sample | None] = relationship(back_populates="images")
     specimens: Mapped[list[Specimen]] = relationship(

@@ -8,21 +8,31 @@ of the inbox only after the commit that says ``done`` (or ``quarantined``/``fail
 inside the inbox ever moves: an image processed from elsewhere (``labpipe process
 /some/folder/plate.tif``) keeps its file where it is (see :mod:`labpipe.ingest.moves`).
 
-``images.updated_at`` is the heartbeat: every stage of a processing image touches it. The sweeper
+A worker holds each image it claims with a *lease*: ``images.lease_owner`` names its process
+(:func:`lease_owner_id`) and ``images.lease_expires_at`` says until when; a heartbeat
+(:class:`LeaseKeeper`) renews every lease of a live process. A processing image whose lease has
+expired lost its worker (killed, the whole daemon killed, the machine gone): the sweeper hands it to
+another worker at once (:func:`release_for_takeover`), and a worker may claim it directly.
+
+``images.updated_at`` records progress: every stage of a processing image touches it. The sweeper
 (:func:`stale_images`) finds queued images whose task was lost (a broker restarted without
-persistence) and processing images whose worker died, so nothing is lost even when the broker
-forgets.
+persistence), processing images whose lease expired, and processing images without progress for
+``stuck_after`` although their lease is renewed (a hung worker, or classify tasks the broker lost),
+so nothing is lost even when the broker forgets.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
+import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from labpipe.config import StorageConfig
 from labpipe.db.models import Image, ImageStatus, utcnow
@@ -31,13 +41,19 @@ from labpipe.logs import get_logger
 
 __all__ = [
     "AttemptCounter",
+    "LeaseKeeper",
     "StaleImages",
     "claim_image",
+    "expired_leases",
     "finish_move",
+    "lease_expired",
+    "lease_owner_id",
     "lock_image",
     "mark_failed",
     "mark_quarantined",
     "quarantine_link",
+    "release_for_takeover",
+    "renew_leases",
     "stale_images",
     "touch_image",
 ]
@@ -47,29 +63,142 @@ log = get_logger(__name__)
 FINISHED = (ImageStatus.DONE.value, ImageStatus.FAILED.value, ImageStatus.QUARANTINED.value)
 
 
-def claim_image(session: Session, image_id: int, *, takeover: bool, stuck_after: float) -> Image | None:
-    """Mark the image ``processing`` for this worker, or return ``None`` when it is not ours to do.
+def lease_owner_id() -> str:
+    """A name for this process that no other process has had: ``host:pid:token``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    It is ours when it is ``queued``, or ``processing`` but abandoned: no heartbeat for
-    ``stuck_after`` seconds, or ``takeover`` (the broker redelivered the task because its worker
-    died, or the sweeper sent it for that reason). Done, failed and quarantined images are never
-    claimed: a duplicate delivery of a finished image's task does nothing.
+
+def lease_expired(now: dt.datetime) -> ColumnElement[bool]:
+    """SQL: the image's lease has lapsed (or it never had one, like images from before leases)."""
+    return or_(Image.lease_expires_at.is_(None), Image.lease_expires_at < now)
+
+
+def claim_image(
+    session: Session,
+    image_id: int,
+    *,
+    owner: str,
+    lease_seconds: float,
+    stuck_after: float,
+    force: bool = False,
+) -> Image | None:
+    """Mark the image ``processing`` under ``owner``'s lease, or return ``None`` when it is not ours.
+
+    It is ours when it is ``queued``, or ``processing`` but abandoned: its lease expired (the worker
+    died) or it made no progress for ``stuck_after`` seconds. A duplicate delivery of the task finds
+    it held (by another process or by this one) and does nothing. ``force`` claims a processing
+    image whatever its lease (a retry of an attempt whose task failed transiently, possibly in
+    another process). Done, failed and quarantined images are never claimed.
     """
     now = utcnow()
     abandoned = Image.status == ImageStatus.PROCESSING.value
-    if not takeover:
-        abandoned = and_(abandoned, Image.updated_at < now - dt.timedelta(seconds=stuck_after))
+    if not force:
+        abandoned = and_(
+            abandoned,
+            or_(lease_expired(now), Image.updated_at < now - dt.timedelta(seconds=stuck_after)),
+        )
     result = session.execute(
         update(Image)
         .where(Image.id == image_id)
         .where(or_(Image.status == ImageStatus.QUEUED.value, abandoned))
-        .values(status=ImageStatus.PROCESSING.value, error=None, updated_at=now)
+        .values(
+            status=ImageStatus.PROCESSING.value,
+            error=None,
+            updated_at=now,
+            lease_owner=owner,
+            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+        )
         .execution_options(synchronize_session=False)
     )
     session.commit()
     if result.rowcount != 1:
         return None
     return session.get(Image, image_id, populate_existing=True)
+
+
+def renew_leases(session: Session, owner: str, lease_seconds: float) -> int:
+    """Heartbeat: extend every lease ``owner`` holds on a processing image; returns how many."""
+    result = session.execute(
+        update(Image)
+        .where(Image.lease_owner == owner, Image.status == ImageStatus.PROCESSING.value)
+        .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount
+
+
+def release_for_takeover(session: Session, image_id: int, *, expired_only: bool = True) -> str | None:
+    """Give an abandoned processing image back to the queue (``queued``, no lease); commits.
+
+    The caller then sends its task (with ``takeover``): whichever worker gets it claims a queued image
+    as usual, so a second sweep before that worker starts sends nothing twice. With
+    ``expired_only``, a lease renewed meanwhile (its worker was only slow) is left alone. Returns the
+    previous lease owner (``""`` when there was none), or ``None`` when nothing was released.
+    """
+    now = utcnow()
+    image = session.get(Image, image_id, populate_existing=True)
+    if image is None:
+        return None
+    previous = image.lease_owner or ""
+    conditions = [Image.id == image_id, Image.status == ImageStatus.PROCESSING.value]
+    if expired_only:
+        conditions.append(lease_expired(now))
+    result = session.execute(
+        update(Image)
+        .where(*conditions)
+        .values(status=ImageStatus.QUEUED.value, lease_owner=None, lease_expires_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return previous if result.rowcount == 1 else None
+
+
+class LeaseKeeper:
+    """A worker process's heartbeat: renews its leases every third of ``lease_seconds``.
+
+    One thread per process, started on the first claim (after a ``fork()``, in the process that
+    claims); it renews with one UPDATE every lease of ``owner`` on a processing image, so an image
+    whose classify tasks wait in the queue stays held while this process lives, and is released
+    within ``lease_seconds`` when it dies. A renewal that fails (database away for a moment) is
+    logged and tried again at the next beat.
+    """
+
+    def __init__(self, session_factory: sessionmaker[Session], lease_seconds: float) -> None:
+        self.session_factory = session_factory
+        self.lease_seconds = max(1.0, float(lease_seconds))
+        self.owner = lease_owner_id()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the heartbeat thread, once."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="labpipe-lease", daemon=True)
+            self._thread.start()
+
+    def beat(self) -> int:
+        """Renew now; returns how many leases were renewed."""
+        with self.session_factory() as session:
+            return renew_leases(session, self.owner, self.lease_seconds)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                self.beat()
+            except Exception as exc:  # the database away for a moment: the next beat tries again
+                log.warning("could not renew leases", owner=self.owner, error=str(exc))
+
+    def stop(self) -> None:
+        """Stop the heartbeat (the leases then lapse unless finished)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
 
 
 def touch_image(session: Session, image_id: int) -> None:
@@ -194,7 +323,10 @@ class StaleImages:
     queued_total: int
     """All queued images (to compare with the broker's queue depth)."""
     processing: list[int]
-    """Processing without a heartbeat for ``stuck_after`` (their worker probably died)."""
+    """Processing without progress for ``stuck_after`` although their lease may still be renewed
+    (a hung worker, or classify tasks the broker lost)."""
+    expired: list[int]
+    """Processing with an expired lease, or none (their worker died): handed over at once."""
     unmoved: list[int]
     """Finished for a while, but the original is still in the inbox (interrupted move). Images
     whose file is not inside the inbox (processed from elsewhere) are never listed."""
@@ -261,8 +393,20 @@ def stale_images(
             Image.status == ImageStatus.PROCESSING.value,
             Image.updated_at < now - dt.timedelta(seconds=stuck_after),
         ),
+        expired=expired_leases(session, now=now, limit=limit),
         unmoved=_unmoved(session, inbox, now - dt.timedelta(seconds=move_grace), limit),
     )
+
+
+def expired_leases(session: Session, *, now: dt.datetime | None = None, limit: int = 1000) -> list[int]:
+    """Processing images whose lease has expired (oldest first): their worker is gone."""
+    stmt = (
+        select(Image.id)
+        .where(Image.status == ImageStatus.PROCESSING.value, lease_expired(now or utcnow()))
+        .order_by(Image.updated_at, Image.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
 
 
 class AttemptCounter:

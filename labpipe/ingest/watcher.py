@@ -11,10 +11,13 @@ One loop, every ``[ingest] poll_interval`` seconds:
    loop wakes for it instead of waiting out ``poll_interval``); take the complete ones: hash,
    register (:mod:`labpipe.ingest.register`), then send the
    task. The row exists before the task does, so a lost task is found again by the sweeper;
-3. every ``[queue] sweep_interval`` seconds, sweep: send again the tasks of queued images that
-   the broker lost, hand images whose worker died to another worker, finish interrupted moves,
-   remove abandoned stage directories. Only originals inside the inbox are ever moved: an image
-   processed from elsewhere (``labpipe process``) keeps its file where it is.
+3. every third of ``[queue] lease_seconds`` (and at start), hand every processing image whose
+   worker's lease expired (the worker, or the whole daemon, was killed) to another worker: back to
+   ``queued`` and its task sent again, marked as a takeover;
+4. every ``[queue] sweep_interval`` seconds, sweep: send again the tasks of queued images that
+   the broker lost, hand over images without progress for ``stuck_after``, finish interrupted
+   moves, remove abandoned stage directories. Only originals inside the inbox are ever moved: an
+   image processed from elsewhere (``labpipe process``) keeps its file where it is.
 
 The watcher does not import Celery: it is given a :class:`TaskQueue`.
 """
@@ -39,7 +42,14 @@ from labpipe.config import Settings
 from labpipe.db.models import Image
 from labpipe.errors import ConfigError
 from labpipe.imaging import verify_readable
-from labpipe.ingest.lifecycle import finish_move, quarantine_link, stale_images, touch_image
+from labpipe.ingest.lifecycle import (
+    expired_leases,
+    finish_move,
+    quarantine_link,
+    release_for_takeover,
+    stale_images,
+    touch_image,
+)
 from labpipe.ingest.moves import inside_inbox, move_original
 from labpipe.ingest.register import Outcome, register_file, register_unreadable
 from labpipe.ingest.rules import IngestRules
@@ -190,6 +200,7 @@ class Watcher:
         """Symbolic links to folders found in the inbox (logged once; never followed)."""
         self._last_rescan = -1e18
         self._last_sweep = clock()
+        self._last_lease_check = clock()
         self.counts: Counter[str] = Counter()
 
     # -- finding candidates ----------------------------------------------------------------------
@@ -274,6 +285,8 @@ class Watcher:
                 log.error("could not take file; will try again", exc_info=True, image=str(path))
                 self.counts["errors"] += 1
         self._send_unsent()
+        if self._clock() - self._last_lease_check >= max(0.5, self.settings.queue.lease_seconds / 3):
+            self._guarded("lease check", self.take_over_expired)
         if self._clock() - self._last_sweep >= self.settings.queue.sweep_interval:
             self._guarded("sweep", self.sweep)
 
@@ -286,6 +299,8 @@ class Watcher:
             self.counts["errors"] += 1
             if what == "sweep":
                 self._last_sweep = self._clock()
+            elif what == "lease check":
+                self._last_lease_check = self._clock()
             else:
                 self._last_rescan = self._clock()
 
@@ -418,6 +433,29 @@ class Watcher:
 
     # -- the sweeper -------------------------------------------------------------------------------
 
+    def take_over_expired(self) -> int:
+        """Hand every processing image whose lease expired to another worker; returns how many."""
+        self._last_lease_check = self._clock()
+        with self.session_factory() as session:
+            handed = sum(self._hand_over(session, i, "lease expired") for i in expired_leases(session))
+        self.counts["taken_over"] += handed
+        return handed
+
+    def _hand_over(self, session: Session, image_id: int, why: str, *, expired_only: bool = True) -> bool:
+        """Put an abandoned image back in the queue and send its task as a takeover."""
+        previous = release_for_takeover(session, image_id, expired_only=expired_only)
+        if previous is None:
+            return False  # renewed or finished meanwhile
+        image = session.get(Image, image_id)
+        log.warning(
+            f"{why}: handing the image to another worker",
+            image_id=image_id,
+            image=image.source_path if image is not None else None,
+            previous_owner=previous or None,
+        )
+        self._send(image_id, takeover=True, content_hash=image.content_hash if image is not None else None)
+        return True
+
     def sweep(self) -> dict[str, int]:
         """Re-send lost tasks, take over abandoned images, finish interrupted moves (module docstring)."""
         self._last_sweep = self._clock()
@@ -430,11 +468,12 @@ class Watcher:
                 requeue_after=q.requeue_after,
                 stuck_after=q.stuck_after,
             )
+            for image_id in stale.expired:
+                report["taken_over"] += self._hand_over(session, image_id, "lease expired")
             for image_id in stale.processing:
-                touch_image(session, image_id)
-                log.warning("no progress: handing the image to another worker", image_id=image_id)
-                self._send(image_id, takeover=True, content_hash=_hash_of(session, image_id))
-                report["taken_over"] += 1
+                if image_id not in stale.expired:
+                    why = f"no progress for {q.stuck_after} s"
+                    report["taken_over"] += self._hand_over(session, image_id, why, expired_only=False)
             if stale.queued:
                 try:
                     depth = self.tasks.depth()

@@ -12,7 +12,8 @@ query layer (:mod:`labpipe.queries`) or a write module (:mod:`labpipe.review`,
                                    :mod:`~labpipe.web.routes.images`
 ``/images/{id}``                   plate view: overview with every specimen box, zoom and pan
 ``/images/{id}/overview.jpg``      the cached overview
-``/images/{id}/retry``             POST: put a failed or quarantined plate back into the inbox
+``/images/{id}/retry``             POST: put a failed or quarantined plate back into the inbox, or
+                                   hand a stuck processing plate to another worker
 ``/specimens``                     gallery: dense tiles or cards, search, filters (DNA
                                    disagreement too), sort by uncertainty, paging, bulk review:
                                    :mod:`~labpipe.web.routes.specimens`

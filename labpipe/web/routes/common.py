@@ -57,6 +57,7 @@ FLASH = {
     "verified": "Recorded: {n} specimen(s) {what}.",
     "undone": "Undone: {n} verdict(s) withdrawn; what counted before counts again.",
     "retry": "The file is back in the inbox; the daemon will process it again.",
+    "requeued": "The plate is queued again: the next free worker takes it over.",
     "layout": "Laid out {n} specimen(s) on new plates.",
     "login": "Logged in: your reviews are recorded as {who}.",
     "logout": "Logged out.",

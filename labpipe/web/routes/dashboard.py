@@ -1,5 +1,6 @@
 """The dashboard: what the daemon is doing now (tiles per status, the broker's queue, plates in
-progress, recent plates, failures); ``?fragment=live`` is the part the page refreshes."""
+progress, stuck plates with a retry button, recent plates, failures); ``?fragment=live`` is the part
+the page refreshes."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ _queue_probe = _QueueProbe()
 
 
 def _dashboard_context(session: Session, settings: Settings) -> dict[str, Any]:
-    report = image_status(session, failures=20)
+    report = image_status(session, failures=20, stuck_after=settings.queue.stuck_after)
     images = report["images"]
     finished = images["done"] + images["failed"] + images["quarantined"]
     in_progress = []
@@ -75,6 +76,7 @@ def _dashboard_context(session: Session, settings: Settings) -> dict[str, Any]:
         "images": images,
         "finished": finished,
         "in_progress": in_progress,
+        "stuck": report["stuck"],
         "recent": recent_images(session, 15),
         "failures": failures(session, 20),
         "queue": None

@@ -1,5 +1,6 @@
 """Plate images: the list (by status and sample), the plate view with every specimen box, its
-overview, and putting a failed or quarantined plate back into the inbox."""
+overview, putting a failed or quarantined plate back into the inbox, and handing a stuck plate to
+another worker."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from labpipe.api.conditional import content_response
 from labpipe.api.deps import SessionDep, SettingsDep
 from labpipe.config import Settings
 from labpipe.db.models import Image, ImageStatus
+from labpipe.ingest.recovery import RetryRefused, broker_sender
+from labpipe.ingest.recovery import retry as requeue
 from labpipe.queries.listings import ImageFilter, image_page, image_specimens
 from labpipe.web.auth import check_write, get_viewer
 from labpipe.web.charts import plate_extent
@@ -43,10 +46,18 @@ def retry(
     session: SessionDep,
     settings: SettingsDep,
     csrf: Annotated[str, Form(max_length=128)] = "",
+    force: Annotated[bool, Form()] = False,
 ) -> Response:
-    """Put a failed or quarantined plate back into the inbox (the watcher takes it again)."""
+    """Put a failed or quarantined plate back into the inbox (the watcher takes it again), or hand a
+    stuck processing plate to another worker (``force``: even one a live worker still holds)."""
     check_write(request, get_viewer(request), csrf)
     image = image_or_404(session, image_id)
+    if image.status == ImageStatus.PROCESSING.value:
+        try:
+            requeue(session, image.id, settings, force=force, send=broker_sender(settings))
+        except RetryRefused as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, exc.message) from None
+        return redirect("/?ok=requeued")
     try:
         retry_image(session, image, settings)
     except RetryError as exc:
