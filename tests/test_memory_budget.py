@@ -82,14 +82,16 @@ def write_zeros_png(path: Path, width: int, height: int, piece: int = 8 * MB) ->
 
 
 def plate_array(side: int, specimens: int = 12, seed: int = 3) -> np.ndarray:
-    """Light paper with dark elliptical specimens (80 x 30 px): something to detect and crop."""
+    """Light paper with dark elliptical specimens (a fortieth of the side long, at least 80 px):
+    something to detect and crop, also on an overview reduced ten times."""
     rng = np.random.default_rng(seed)
     plate = np.full((side, side, 3), 225, np.uint8)
-    yy, xx = np.mgrid[-40:41, -40:41]
-    blob = ((xx / 40.0) ** 2 + (yy / 15.0) ** 2) <= 1
+    a = max(40, side // 80)
+    yy, xx = np.mgrid[-a : a + 1, -a : a + 1]
+    blob = ((xx / a) ** 2 + (yy / (0.375 * a)) ** 2) <= 1
     for _ in range(specimens):
-        y, x = (int(v) for v in rng.integers(100, side - 100, 2))
-        plate[y - 40 : y + 41, x - 40 : x + 41][blob] = (60, 40, 30)
+        y, x = (int(v) for v in rng.integers(a + 10, side - a - 10, 2))
+        plate[y - a : y + a + 1, x - a : x + a + 1][blob] = (60, 40, 30)
     return plate
 
 
@@ -253,7 +255,7 @@ def test_estimates_follow_the_code_paths(tmp_path: Path) -> None:
     assert whole.held_bytes == pytest.approx(3000 * 3000 * 3 * memory.WHOLE_DECODE_FACTOR, rel=1e-6)
     assert whole.transient_bytes == png.stat().st_size
     streamed = estimates["tiled.tif"]
-    assert streamed.held_bytes == 0 and streamed.transient_bytes < 192 * MB + 32 * MB  # cache + a band
+    assert streamed.held_bytes == 0 and streamed.transient_bytes < 3000 * 3000 * 3 + 16 * MB  # cache, band
     assert estimates["strip.tif"].transient_bytes > 2 * 3000 * 3000 * 3  # the one strip, decoded whole
     for found in estimates.values():
         assert found.detection_bytes == int(3000 * 3000 * memory.DETECT_BYTES_PER_OVERVIEW_PIXEL)
@@ -314,28 +316,29 @@ def test_two_workers_stay_within_their_budgets_on_the_largest_accepted_and_a_ref
     verify_readable(accepted, memory_budget=budget)  # the watcher takes it ...
     with open_image(accepted) as image:
         assert 0.85 * budget.limit_bytes < image.memory_estimate(budget).peak_bytes <= budget.limit_bytes
-    with pytest.raises(ImageTooLargeError):  # ... and a plate 10 % larger a side it would not
-        bigger = tmp_path / "bigger.png"
-        Image.fromarray(plate_array(int(side * 1.1))).save(bigger, compress_level=1)
+    bigger = write_zeros_png(tmp_path / "bigger.png", *[_side_just_under(budget, 1.1)] * 2)
+    with pytest.raises(ImageTooLargeError):  # ... and one estimated 10 % over the budget it would not
         verify_readable(bigger, memory_budget=budget)
-    bigger.unlink()
+    warm_up = tmp_path / "warm-up.png"  # a worker has done work before: its models hold more
+    Image.fromarray(plate_array(1200)).save(warm_up)
 
-    def worker(name: str, image: Path) -> tuple[int, float, list[dict[str, object]]]:
+    def worker(name: str, *images: Path) -> tuple[int, float, list[dict[str, object]]]:
         data = tmp_path / name
         cmd = [sys.executable, "-m", "labpipe.cli.main", "--data-dir", str(data)]
-        cmd += ["--db", f"sqlite:///{data / 'labpipe.sqlite'}", "process", str(image), "--json"]
+        cmd += ["--db", f"sqlite:///{data / 'labpipe.sqlite'}", "process", *map(str, images), "--json"]
         run = run_measured(cmd, work=data, env=env, timeout=300)
         return run.exit_code, run.peak_mb, json.loads(run.stdout or b"[]")
 
     with ThreadPoolExecutor(3) as pool:
-        jobs = [pool.submit(worker, f"w{i}", accepted) for i in (1, 2)]
+        jobs = [pool.submit(worker, f"w{i}", warm_up, accepted) for i in (1, 2)]
         jobs.append(pool.submit(worker, "w3", issue_png))
         (code_a, peak_a, out_a), (code_b, peak_b, out_b), (code_c, peak_c, out_c) = [j.result() for j in jobs]
     for code, peak, out in ((code_a, peak_a, out_a), (code_b, peak_b, out_b)):
-        assert code == 0 and len(out[0]["specimens"]) >= 10, out  # processed: detected, cut, classified
+        assert code == 0 and len(out[-1]["specimens"]) >= 10, out  # processed: detected, cut, classified
         assert peak <= limit_mb, f"accepted {side} x {side} PNG: peak {peak:.0f} MB over {limit_mb} MB"
     assert peak_a + peak_b <= 2 * limit_mb
-    assert code_c == 1 and out_c[0]["reason"] == "ImageTooLargeError", out_c
+    print(f"accepted {side} x {side}: peaks {peak_a:.0f} and {peak_b:.0f} MB; refused: {peak_c:.0f} MB")
+    assert code_c == 1 and out_c[0]["reason"] in ("ImageReadError", "ImageTooLargeError"), out_c
     assert "budget of 900 MB" in str(out_c[0]["error"]) and "needs about 2." in str(out_c[0]["error"])
     assert peak_c <= limit_mb  # refused before decoding: the 6 GB of the issue never happen
 

@@ -8,7 +8,7 @@ reads PNG EXIF without decoding; what is left is refused *before* decoding when 
 
 A worker's peak resident memory for one image is modelled as
 
-    peak = base + held + max(detection, transient)
+    peak = max(WORKER_PEAK_BYTES, base + held + max(detection, transient))
 
 base
     What the process holds anyway: the interpreter, numpy, torch, the detector and classifier, and
@@ -16,25 +16,31 @@ base
     moment it opens the image (:func:`resident_bytes`); the folder watcher, which decides before
     any worker has the file, uses :data:`WORKER_BASE_BYTES`, measured for the default models.
 held
-    What stays decoded while the detector works: the whole image for JPEG and PNG (pixels x
-    decoded channels x bytes per sample, plus the 8-bit copy of 16-bit colour, times
-    :data:`WHOLE_DECODE_FACTOR`); nothing for TIFF, which is streamed.
+    What stays decoded while the detector works: the whole image of a PNG, or of a JPEG too small
+    for libjpeg's reduced-scale decoding (pixels x decoded channels x bytes per sample, plus the
+    8-bit copy of 16-bit colour, times :data:`WHOLE_DECODE_FACTOR`); nothing for TIFF, which is
+    streamed, or for a JPEG whose overview is decoded at 1/2 to 1/8 scale.
 detection
     The overview (longer side at most ``[imaging] overview_max_side``) and the classical
     detector's working arrays on it: :data:`DETECT_BYTES_PER_OVERVIEW_PIXEL` per overview pixel.
 transient
-    What decoding needs for a moment, before detection or while crops are cut: the compressed
-    file for JPEG and PNG (read into memory for the decoder); for TIFF the largest band of strips
-    or tiles (or single strip or tile) decoded at once times :data:`STREAM_DECODE_FACTOR`, with its
-    compressed bytes and the decoded-tile cache (``[imaging] tile_cache_mb``, counted full).
+    What reading needs for a moment, before detection or while crops are cut: the compressed file
+    (JPEG and PNG are read into memory for the decoder), and a JPEG's full decode after detection;
+    for TIFF the largest band of strips or tiles (or single strip or tile) decoded at once times
+    :data:`STREAM_DECODE_FACTOR`, with its compressed bytes and the decoded-tile cache
+    (``[imaging] tile_cache_mb``, counted full, but never more than the image).
+WORKER_PEAK_BYTES
+    Classification, after the image is closed, needs this much whatever the image.
 
-Each :class:`DecodeCost` (from the reader's source for the file) gives the nominal sizes.
+The reader's source for each file gives held and transient as a :class:`DecodeCost`.
 
-Every constant is a measurement, not a guess: ``benchmarks/memory_per_input.py`` runs
-``labpipe process`` (the workers' code: read, detect, crop, classify) in a child on plates of
+Every constant is a measurement: ``benchmarks/memory_per_input.py`` runs ``labpipe process`` (the
+workers' own jobs: read, detect, crop, classify, with the default models) in a child on plates of
 1000 to 12000 pixels a side in each format and reads the child's peak resident memory
-(:mod:`labpipe.bench.peak`). README's reliability section has the table; the constants below
-say which rows they come from.
+(:mod:`labpipe.bench.peak`); the stages were measured apart with ``/proc/self/statm`` between
+them. README's "Memory per image" has the table. Measured on labpipe's 2-core development machine,
+December 2026 (numpy 2, torch 2.13 CPU, Pillow 13, imagecodecs 2026.3). A detector or classifier
+of another size changes the base: a worker measures its own.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ __all__ = [
     "STREAM_DECODE_FACTOR",
     "WHOLE_DECODE_FACTOR",
     "WORKER_BASE_BYTES",
+    "WORKER_PEAK_BYTES",
     "DecodeCost",
     "MemoryBudget",
     "MemoryEstimate",
@@ -70,24 +77,29 @@ __all__ = [
 
 MB = 2**20
 
-WORKER_BASE_BYTES = 650 * MB
-"""Resident memory of a worker that has loaded the default models (classical detector, built-in
-classifier) and classified a batch of crops: measured 616-645 MB (the 1000-px plates of
-``benchmarks/memory_per_input.py``, whose image parts are a few MB), rounded up."""
+WORKER_BASE_BYTES = 500 * MB
+"""Resident memory of a worker when it opens an image, having loaded the default models and
+classified earlier crops: measured 445-475 MB (329 MB before its first classification)."""
 
-DETECT_BYTES_PER_OVERVIEW_PIXEL = 20.0
-"""Classical detection on the overview, per overview pixel (the overview itself, its grey and
-float copies, the background and noise maps). Measured: tiled TIFF plates (whose decoding holds a
-few MB) need (peak - base) / overview pixels of about 17-19 bytes; rounded up."""
+WORKER_PEAK_BYTES = 640 * MB
+"""Peak of a worker whatever the image: classifying a batch of crops, after the image is closed.
+Measured 613-625 MB on the 1000-px plates of every format."""
 
-WHOLE_DECODE_FACTOR = 1.1
-"""Measured peak of the whole-decode path over the nominal size of its decoded array (PNG and JPEG
-plates of 8000 and 12000 px: (peak - base - detection - file size) / decoded bytes)."""
+DETECT_BYTES_PER_OVERVIEW_PIXEL = 26.0
+"""Classical detection on the overview, per overview pixel: the overview, its grey, float and
+smoothed copies, the background and noise maps. Measured 24.6-25.9 bytes: (peak - 329 MB) / overview
+pixels for 4096-px overviews of tiled and stripped TIFFs (whose decoding holds a few MB), and
+21 bytes in a worker whose earlier tasks left memory to reuse."""
 
-STREAM_DECODE_FACTOR = 2.2
-"""Measured peak of the streamed TIFF path over the nominal size of its largest band: the decoded
-strips or tiles and the band they are copied into are held together (a TIFF stored as one strip,
-8000 and 12000 px)."""
+WHOLE_DECODE_FACTOR = 1.0
+"""Resident growth of decoding a JPEG or PNG over its nominal decoded size: measured 1.00 (183.4 MB
+for an 8000 x 8000 RGB PNG, 183.1 MB nominal; 412 MB for 12000 x 12000). Before this module the
+same decode (Pillow, then ``np.asarray``) peaked at 9.5 bytes per pixel, 3.2 times nominal."""
+
+STREAM_DECODE_FACTOR = 2.0
+"""Resident growth of reading a TIFF band over the band's nominal decoded size: the decoded
+strips or tiles and the band they are copied into are held together. Measured 2.0 on a 12000 x
+12000 TIFF stored as one strip ((1155 - 329) MB over 412 MB nominal)."""
 
 AUTO_SHARE = 0.8
 """``[imaging] memory_budget_mb = 0``: the share of this machine's memory the workers may use
@@ -96,16 +108,15 @@ together (the rest is the operating system, the watcher, the database and the we
 
 @dataclass(frozen=True)
 class DecodeCost:
-    """What one image's decoding holds, nominally (before the measured factors)."""
+    """What reading one image holds in memory, in bytes, for :func:`estimate` (module docstring)."""
 
     kind: str
-    """``"whole"`` (decoded whole and held: JPEG, PNG) or ``"streamed"`` (TIFF, band by band)."""
-    decoded_bytes: int
-    """Bytes of the largest decoded array the path holds: the whole image, or one band."""
-    compressed_bytes: int
-    """Compressed bytes held with it while it decodes (the file for JPEG and PNG)."""
-    cache_bytes: int
-    """Decoded tiles the path may keep (the tile cache, counted full)."""
+    """``"whole"`` (JPEG, PNG: decoded whole) or ``"streamed"`` (TIFF, band by band)."""
+    held_bytes: int
+    """Decoded and kept while the detector works (the whole image of a PNG)."""
+    transient_bytes: int
+    """Needed for a moment, before detection or while crops are cut (the compressed file; a
+    TIFF's largest band, its compressed bytes and the tile cache)."""
     description: str
     """The path in words, for the refusal message (never any of the file's bytes)."""
 
@@ -122,7 +133,8 @@ class MemoryEstimate:
 
     @property
     def peak_bytes(self) -> int:
-        return self.base_bytes + self.held_bytes + max(self.detection_bytes, self.transient_bytes)
+        image = self.base_bytes + self.held_bytes + max(self.detection_bytes, self.transient_bytes)
+        return max(WORKER_PEAK_BYTES, image)
 
 
 @dataclass(frozen=True)
@@ -153,16 +165,12 @@ class MemoryBudget:
 
 
 def estimate(cost: DecodeCost, *, width: int, height: int, budget: MemoryBudget) -> MemoryEstimate:
-    """Peak memory of processing an image of ``width`` x ``height`` whose decoding is ``cost``."""
+    """Peak memory of processing an image of ``width`` x ``height`` whose reading costs ``cost``."""
     out_w, out_h, _ = pixels.overview_geometry(width, height, budget.overview_max_side)
     detection = int(out_w * out_h * DETECT_BYTES_PER_OVERVIEW_PIXEL)
-    if cost.kind == "whole":
-        held = int(cost.decoded_bytes * WHOLE_DECODE_FACTOR)
-        transient = cost.compressed_bytes
-    else:
-        held = 0
-        transient = int(cost.decoded_bytes * STREAM_DECODE_FACTOR) + cost.compressed_bytes + cost.cache_bytes
-    return MemoryEstimate(budget.base_bytes, held, detection, transient, cost.description)
+    return MemoryEstimate(
+        budget.base_bytes, cost.held_bytes, detection, cost.transient_bytes, cost.description
+    )
 
 
 def check_budget(path: Path, found: MemoryEstimate, budget: MemoryBudget, *, whole: bool) -> None:

@@ -316,8 +316,9 @@ class _Source(ABC):
         """Extra structural checks for ``verify_readable`` (everything cheap already ran at open)."""
 
     @abstractmethod
-    def decode_cost(self, tile_cache_bytes: int) -> memory.DecodeCost:
-        """What reading this image holds in memory at once (:mod:`labpipe.imaging.memory`)."""
+    def decode_cost(self, tile_cache_bytes: int, overview_side: int) -> memory.DecodeCost:
+        """What reading this image holds in memory (:mod:`labpipe.imaging.memory`), with a tile
+        cache of ``tile_cache_bytes`` and an overview of ``overview_side`` pixels."""
 
     @abstractmethod
     def close(self) -> None:
@@ -531,8 +532,9 @@ class _TiffSource(_Source):
     def full_level(self) -> _Level:
         return self._levels[0]
 
-    def decode_cost(self, tile_cache_bytes: int) -> memory.DecodeCost:
-        """The largest band (or single strip or tile) any level is read in, with its compressed bytes.
+    def decode_cost(self, tile_cache_bytes: int, overview_side: int) -> memory.DecodeCost:
+        """The largest band (or single strip or tile) any level is read in, with its compressed
+        bytes, and the tile cache (never more than the whole image decoded).
 
         The overview streams its level band by band, crops decode the segments they touch; a TIFF
         stored as one strip is decoded whole either way.
@@ -551,11 +553,14 @@ class _TiffSource(_Source):
         first = level.readers[0]
         samples = first.samples * len(level.readers)
         kind = "one strip" if not first.tiled and first.seg_h >= first.height else f"{first.kind}s"
+        full = self._levels[0]
+        image_bytes = full.width * full.height * samples * self.dtype.itemsize
         return memory.DecodeCost(
             kind="streamed",
-            decoded_bytes=held * samples * self.dtype.itemsize,
-            compressed_bytes=compressed,
-            cache_bytes=tile_cache_bytes if first.tiled else 0,
+            held_bytes=0,
+            transient_bytes=int(held * samples * self.dtype.itemsize * memory.STREAM_DECODE_FACTOR)
+            + compressed
+            + (min(tile_cache_bytes, image_bytes) if first.tiled else 0),
             description=(
                 f"a {level.width} x {level.height} TIFF in {kind} of {first.seg_w} x {first.seg_h} "
                 f"pixels, read {held:,} pixels at a time,"
@@ -653,28 +658,31 @@ class _PillowSource(_Source):
         except OSError:
             return None
 
-    def decode_cost(self, tile_cache_bytes: int) -> memory.DecodeCost:
-        """The decoded image, plus the 8-bit copy of 16-bit colour, plus the compressed file."""
+    def decode_cost(self, tile_cache_bytes: int, overview_side: int) -> memory.DecodeCost:
+        """The decoded image (plus the 8-bit copy of 16-bit colour) and the compressed file; held
+        while the detector works unless the overview comes from a JPEG decoded at 1/2 to 1/8 scale
+        (then the full image is decoded only for the crops, after detection)."""
         pixels_count = self.header.pixels
-        if not self.whole_with_imagecodecs:  # Pillow: its CMYK image, its RGB conversion, our array
-            decoded = pixels_count * (4 + 4 + 3)
-            what = f"{self.format.upper()} decoded whole by Pillow (CMYK, converted to RGB)"
+        if not self.whole_with_imagecodecs:  # Pillow: its CMYK image and our RGB array
+            decoded = pixels_count * (4 + 3)
+            what = f"{self.format.upper()} decoded whole by Pillow"
         else:
             sample_bytes = 2 if self.header.bit_depth > 8 else 1
             decoded = pixels_count * self.decoded_channels * sample_bytes
             if sample_bytes == 2 and self.decoded_channels > 1:
                 decoded += pixels_count * (1 if self.decoded_channels == 2 else 3)
             what = f"{self.format.upper()} decoded whole"
-        return memory.DecodeCost(
-            kind="whole",
-            decoded_bytes=decoded,
-            compressed_bytes=self.file_size,
-            cache_bytes=0,
-            description=(
-                f"{what}, {self.header.width} x {self.header.height} x {self.decoded_channels} "
-                f"channels of {self.header.bit_depth} bits,"
-            ),
+        description = (
+            f"{what}, {self.header.width} x {self.header.height} x {self.decoded_channels} "
+            f"channels of {self.header.bit_depth} bits,"
         )
+        decoded = int(decoded * memory.WHOLE_DECODE_FACTOR)
+        scale = self.draft_scale(overview_side)
+        if scale == 1:
+            return memory.DecodeCost("whole", decoded, self.file_size, description)
+        draft = math.ceil(self.header.width / scale) * math.ceil(self.header.height / scale)
+        transient = max(decoded + self.file_size, draft * (4 + 3))  # Pillow's draft image and ours
+        return memory.DecodeCost("whole", 0, transient, description)
 
     @contextmanager
     def _open(self) -> Iterator[Image.Image]:
@@ -785,8 +793,16 @@ class _PillowSource(_Source):
                 self._full = _ArrayLevel(self._decode())
             return self._full
 
+    def draft_scale(self, target_long: int) -> int:
+        """The JPEG DCT scaling (1, 2, 4 or 8) libjpeg decodes an overview of ``target_long`` at:
+        the largest that still gives at least that many pixels; 1 for PNG and when already decoded."""
+        if self._full is not None or self.format != "jpeg":
+            return 1
+        factor = max(self.width, self.height) / max(1, target_long)
+        return max(s for s in (1, 2, 4, 8) if s <= factor)
+
     def overview_level(self, target_long: int) -> _Level:
-        if self._full is not None or self.format != "jpeg" or target_long >= max(self.width, self.height):
+        if self.draft_scale(target_long) == 1:  # no reduction: decode it whole, once, for the crops too
             return self.full_level()
         factor = max(self.width, self.height) / target_long
         stored_w, stored_h = self.header.width, self.header.height
@@ -865,7 +881,8 @@ class PlateImage:
     def memory_estimate(self, budget: memory.MemoryBudget) -> memory.MemoryEstimate:
         """Estimated peak memory of a worker processing this image (:mod:`labpipe.imaging.memory`),
         from the headers alone; ``budget`` gives the worker's base, overview size and tile cache."""
-        cost = self._source.decode_cost(budget.tile_cache_bytes)
+        out_w, out_h, _ = pixels.overview_geometry(self.width, self.height, budget.overview_max_side)
+        cost = self._source.decode_cost(budget.tile_cache_bytes, max(out_w, out_h))
         return memory.estimate(cost, width=self.width, height=self.height, budget=budget)
 
     @property
@@ -1143,7 +1160,28 @@ def _check_segments_inside(path: Path, page: Any, file_size: int, where: str) ->
 
 
 def _pil_to_array(im: Image.Image) -> Array:
-    """Pillow image to raw ``(h, w, 1 or 3)`` uint8/uint16; alpha dropped, palettes expanded."""
+    """Pillow image to raw ``(h, w, 1 or 3)`` uint8/uint16; alpha dropped, palettes expanded.
+
+    Converted and copied band by band into one array: the peak is Pillow's own image (4 bytes per
+    pixel) plus ours, where ``np.asarray`` of the whole image would add two more full copies (its
+    ``tobytes``) and a mode conversion a third.
+    """
+    width, height = im.size
+    rows = max(1, _BLOCK_PIXELS // max(1, width))
+    out: Array | None = None
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        band = _pil_band_to_array(im.crop((0, r0, width, r1)) if (r0, r1) != (0, height) else im)
+        if out is None:
+            out = np.empty((height, width, band.shape[2]), band.dtype)
+        out[r0:r1] = band
+    if out is None:
+        raise ValueError(f"empty image {width} x {height}")
+    return out
+
+
+def _pil_band_to_array(im: Image.Image) -> Array:
+    """One band of :func:`_pil_to_array`."""
     mode = im.mode
     if mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa", "RGBX"):
         im = im.convert("L" if mode == "1" else "RGB")
