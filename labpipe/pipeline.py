@@ -31,7 +31,7 @@ from labpipe.db.models import Image, ImageStatus, Specimen
 from labpipe.detect.base import Detector
 from labpipe.errors import ConfigError, ImageReadError
 from labpipe.imaging import open_image
-from labpipe.imaging.memory import MemoryBudget
+from labpipe.imaging.memory import MemoryBudget, worker_budget_bytes
 from labpipe.logs import get_logger
 from labpipe.queries.calls import load_calls
 from labpipe.queries.rule import Outcome, SpecimenCall, resolve
@@ -427,6 +427,12 @@ class Pipeline:
                 memory_budget=MemoryBudget.for_settings(cfg, this_process=True),
             ) as plate:
                 stages["read"] = time.perf_counter() - t0
+                if plate.memory_checked is not None:
+                    bound.info(
+                        "memory estimate within budget",
+                        estimate_mb=round(plate.memory_checked.peak_bytes / 2**20),
+                        budget_mb=round(worker_budget_bytes(cfg) / 2**20),
+                    )
                 boxes, _ = timed_detection(self.detector, plate, cfg.imaging.overview_max_side, stages)
                 bound.info("detected", specimens=len(boxes), detector=self.detector.version)
 

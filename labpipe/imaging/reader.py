@@ -8,8 +8,10 @@
 - ``PlateImage.overview`` uses the smallest pyramid level that is still big enough, else streams
   the image band by band (one row of tiles, or a few strips, at a time), area-averages each band
   into the overview and throws the band away. The full-resolution image is never held whole.
-- JPEG and PNG have no random access; they are decoded whole, at most once per ``PlateImage``
-  (JPEG overviews use libjpeg's DCT scaling instead and need no full-size decode at all).
+- JPEG and PNG have no random access; they are decoded whole, at most once per ``PlateImage``,
+  by imagecodecs straight into one numpy array (3 bytes per RGB pixel; Pillow would hold 4 and copy
+  twice on the way to numpy). JPEG overviews use libjpeg's DCT scaling (through Pillow) instead and
+  need no full-size decode at all. Opening decodes nothing (not even to find a PNG's EXIF).
 
 Rules and where they come from:
 
@@ -25,12 +27,18 @@ Rules and where they come from:
 - Physical scale: see :mod:`labpipe.imaging.scale`.
 - Sizes: any image above ``max_pixels`` is refused from its header; JPEG/PNG above
   ``max_decoded_pixels`` too, and so is a TIFF whose single strip or tile exceeds it, because those
-  must be decoded whole (``ImagingConfig`` documents both limits).
+  must be decoded whole (``ImagingConfig`` documents both limits). With a memory budget, so is an
+  image whose reading a worker could not hold (:mod:`labpipe.imaging.memory`; each source says what
+  its reading holds, :meth:`_Source.decode_cost`).
+- One image per file: a TIFF whose series hold more than one full-resolution plane (pages of a
+  stack, Z, T or channel planes) is refused with the count; pyramid levels, reduced-resolution
+  pages (thumbnails) and masks belong to their image, and a three-page ``CYX`` series is read as
+  RGB.
 
-Limits: only the first series of a TIFF is read, and of a multi-plane series (Z, T) only its first
-plane, except a three-page ``CYX`` series, which is read as RGB. TIFF Orientation tags are ignored
-(microscopy writers do not set them). Palette, CMYK, Lab, float and 32-bit TIFFs are refused with an
-error that says so. 16-bit RGB PNGs are reduced to 8 bits by Pillow (high byte), not by the window.
+Limits: TIFF Orientation tags are ignored (microscopy writers do not set them). Palette, CMYK, Lab,
+float and 32-bit TIFFs are refused with an error that says so. 16-bit colour and grey + alpha PNGs
+are reduced to 8 bits by their high byte (as Pillow does), not by the window; plain 16-bit grey
+keeps its 16 bits.
 """
 
 from __future__ import annotations
@@ -870,6 +878,8 @@ class PlateImage:
         self.closed = False
         self.read_seconds: dict[str, float] = {"overview": 0.0, "regions": 0.0}
         """Seconds spent in :meth:`overview` and :meth:`read_region` so far (for stage timings)."""
+        self.memory_checked: memory.MemoryEstimate | None = None
+        """The estimate :func:`open_image` checked against its memory budget (``None``: no budget)."""
 
     def __repr__(self) -> str:
         return (
@@ -1028,9 +1038,8 @@ def open_image(
     image = PlateImage(source, um_per_px_fallback, max_decoded_pixels, tile_cache_mb)
     if memory_budget is not None:
         try:
-            memory.check_budget(
-                path, image.memory_estimate(memory_budget), memory_budget, whole=image.format != "tiff"
-            )
+            image.memory_checked = image.memory_estimate(memory_budget)
+            memory.check_budget(path, image.memory_checked, memory_budget, whole=image.format != "tiff")
         except BaseException:
             image.close()
             raise
