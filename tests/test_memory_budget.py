@@ -180,16 +180,27 @@ def test_opening_and_verifying_a_png_decodes_nothing(
     """Pillow's getexif() decodes a whole PNG to look for EXIF after the image data; the watcher
     verified every PNG that way (4 bytes a pixel in the watcher process)."""
 
-    def refuse(self: ImageFile.ImageFile) -> None:
-        raise AssertionError(f"{self.filename}: decoded while only its header was needed")
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+    decoded = _count_decodes(monkeypatch)
     small = tmp_path / "small.png"
     Image.fromarray(plate_array(400)).save(small)
     for path in (small, issue_png):
         verify_readable(path, max_decoded_pixels=10**9)
         with open_image(path, max_decoded_pixels=10**9) as image:
             assert image.width == image.height
+    assert decoded == []
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Pillow decodes in ``ImageFile.load``: record each call (and still decode)."""
+    calls: list[str] = []
+    original = ImageFile.ImageFile.load
+
+    def load(self: ImageFile.ImageFile) -> object:
+        calls.append(str(self.filename))
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return calls
 
 
 def test_png_orientation_stored_after_the_image_data_is_read_without_decoding(
@@ -208,9 +219,10 @@ def test_png_orientation_stored_after_the_image_data_is_read_without_decoding(
     path = tmp_path / "late-exif.png"
     path.write_bytes(moved[:iend] + exif_chunk + moved[iend:])
     assert path.read_bytes().index(b"eXIf") > path.read_bytes().index(b"IDAT")
-    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: (_ for _ in ()).throw(AssertionError))
+    decoded = _count_decodes(monkeypatch)
     with open_image(path) as image:
         assert (image.width, image.height, image.orientation) == (200, 300, 6)
+    assert decoded == []
 
 
 # --------------------------------------------------------------------------------------------------

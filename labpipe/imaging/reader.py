@@ -380,6 +380,7 @@ class _TiffSource(_Source):
                 raise ImageReadError(path, "the TIFF holds no readable image directory", COPYING_HINT)
             series = series_list[0]
             level_series = list(series.levels) or [series]
+            images = self._count_images(series_list)
         except ImageReadError:
             raise
         except MemoryError:
@@ -388,7 +389,6 @@ class _TiffSource(_Source):
             raise ImageReadError(
                 path, f"the TIFF structure is damaged: {_describe(exc)}", COPYING_HINT
             ) from exc
-        images = self._count_images(series_list)
         if images > 1:
             raise ImageReadError(
                 path,
