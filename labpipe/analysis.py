@@ -22,6 +22,7 @@ from labpipe.classify.base import Classification, FamilyClassifier
 from labpipe.crops import CropWriter, margin_box, pad_to_square
 from labpipe.detect.base import Detection, Detector
 from labpipe.imaging import PlateImage, open_image
+from labpipe.imaging.memory import MemoryBudget
 from labpipe.logs import get_logger
 
 __all__ = [
@@ -161,13 +162,15 @@ def analyse_image(
     max_decoded_pixels: int = 600_000_000,
     content_hash: str | None = None,
     tile_cache_mb: float = 0.0,
+    memory_budget: MemoryBudget | None = None,
 ) -> ImageAnalysis:
     """Run read -> detect (on the overview, or the detector's own tiles) -> crop (full resolution,
     margin, pad) -> classify.
 
     Crops are saved losslessly under ``staging_root/<random>/``; the caller moves them to their
     final paths when it records the result, or calls :meth:`ImageAnalysis.discard`.
-    Raises :class:`labpipe.errors.ImageReadError` for unreadable input.
+    Raises :class:`labpipe.errors.ImageReadError` for unreadable input, and
+    :class:`labpipe.errors.ImageTooLargeError` for an image over ``memory_budget`` (none: no check).
     """
     stages: dict[str, float] = {}
     bound = log.bind(image=str(path))
@@ -182,6 +185,7 @@ def analyse_image(
         max_pixels=max_pixels,
         max_decoded_pixels=max_decoded_pixels,
         tile_cache_mb=tile_cache_mb,
+        memory_budget=memory_budget,
     ) as plate:
         stages["read"] = time.perf_counter() - t0
         boxes, factor = timed_detection(detector, plate, overview_max_side, stages)

@@ -73,6 +73,11 @@ class ImagingConfig:
     """Largest image accepted in formats that must be decoded whole (JPEG, PNG, untiled TIFF strips)."""
     tile_cache_mb: int = 192
     """Decoded TIFF tiles kept while crops are cut (neighbouring crops share tiles; 0: none)."""
+    memory_budget_mb: int = 3072
+    """Most resident memory one worker process may need for an image, models included: an image
+    estimated from its header to need more (:mod:`labpipe.imaging.memory`) is quarantined with the
+    reason before it is decoded. 0: 80 % of the machine's memory shared by ``[queue] serve_workers``
+    x ``worker_concurrency`` workers."""
 
 
 @dataclass

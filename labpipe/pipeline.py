@@ -31,6 +31,7 @@ from labpipe.db.models import Image, ImageStatus, Specimen
 from labpipe.detect.base import Detector
 from labpipe.errors import ConfigError, ImageReadError
 from labpipe.imaging import open_image
+from labpipe.imaging.memory import MemoryBudget, worker_budget_bytes
 from labpipe.logs import get_logger
 from labpipe.queries.calls import load_calls
 from labpipe.queries.rule import Outcome, SpecimenCall, resolve
@@ -396,7 +397,9 @@ class Pipeline:
 
         The same steps and parameters as :func:`labpipe.analysis.analyse_image`, without the
         classification: the classify stage reads the crops back bit for bit. Raises
-        :class:`ImageReadError` for unreadable input (the caller quarantines the file).
+        :class:`ImageReadError` for unreadable input (the caller quarantines the file), an image this
+        worker could not hold within ``[imaging] memory_budget_mb`` included (estimated from its
+        header and this process's own resident memory, before anything is decoded).
         """
         cfg = self.settings
         path = Path(image.source_path)
@@ -421,8 +424,15 @@ class Pipeline:
                 max_pixels=cfg.imaging.max_pixels,
                 max_decoded_pixels=cfg.imaging.max_decoded_pixels,
                 tile_cache_mb=cfg.imaging.tile_cache_mb,
+                memory_budget=MemoryBudget.for_settings(cfg, this_process=True),
             ) as plate:
                 stages["read"] = time.perf_counter() - t0
+                if plate.memory_checked is not None:
+                    bound.info(
+                        "memory estimate within budget",
+                        estimate_mb=round(plate.memory_checked.peak_bytes / 2**20),
+                        budget_mb=round(worker_budget_bytes(cfg) / 2**20),
+                    )
                 boxes, _ = timed_detection(self.detector, plate, cfg.imaging.overview_max_side, stages)
                 bound.info("detected", specimens=len(boxes), detector=self.detector.version)
 

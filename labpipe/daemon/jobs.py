@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from labpipe.config import Settings
 from labpipe.db.models import Image, ImageStatus
 from labpipe.errors import ImageReadError, LabpipeError
+from labpipe.imaging.memory import machine_memory_bytes, worker_budget_bytes, worker_processes
 from labpipe.ingest.lifecycle import (
     AttemptCounter,
     LeaseKeeper,
@@ -65,6 +66,19 @@ DB_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.TimeoutError,  # connection pool exhausted
 )
 """Database errors that go away by themselves: the task is retried with backoff."""
+
+
+def _warn_if_budget_exceeds_machine(settings: Settings) -> None:
+    """Log a warning when this machine's workers together may need more memory than it has."""
+    budget, workers, total = worker_budget_bytes(settings), worker_processes(settings), machine_memory_bytes()
+    if budget * workers > total:
+        log.warning(
+            "the workers' memory budgets exceed this machine's memory",
+            budget_mb=budget >> 20,
+            workers=workers,
+            machine_mb=total >> 20,
+            hint="lower [imaging] memory_budget_mb or the number of workers, or set memory_budget_mb = 0",
+        )
 
 
 class Followups(Protocol):
@@ -121,6 +135,7 @@ class JobContext:
             import torch
 
             torch.set_num_threads(settings.classifier.threads)
+        _warn_if_budget_exceeds_machine(settings)
         pipeline = Pipeline.from_settings(settings)
         attempts = AttemptCounter(settings.storage.root / "state" / "attempts")
         ctx = cls(settings, pipeline, attempts, DB_TRANSIENT_ERRORS + tuple(transient))

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import mmap
 import struct
+import zlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 __all__ = [
     "JPEG_SIGNATURE",
@@ -25,6 +27,8 @@ __all__ = [
     "find_jpeg_eoi",
     "parse_jpeg_header",
     "parse_png_header",
+    "png_decoded_channels",
+    "png_exif_after_data",
     "png_has_iend",
     "sniff_format",
     "tiff_first_ifd_offset",
@@ -132,6 +136,83 @@ def parse_png_header(head: bytes) -> RasterHeader:
     if colour_type not in _PNG_CHANNELS:
         raise HeaderError(f"PNG IHDR has an invalid colour type {colour_type}")
     return RasterHeader(width, height, _PNG_CHANNELS[colour_type], bit_depth)
+
+
+def png_decoded_channels(fh: BinaryIO, max_chunks: int = 10_000) -> int:
+    """Channels a PNG decodes to with palettes expanded and a ``tRNS`` chunk turned into alpha
+    (libpng's ``png_set_expand``, as imagecodecs decodes): grey 1, grey + alpha 2, RGB and palette 3,
+    RGBA 4, one more for grey, RGB or palette with ``tRNS``.
+
+    Reads only the chunk headers before the first ``IDAT`` from the open binary file ``fh`` (the
+    chunk bodies are skipped, except the IHDR's), so the memory a decode needs is known before it.
+
+    Examples
+    --------
+    >>> import io, zlib
+    >>> def chunk(kind, body):
+    ...     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    >>> ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 3, 0, 0, 0))  # palette
+    >>> plain = PNG_SIGNATURE + ihdr + chunk(b"PLTE", bytes(6)) + chunk(b"IDAT", b"")
+    >>> png_decoded_channels(io.BytesIO(plain))
+    3
+    >>> png_decoded_channels(io.BytesIO(plain.replace(b"IDAT", b"tRNS", 1) + chunk(b"IDAT", b"")))
+    4
+    """
+    fh.seek(len(PNG_SIGNATURE))
+    colour_type: int | None = None
+    transparency = False
+    for _ in range(max_chunks):
+        head = fh.read(8)
+        if len(head) < 8:
+            raise HeaderError("PNG ends before its first IDAT chunk")
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"IDAT":
+            break
+        if kind == b"IHDR":
+            body = fh.read(13)
+            if len(body) < 13:
+                raise HeaderError("PNG IHDR chunk is incomplete")
+            colour_type = body[9]
+            fh.seek(length - 13 + 4, 1)
+            continue
+        transparency = transparency or kind == b"tRNS"
+        fh.seek(length + 4, 1)  # the body and its CRC
+    else:
+        raise HeaderError(f"PNG has more than {max_chunks} chunks before its image data")
+    if colour_type not in _PNG_CHANNELS:
+        raise HeaderError(f"PNG IHDR has an invalid colour type {colour_type}")
+    channels = _PNG_CHANNELS[colour_type]
+    return channels + 1 if transparency and colour_type in (0, 2, 3) else channels
+
+
+def png_exif_after_data(tail: bytes) -> bytes | None:
+    """The body of an ``eXIf`` chunk among the last bytes of a PNG (after its image data), or ``None``.
+
+    PNG 1.5 allows ``eXIf`` after the ``IDAT`` chunks; Pillow decodes the whole image to find it
+    there. The chunk's CRC is checked, so compressed image data that happens to contain the letters
+    is never taken for it.
+
+    Examples
+    --------
+    >>> import zlib
+    >>> body = b"MM" + bytes(6)
+    >>> chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    >>> png_exif_after_data(b"...eXIf..." + chunk + PNG_IEND) == body
+    True
+    >>> png_exif_after_data(b"eXIf" + PNG_IEND) is None
+    True
+    """
+    at = tail.rfind(b"eXIf")
+    while at >= 4:
+        (length,) = struct.unpack(">I", tail[at - 4 : at])
+        end = at + 4 + length
+        if end + 4 <= len(tail):
+            body = tail[at + 4 : end]
+            (crc,) = struct.unpack(">I", tail[end : end + 4])
+            if zlib.crc32(b"eXIf" + body) == crc:
+                return body
+        at = tail.rfind(b"eXIf", 0, at)
+    return None
 
 
 def png_has_iend(tail: bytes) -> bool:

@@ -8,8 +8,10 @@
 - ``PlateImage.overview`` uses the smallest pyramid level that is still big enough, else streams
   the image band by band (one row of tiles, or a few strips, at a time), area-averages each band
   into the overview and throws the band away. The full-resolution image is never held whole.
-- JPEG and PNG have no random access; they are decoded whole, at most once per ``PlateImage``
-  (JPEG overviews use libjpeg's DCT scaling instead and need no full-size decode at all).
+- JPEG and PNG have no random access; they are decoded whole, at most once per ``PlateImage``,
+  by imagecodecs straight into one numpy array (3 bytes per RGB pixel; Pillow would hold 4 and copy
+  twice on the way to numpy). JPEG overviews use libjpeg's DCT scaling (through Pillow) instead and
+  need no full-size decode at all. Opening decodes nothing (not even to find a PNG's EXIF).
 
 Rules and where they come from:
 
@@ -25,12 +27,18 @@ Rules and where they come from:
 - Physical scale: see :mod:`labpipe.imaging.scale`.
 - Sizes: any image above ``max_pixels`` is refused from its header; JPEG/PNG above
   ``max_decoded_pixels`` too, and so is a TIFF whose single strip or tile exceeds it, because those
-  must be decoded whole (``ImagingConfig`` documents both limits).
+  must be decoded whole (``ImagingConfig`` documents both limits). With a memory budget, so is an
+  image whose reading a worker could not hold (:mod:`labpipe.imaging.memory`; each source says what
+  its reading holds, :meth:`_Source.decode_cost`).
+- One image per file: a TIFF whose series hold more than one full-resolution plane (pages of a
+  stack, Z, T or channel planes) is refused with the count; pyramid levels, reduced-resolution
+  pages (thumbnails) and masks belong to their image, and a three-page ``CYX`` series is read as
+  RGB.
 
-Limits: only the first series of a TIFF is read, and of a multi-plane series (Z, T) only its first
-plane, except a three-page ``CYX`` series, which is read as RGB. TIFF Orientation tags are ignored
-(microscopy writers do not set them). Palette, CMYK, Lab, float and 32-bit TIFFs are refused with an
-error that says so. 16-bit RGB PNGs are reduced to 8 bits by Pillow (high byte), not by the window.
+Limits: TIFF Orientation tags are ignored (microscopy writers do not set them). Palette, CMYK, Lab,
+float and 32-bit TIFFs are refused with an error that says so. 16-bit colour and grey + alpha PNGs
+are reduced to 8 bits by their high byte (as Pillow does), not by the window; plain 16-bit grey
+keeps its 16 bits.
 """
 
 from __future__ import annotations
@@ -50,13 +58,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import imagecodecs
 import numpy as np
 import numpy.typing as npt
 import tifffile
 from PIL import Image
 
 from labpipe.errors import ImageReadError, ImageTooLargeError
-from labpipe.imaging import headers, pixels, scale
+from labpipe.imaging import headers, memory, pixels, scale
 from labpipe.imaging.tilecache import TileCache
 
 __all__ = ["PlateImage", "open_image", "verify_readable"]
@@ -315,6 +324,11 @@ class _Source(ABC):
         """Extra structural checks for ``verify_readable`` (everything cheap already ran at open)."""
 
     @abstractmethod
+    def decode_cost(self, tile_cache_bytes: int, overview_side: int) -> memory.DecodeCost:
+        """What reading this image holds in memory (:mod:`labpipe.imaging.memory`), with a tile
+        cache of ``tile_cache_bytes`` and an overview of ``overview_side`` pixels."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release the file and caches."""
 
@@ -366,6 +380,7 @@ class _TiffSource(_Source):
                 raise ImageReadError(path, "the TIFF holds no readable image directory", COPYING_HINT)
             series = series_list[0]
             level_series = list(series.levels) or [series]
+            images = self._count_images(series_list)
         except ImageReadError:
             raise
         except MemoryError:
@@ -374,6 +389,14 @@ class _TiffSource(_Source):
             raise ImageReadError(
                 path, f"the TIFF structure is damaged: {_describe(exc)}", COPYING_HINT
             ) from exc
+        if images > 1:
+            raise ImageReadError(
+                path,
+                f"the TIFF holds {images:,} images (pages or planes), not one plate: labpipe reads one "
+                "image per file and would ignore all but the first",
+                "save each page as its own file (for example Fiji's Image > Stacks > Stack to Images, "
+                "or `tiffsplit`) and drop those into the inbox",
+            )
         first_page = series.pages[0] if len(series.pages) else None
         if first_page is None:
             raise ImageReadError(path, "the TIFF's first image has no pixel data", DAMAGED_HINT)
@@ -460,6 +483,26 @@ class _TiffSource(_Source):
                 "re-export with LZW, Deflate, JPEG or no compression",
             )
 
+    @classmethod
+    def _count_images(cls, series_list: Any) -> int:
+        """Full-resolution images in the file: the planes (Z, T, C, pages...) of every series.
+
+        One image however it is stored: its pyramid levels (SubIFDs, OME or reduced-resolution
+        pages, which tifffile gives as the series' levels), reduced-resolution copies and masks in a
+        series of their own (NewSubfileType bits 0 and 2: thumbnails, slide labels), and three grey
+        pages that are the colour channels of one RGB image (:meth:`_is_cyx_rgb`).
+        """
+        count = 0
+        for series in series_list:
+            if int(series.keyframe.subfiletype) & 0b101:
+                continue
+            if cls._is_cyx_rgb(series):
+                count += 1
+                continue
+            planes = (n for n, axis in zip(series.shape, series.axes, strict=True) if axis not in "YXS")
+            count += math.prod(planes)
+        return count
+
     @staticmethod
     def _is_cyx_rgb(series: Any) -> bool:
         """A series stored as three grey pages, one per colour (Bio-Formats writes these)."""
@@ -497,6 +540,41 @@ class _TiffSource(_Source):
     def full_level(self) -> _Level:
         return self._levels[0]
 
+    def decode_cost(self, tile_cache_bytes: int, overview_side: int) -> memory.DecodeCost:
+        """The largest band (or single strip or tile) any level is read in, with its compressed
+        bytes, and the tile cache (never more than the whole image decoded).
+
+        The overview streams its level band by band, crops decode the segments they touch; a TIFF
+        stored as one strip is decoded whole either way.
+        """
+        worst = (0, 0, self._levels[0])
+        for level in self._levels:
+            first = level.readers[0]
+            segment = first.seg_w * first.seg_h
+            band = level.band_rows * (level.width if level.full_width_bands else level.chunk_cols)
+            held = max(band, segment)
+            if held > worst[0]:
+                per_band = max(1, math.ceil(held / segment))
+                largest = int(first.bytecounts.max()) if first.bytecounts.size else 0
+                worst = (held, per_band * largest * len(level.readers), level)
+        held, compressed, level = worst
+        first = level.readers[0]
+        samples = first.samples * len(level.readers)
+        kind = "one strip" if not first.tiled and first.seg_h >= first.height else f"{first.kind}s"
+        full = self._levels[0]
+        image_bytes = full.width * full.height * samples * self.dtype.itemsize
+        return memory.DecodeCost(
+            kind="streamed",
+            held_bytes=0,
+            transient_bytes=int(held * samples * self.dtype.itemsize * memory.STREAM_DECODE_FACTOR)
+            + compressed
+            + (min(tile_cache_bytes, image_bytes) if first.tiled else 0),
+            description=(
+                f"a {level.width} x {level.height} TIFF in {kind} of {first.seg_w} x {first.seg_h} "
+                f"pixels, read {held:,} pixels at a time,"
+            ),
+        )
+
     def overview_level(self, target_long: int) -> _Level:
         chosen = self._levels[0]
         for level in self._levels[1:]:
@@ -523,18 +601,22 @@ class _TiffSource(_Source):
 
 
 class _PillowSource(_Source):
-    """JPEG and PNG through Pillow, after our own header checks."""
+    """JPEG and PNG, after our own header checks: Pillow reads the metadata (size, EXIF orientation)
+    and JPEG overviews at reduced scale; imagecodecs decodes the full image straight into one numpy
+    array (Pillow would hold it at 4 bytes per pixel and copy it twice on the way to numpy)."""
 
-    def __init__(self, path: Path, fmt: str, header: headers.RasterHeader) -> None:
+    def __init__(self, path: Path, fmt: str, header: headers.RasterHeader, file_size: int) -> None:
         self.path = path
         self.format = fmt
         self.header = header
+        self.file_size = file_size
         self.source_channels = header.channels
         self.bit_depth = 16 if header.bit_depth > 8 else 8
         self.levels = 1
         self.file_um_per_px = None
         self._full: _ArrayLevel | None = None
         self._lock = threading.Lock()
+        self.decoded_channels = self._decoded_channels()
         with self._open() as im:
             if im.size != (header.width, header.height):
                 raise ImageReadError(
@@ -544,6 +626,10 @@ class _PillowSource(_Source):
                     DAMAGED_HINT,
                 )
             self.mode = im.mode
+            if fmt == "png" and "exif" not in im.info:
+                # Pillow's getexif() decodes the whole PNG to look for EXIF after the image data;
+                # look at the file's last bytes instead (b"": none, and nothing to decode for).
+                im.info["exif"] = self._png_exif_after_data() or b""
             try:
                 self.orientation = int(im.getexif().get(0x0112, 1) or 1)
             except Exception:  # unreadable EXIF never stops a plate: show it as stored
@@ -552,6 +638,59 @@ class _PillowSource(_Source):
             self.orientation = 1
         swap = self.orientation >= 5
         self.width, self.height = (header.height, header.width) if swap else (header.width, header.height)
+
+    @property
+    def whole_with_imagecodecs(self) -> bool:
+        """Whether the full image is decoded by imagecodecs (every PNG; JPEG in grey or YCbCr/RGB);
+        CMYK and YCCK JPEGs go through Pillow, which converts them to RGB."""
+        return self.format == "png" or self.header.channels in (1, 3)
+
+    def _decoded_channels(self) -> int:
+        """Channels the full decode produces (PNG palettes expanded, tRNS as alpha)."""
+        if self.format != "png":
+            return self.header.channels
+        try:
+            with self.path.open("rb") as fh:
+                return headers.png_decoded_channels(fh)
+        except headers.HeaderError as exc:
+            raise ImageReadError(self.path, f"damaged PNG: {exc}", COPYING_HINT) from exc
+        except OSError as exc:
+            problem = f"cannot read the file: {exc.strerror or exc}"
+            raise ImageReadError(self.path, problem, COPYING_HINT) from exc
+
+    def _png_exif_after_data(self) -> bytes | None:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(max(0, self.file_size - 65536))
+                return headers.png_exif_after_data(fh.read())
+        except OSError:
+            return None
+
+    def decode_cost(self, tile_cache_bytes: int, overview_side: int) -> memory.DecodeCost:
+        """The decoded image (plus the 8-bit copy of 16-bit colour) and the compressed file; held
+        while the detector works unless the overview comes from a JPEG decoded at 1/2 to 1/8 scale
+        (then the full image is decoded only for the crops, after detection)."""
+        pixels_count = self.header.pixels
+        if not self.whole_with_imagecodecs:  # Pillow: its CMYK image and our RGB array
+            decoded = pixels_count * (4 + 3)
+            what = f"{self.format.upper()} decoded whole by Pillow"
+        else:
+            sample_bytes = 2 if self.header.bit_depth > 8 else 1
+            decoded = pixels_count * self.decoded_channels * sample_bytes
+            if sample_bytes == 2 and self.decoded_channels > 1:
+                decoded += pixels_count * (1 if self.decoded_channels == 2 else 3)
+            what = f"{self.format.upper()} decoded whole"
+        description = (
+            f"{what}, {self.header.width} x {self.header.height} x {self.decoded_channels} "
+            f"channels of {self.header.bit_depth} bits,"
+        )
+        decoded = int(decoded * memory.WHOLE_DECODE_FACTOR)
+        scale = self.draft_scale(overview_side)
+        if scale == 1:
+            return memory.DecodeCost("whole", decoded, self.file_size, description)
+        draft = math.ceil(self.header.width / scale) * math.ceil(self.header.height / scale)
+        transient = max(decoded + self.file_size, draft * (4 + 3))  # Pillow's draft image and ours
+        return memory.DecodeCost("whole", 0, transient, description)
 
     @contextmanager
     def _open(self) -> Iterator[Image.Image]:
@@ -588,6 +727,8 @@ class _PillowSource(_Source):
 
     def _decode(self, draft_size: tuple[int, int] | None = None) -> Array:
         """Decode to raw ``(h, w, 1 or 3)`` in displayed orientation; JPEG may decode at 1/2..1/8."""
+        if draft_size is None and self.whole_with_imagecodecs:
+            return pixels.apply_orientation(self._decode_whole(), self.orientation)
         with self._open() as im:
             try:
                 if draft_size is not None:
@@ -607,14 +748,69 @@ class _PillowSource(_Source):
                 ) from exc
         return pixels.apply_orientation(array, self.orientation)
 
+    def _decode_whole(self) -> Array:
+        """The full image as stored, raw ``(h, w, 1 or 3)``, through imagecodecs: one decoded array
+        (plus the compressed file while it decodes), the same values as Pillow gives.
+
+        As with Pillow: alpha is dropped, palettes are expanded, and of 16-bit data only plain grey
+        keeps 16 bits (colour and grey + alpha keep the high byte).
+        """
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            problem = f"cannot read the file: {exc.strerror or exc}"
+            raise ImageReadError(self.path, problem, COPYING_HINT) from exc
+        try:
+            decoded = imagecodecs.png_decode(data) if self.format == "png" else imagecodecs.jpeg8_decode(data)
+        except MemoryError:
+            raise
+        except Exception as exc:  # imagecodecs raises its own error per codec
+            truncated = any(word in str(exc).lower() for word in ("truncated", "premature", "end of"))
+            raise ImageReadError(
+                self.path,
+                f"cannot decode the {self.format.upper()} data: {_describe(exc)}",
+                COPYING_HINT if truncated else DAMAGED_HINT,
+            ) from exc
+        del data
+        if decoded.ndim == 2:
+            decoded = decoded[..., None]
+        height, width, channels = decoded.shape
+        if (width, height) != (self.header.width, self.header.height):
+            raise ImageReadError(
+                self.path,
+                f"header says {self.header.width} x {self.header.height} but the data decode to "
+                f"{width} x {height}",
+                DAMAGED_HINT,
+            )
+        raw = decoded[..., : 1 if channels <= 2 else 3]  # a view: alpha is never copied
+        if raw.dtype == np.uint16 and channels > 1:
+            high = np.empty(raw.shape, np.uint8)
+            rows = max(1, _BLOCK_PIXELS // width)
+            for r0 in range(0, height, rows):
+                high[r0 : r0 + rows] = raw[r0 : r0 + rows] >> 8
+            raw = high
+        elif raw.dtype not in (np.uint8, np.uint16):
+            raise ImageReadError(
+                self.path, f"unsupported sample type {raw.dtype}", "export 8- or 16-bit images"
+            )
+        return raw
+
     def full_level(self) -> _Level:
         with self._lock:
             if self._full is None:
                 self._full = _ArrayLevel(self._decode())
             return self._full
 
+    def draft_scale(self, target_long: int) -> int:
+        """The JPEG DCT scaling (1, 2, 4 or 8) libjpeg decodes an overview of ``target_long`` at:
+        the largest that still gives at least that many pixels; 1 for PNG and when already decoded."""
+        if self._full is not None or self.format != "jpeg":
+            return 1
+        factor = max(self.width, self.height) / max(1, target_long)
+        return max(s for s in (1, 2, 4, 8) if s <= factor)
+
     def overview_level(self, target_long: int) -> _Level:
-        if self._full is not None or self.format != "jpeg" or target_long >= max(self.width, self.height):
+        if self.draft_scale(target_long) == 1:  # no reduction: decode it whole, once, for the crops too
             return self.full_level()
         factor = max(self.width, self.height) / target_long
         stored_w, stored_h = self.header.width, self.header.height
@@ -682,6 +878,8 @@ class PlateImage:
         self.closed = False
         self.read_seconds: dict[str, float] = {"overview": 0.0, "regions": 0.0}
         """Seconds spent in :meth:`overview` and :meth:`read_region` so far (for stage timings)."""
+        self.memory_checked: memory.MemoryEstimate | None = None
+        """The estimate :func:`open_image` checked against its memory budget (``None``: no budget)."""
 
     def __repr__(self) -> str:
         return (
@@ -689,6 +887,13 @@ class PlateImage:
             f"channels={self.source_channels}, bit_depth={self.bit_depth}, um_per_px={self.um_per_px}, "
             f"levels={self.levels})"
         )
+
+    def memory_estimate(self, budget: memory.MemoryBudget) -> memory.MemoryEstimate:
+        """Estimated peak memory of a worker processing this image (:mod:`labpipe.imaging.memory`),
+        from the headers alone; ``budget`` gives the worker's base, overview size and tile cache."""
+        out_w, out_h, _ = pixels.overview_geometry(self.width, self.height, budget.overview_max_side)
+        cost = self._source.decode_cost(budget.tile_cache_bytes, max(out_w, out_h))
+        return memory.estimate(cost, width=self.width, height=self.height, budget=budget)
 
     @property
     def orientation(self) -> int:
@@ -796,15 +1001,19 @@ def open_image(
     max_pixels: int = 4_000_000_000,
     max_decoded_pixels: int = 600_000_000,
     tile_cache_mb: float = 0.0,
+    memory_budget: memory.MemoryBudget | None = None,
 ) -> PlateImage:
     """Open a TIFF, JPEG or PNG plate image lazily: headers are read and checked, pixels are not.
 
     Checks made here, each failing with an :class:`~labpipe.errors.ImageReadError` that names the
     file, the problem and what to do: the file exists and is not empty; its first bytes are a TIFF,
     JPEG or PNG signature; the declared size is within ``max_pixels`` (and, for formats decoded
-    whole, ``max_decoded_pixels``) - :class:`~labpipe.errors.ImageTooLargeError`; every TIFF tile
-    or strip that will be read lies inside the file; a JPEG has its end-of-image marker and a PNG
-    its IEND chunk (a half-copied file fails here, not halfway through a worker's job).
+    whole, ``max_decoded_pixels``) - :class:`~labpipe.errors.ImageTooLargeError`; a TIFF holds one
+    image (pyramid levels, thumbnails and three colour pages count as one; pages of a stack do
+    not); every TIFF tile or strip that will be read lies inside the file; a JPEG has its
+    end-of-image marker and a PNG its IEND chunk (a half-copied file fails here, not halfway
+    through a worker's job); and, with ``memory_budget``, processing it is estimated to fit the
+    budget (:mod:`labpipe.imaging.memory`) - :class:`~labpipe.errors.ImageTooLargeError` otherwise.
 
     ``um_per_px_fallback`` is used when the file carries no usable scale (configuration
     ``imaging.um_per_px``; 0 or ``None`` means unknown). ``tile_cache_mb`` > 0 keeps that many MB of
@@ -825,8 +1034,16 @@ def open_image(
         source = _TiffSource(path, size, head, max_pixels, max_decoded_pixels)
     else:
         header = _check_raster(path, fmt, size, max_pixels, max_decoded_pixels)
-        source = _PillowSource(path, fmt, header)
-    return PlateImage(source, um_per_px_fallback, max_decoded_pixels, tile_cache_mb)
+        source = _PillowSource(path, fmt, header, size)
+    image = PlateImage(source, um_per_px_fallback, max_decoded_pixels, tile_cache_mb)
+    if memory_budget is not None:
+        try:
+            image.memory_checked = image.memory_estimate(memory_budget)
+            memory.check_budget(path, image.memory_checked, memory_budget, whole=image.format != "tiff")
+        except BaseException:
+            image.close()
+            raise
+    return image
 
 
 def verify_readable(
@@ -834,15 +1051,19 @@ def verify_readable(
     *,
     max_pixels: int = 4_000_000_000,
     max_decoded_pixels: int = 600_000_000,
+    memory_budget: memory.MemoryBudget | None = None,
 ) -> None:
     """Cheap structural check for the folder watcher: is this file complete and readable?
 
-    Runs everything :func:`open_image` checks, and for TIFF also checks that the tiles/strips of
+    Runs everything :func:`open_image` checks (``memory_budget`` included: an image a worker could
+    not hold is refused before any worker tries), and for TIFF also checks that the tiles/strips of
     every page of every series and pyramid level lie inside the file (a half-written TIFF usually
     has its directory but not yet all of its data). Nothing is decoded. Raises
     :class:`~labpipe.errors.ImageReadError` (or :class:`~labpipe.errors.ImageTooLargeError`).
     """
-    image = open_image(path, max_pixels=max_pixels, max_decoded_pixels=max_decoded_pixels)
+    image = open_image(
+        path, max_pixels=max_pixels, max_decoded_pixels=max_decoded_pixels, memory_budget=memory_budget
+    )
     try:
         image._source.check_structure()
     finally:
@@ -948,7 +1169,28 @@ def _check_segments_inside(path: Path, page: Any, file_size: int, where: str) ->
 
 
 def _pil_to_array(im: Image.Image) -> Array:
-    """Pillow image to raw ``(h, w, 1 or 3)`` uint8/uint16; alpha dropped, palettes expanded."""
+    """Pillow image to raw ``(h, w, 1 or 3)`` uint8/uint16; alpha dropped, palettes expanded.
+
+    Converted and copied band by band into one array: the peak is Pillow's own image (4 bytes per
+    pixel) plus ours, where ``np.asarray`` of the whole image would add two more full copies (its
+    ``tobytes``) and a mode conversion a third.
+    """
+    width, height = im.size
+    rows = max(1, _BLOCK_PIXELS // max(1, width))
+    out: Array | None = None
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        band = _pil_band_to_array(im.crop((0, r0, width, r1)) if (r0, r1) != (0, height) else im)
+        if out is None:
+            out = np.empty((height, width, band.shape[2]), band.dtype)
+        out[r0:r1] = band
+    if out is None:
+        raise ValueError(f"empty image {width} x {height}")
+    return out
+
+
+def _pil_band_to_array(im: Image.Image) -> Array:
+    """One band of :func:`_pil_to_array`."""
     mode = im.mode
     if mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa", "RGBX"):
         im = im.convert("L" if mode == "1" else "RGB")

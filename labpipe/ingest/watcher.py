@@ -42,6 +42,7 @@ from labpipe.config import Settings
 from labpipe.db.models import Image
 from labpipe.errors import ConfigError
 from labpipe.imaging import verify_readable
+from labpipe.imaging.memory import MemoryBudget
 from labpipe.ingest.lifecycle import (
     expired_leases,
     finish_move,
@@ -170,13 +171,17 @@ class Watcher:
         cfg = settings.ingest
         self.rules = IngestRules.from_config(cfg.extensions, cfg.ignore, cfg.sample_from, cfg.sample_pattern)
         imaging = settings.imaging
+        budget = MemoryBudget.for_settings(settings)  # what a worker may hold: refused before queueing
         self.tracker = StabilityTracker(
             cfg.stable_seconds,
             cfg.unreadable_grace,
             verify
             or (
                 lambda p: verify_readable(
-                    p, max_pixels=imaging.max_pixels, max_decoded_pixels=imaging.max_decoded_pixels
+                    p,
+                    max_pixels=imaging.max_pixels,
+                    max_decoded_pixels=imaging.max_decoded_pixels,
+                    memory_budget=budget,
                 )
             ),
             clock=clock,
