@@ -1,21 +1,24 @@
 """What the daemon is doing, from the database: images per state, work in progress, stuck plates
 (processing, but no live worker moves them on), the last failures with their reasons, and
-throughput over the last hour. ``labpipe status`` adds the broker's queue depth (which needs the
-broker, so it is not queried here).
+throughput over the last hour; and the files arriving in the inbox that no image row holds yet
+(what the watchers wrote, :func:`arriving_files`). ``labpipe status`` adds the broker's queue depth
+(which needs the broker, so it is not queried here).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from labpipe.db.models import Image, ImageStatus, utcnow
+from labpipe.ingest.arrivals import read_arrivals
 from labpipe.ingest.recovery import stuck_images
 
-__all__ = ["format_status", "image_status"]
+__all__ = ["arriving_files", "format_status", "image_status"]
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -124,6 +127,20 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+def arriving_files(root: Path) -> list[dict[str, Any]]:
+    """Files in the inbox that a running watcher waits for (being copied, or stable but not a
+    complete image yet), longest waiting first; see :mod:`labpipe.ingest.arrivals`."""
+    return [
+        {
+            "file": a.file,
+            "size_bytes": a.size_bytes,
+            "waiting_seconds": round(a.waiting_seconds(), 1),
+            "reason": a.reason,
+        }
+        for a in read_arrivals(root)
+    ]
+
+
 def format_status(report: dict[str, Any]) -> str:
     """A terminal view of a status report (``labpipe status`` and ``--watch``)."""
     images = report["images"]
@@ -156,6 +173,13 @@ def format_status(report: dict[str, Any]) -> str:
             f"  #{p['image_id']} {p['file']} (sample {p['sample'] or '-'}), "
             f"last progress {p['seconds_since_progress']:.0f} s ago"
             for p in report["in_progress"]
+        ]
+    if report.get("arriving"):
+        lines += ["", "arriving (in the inbox, not taken yet):"]
+        lines += [
+            f"  {a['file']} ({a['size_bytes'] / 1e6:.1f} MB), "
+            f"waiting {a['waiting_seconds']:.0f} s: {a['reason']}"
+            for a in report["arriving"]
         ]
     if report.get("stuck"):
         lines += ["", "stuck (processing, but no live worker moves them on; `labpipe retry --stuck`):"]

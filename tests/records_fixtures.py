@@ -19,7 +19,9 @@ plus one image of no sample. S1's eight specimens exercise every counting rule:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,3 +237,28 @@ def build_lab(session: Session, settings: Settings) -> dict[str, Image]:
     }
     session.commit()
     return images
+
+
+@contextlib.contextmanager
+def built_lab(
+    root: Path, token: str, make_app: Callable[..., Any]
+) -> Iterator[tuple[Settings, sessionmaker[Session], Any]]:
+    """The lab of :func:`build_lab` below ``root`` with ``[api] token``, and ``make_app``'s app on it."""
+    settings = lab_settings(root, **{"api.token": token})
+    factory = open_lab_db(settings)
+    with factory() as session:
+        build_lab(session, settings)
+    try:
+        yield settings, factory, make_app(settings, session_factory=factory)
+    finally:
+        factory.kw["bind"].dispose()
+
+
+def web_login(client: Any, token: str, name: str = "R. Reviewer") -> str:
+    """Log ``client`` in to the web UI as ``name``; returns the session's form (CSRF) token."""
+    from labpipe.web.sessions import SESSION_COOKIE, csrf_value
+
+    response = client.post("/login", data={"token": token, "name": name, "next": "/"})
+    assert response.status_code == 303, response.text
+    nonce = response.cookies[SESSION_COOKIE].split(".")[2]
+    return csrf_value(token, nonce)

@@ -17,7 +17,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from records_fixtures import build_lab, lab_settings, open_lab_db
+from records_fixtures import build_lab, built_lab, lab_settings, open_lab_db
 from schemathesis import GenerationMode
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 from sqlalchemy import func, select
@@ -37,13 +37,8 @@ REMOTE = ("192.0.2.10", 50000)
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[Settings, Any, Any]]:
-    settings = lab_settings(tmp_path / "data", **{"api.token": TOKEN})
-    factory = open_lab_db(settings)
-    with factory() as session:
-        build_lab(session, settings)
-    app = create_app(settings, session_factory=factory)
-    yield settings, factory, app
-    factory.kw["bind"].dispose()
+    with built_lab(tmp_path / "data", TOKEN, create_app) as built:
+        yield built
 
 
 @pytest.fixture

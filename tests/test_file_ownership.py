@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from brokers import RecordingBroker
 from sqlalchemy import select, update
 
 from labpipe.config import Settings, load_settings
@@ -24,22 +25,6 @@ from labpipe.synth.plate import PlateSpec, write_plate
 SMALL = PlateSpec(
     width=600, height=600, n_specimens=2, n_touching_pairs=0, n_debris=1, um_per_px=20.0, seed=11
 )
-
-
-class _Broker:
-    """A task queue that only records what it is sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[int] = []
-
-    def send(self, image_id: int, *, takeover: bool = False, content_hash: str | None = None) -> None:
-        self.sent.append(image_id)
-
-    def depth(self) -> int | None:
-        return None
-
-    def housekeeping(self) -> None:
-        pass
 
 
 def _settings(root: Path, **overrides: object) -> Settings:
@@ -84,7 +69,7 @@ def _age_everything(pipeline_or_factory: object, minutes: float = 2.0) -> None:
 
 def _sweep(settings: Settings, pipeline: Pipeline) -> dict[str, int]:
     """One sweep of the watcher, as ``labpipe serve`` runs it a minute after starting."""
-    return Watcher(settings, pipeline.session_factory, _Broker()).sweep()
+    return Watcher(settings, pipeline.session_factory, RecordingBroker()).sweep()
 
 
 def _files(folder: Path) -> list[Path]:
@@ -202,8 +187,8 @@ def test_a_symlink_in_the_inbox_is_not_followed_for_the_move(
     assert link.is_symlink() and os.stat(target).st_nlink == 1
 
 
-def _watch_once(settings: Settings, factory: object) -> tuple[Watcher, _Broker]:
-    broker = _Broker()
+def _watch_once(settings: Settings, factory: object) -> tuple[Watcher, RecordingBroker]:
+    broker = RecordingBroker()
     watcher = Watcher(settings, factory, broker)  # type: ignore[arg-type]
     watcher.rescan()
     watcher.tick()  # first sight

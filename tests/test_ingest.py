@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from brokers import RecordingBroker
 from sqlalchemy import func, select
 
 from labpipe.config import load_settings
@@ -57,22 +58,6 @@ def _settings(root: Path, **overrides):
     base = {"storage.root": root, "classifier.threads": 1, "classifier.batch_size": 8}
     base.update(overrides)
     return load_settings(overrides=base, environ={})
-
-
-class RecordingBroker:
-    """A task queue that records the image ids it is sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[int] = []
-
-    def send(self, image_id: int, *, takeover: bool = False, content_hash: str | None = None) -> None:
-        self.sent.append(image_id)
-
-    def depth(self) -> int | None:
-        return None
-
-    def housekeeping(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -420,6 +405,53 @@ def test_the_same_bytes_dropped_again_at_the_same_path_are_archived_as_a_duplica
     assert "duplicate file archived without processing" in caplog.messages
     with factory() as session:
         assert session.scalar(select(func.count(Image.id))) == 1
+    factory.kw["bind"].dispose()
+
+
+def test_files_waiting_to_become_complete_are_shown_with_their_wait(plate_file: Path, tmp_path: Path) -> None:
+    """Issue 16: a half-copied plate sits in the inbox without an image row; the dashboard and
+    ``labpipe status`` show it, with how long it has waited and why, until it is taken."""
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from labpipe.cli.main import cli
+    from labpipe.web import create_web_app
+
+    quiet = {"ingest.stable_seconds": 0.0, "ingest.unreadable_grace": 600.0}
+    settings = _settings(tmp_path / "data", **quiet)
+    factory = open_database(settings.database_url)
+    inbox = settings.storage.inbox_dir
+    (inbox / "S1").mkdir(parents=True)
+    data = plate_file.read_bytes()
+    half = inbox / "S1" / "copying.tif"
+    half.write_bytes(data[: len(data) // 2])
+    watcher = Watcher(settings, factory, RecordingBroker())
+    watcher.rescan()
+    watcher.tick()
+    time.sleep(1.1)
+    watcher.tick()  # stable, but not a complete image: it waits
+
+    status = CliRunner().invoke(cli, ["--data-dir", str(settings.storage.root), "status", "--json"])
+    assert status.exit_code == 0, status.output
+    (arriving,) = json.loads(status.stdout)["arriving"]
+    assert arriving["file"] == "S1/copying.tif" and arriving["size_bytes"] == len(data) // 2
+    assert arriving["waiting_seconds"] >= 1.0 and "complete" in arriving["reason"].lower()
+    with TestClient(
+        create_web_app(settings, session_factory=factory),
+        base_url="http://localhost",
+        client=("127.0.0.1", 5000),
+    ) as web:
+        page = web.get("/", params={"fragment": "live"}).text
+    assert 'id="arriving"' in page and "S1/copying.tif" in page
+
+    with half.open("ab") as fh:  # the copy finishes
+        fh.write(data[len(data) // 2 :])
+    watcher.tick()
+    watcher.tick()
+    status = CliRunner().invoke(cli, ["--data-dir", str(settings.storage.root), "status", "--json"])
+    assert json.loads(status.stdout)["arriving"] == []
+    watcher.arrivals.close()  # a stopped watcher leaves nothing behind
+    assert not list((settings.storage.root / "state" / "arrivals").glob("*.json"))
     factory.kw["bind"].dispose()
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import RecordingBroker
 from click.testing import CliRunner
 from sqlalchemy import update
 from test_daemon import (  # noqa: F401 (the fixtures are used by name)
@@ -54,22 +55,6 @@ def _settings(root: Path, **overrides: Any):
     base = {"storage.root": root, "classifier.threads": 1, "classifier.batch_size": 8}
     base.update(overrides)
     return load_settings(overrides=base, environ={})
-
-
-class Broker:
-    """A task queue that records what it is sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[int, bool]] = []
-
-    def send(self, image_id: int, *, takeover: bool = False, content_hash: str | None = None) -> None:
-        self.sent.append((image_id, takeover))
-
-    def depth(self) -> int | None:
-        return None
-
-    def housekeeping(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +102,14 @@ def test_a_plate_whose_worker_died_is_handed_over_at_once_not_after_thirty_minut
     image_id = _register(factory, tmp_path / "p.tif")
     _claim(factory, image_id)  # its worker is SIGKILLed: nobody renews the lease
     time.sleep(0.01)
-    broker = Broker()
+    broker = RecordingBroker()
     watcher = Watcher(settings, factory, broker)
     watcher.sweep()  # the watcher's first sweep, at (re)start
-    assert broker.sent == [(image_id, True)]
+    assert broker.calls == [(image_id, True)]
     image = _image(factory, image_id)
     assert image.status == ImageStatus.QUEUED.value and image.lease_owner is None
     watcher.sweep()  # sent once: the next worker claims a queued image as usual
-    assert broker.sent == [(image_id, True)]
+    assert broker.calls == [(image_id, True)]
 
 
 def test_the_heartbeat_keeps_a_live_workers_plate_and_its_death_releases_it(lab, tmp_path: Path) -> None:
@@ -133,21 +118,21 @@ def test_the_heartbeat_keeps_a_live_workers_plate_and_its_death_releases_it(lab,
     keeper = LeaseKeeper(factory, settings.queue.lease_seconds)  # 2 s, renewed every 0.67 s
     _claim(factory, image_id, owner=keeper.owner, lease=2)
     keeper.start()
-    broker = Broker()
+    broker = RecordingBroker()
     watcher = Watcher(settings, factory, broker, clock=time.monotonic)
     try:
         deadline = time.monotonic() + 3.5
         while time.monotonic() < deadline:  # well past the first lease: still held
             watcher.tick()
             time.sleep(0.1)
-        assert broker.sent == [] and _image(factory, image_id).lease_owner == keeper.owner
+        assert broker.calls == [] and _image(factory, image_id).lease_owner == keeper.owner
     finally:
         keeper.stop()  # the worker dies
     deadline = time.monotonic() + 4
-    while not broker.sent and time.monotonic() < deadline:
+    while not broker.calls and time.monotonic() < deadline:
         watcher.tick()  # the lease check runs every lease_seconds / 3
         time.sleep(0.1)
-    assert broker.sent == [(image_id, True)]
+    assert broker.calls == [(image_id, True)]
 
 
 def test_stage_folders_of_an_interrupted_attempt_are_removed_at_takeover(
@@ -169,9 +154,9 @@ def test_stage_folders_of_an_interrupted_attempt_are_removed_at_takeover(
     half = crops / f".stage-{image_id:06d}-deadbeef0001"
     half.mkdir(parents=True)
     (half / "000001.png").write_bytes(b"half a crop")
-    broker = Broker()
+    broker = RecordingBroker()
     Watcher(settings, factory, broker).sweep()
-    assert broker.sent == [(image_id, True)]
+    assert broker.calls == [(image_id, True)]
 
     class Followups:
         def __init__(self) -> None:
@@ -194,9 +179,9 @@ def test_stage_folders_of_an_interrupted_attempt_are_removed_at_takeover(
             session.execute(update(Image).values(lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
             session.commit()
         ctx.lease.stop()
-        broker.sent.clear()
+        broker.calls.clear()
         Watcher(settings, factory, broker).sweep()
-        assert broker.sent == [(image_id, True)]
+        assert broker.calls == [(image_id, True)]
         follow.calls.clear()
         assert detect_job(ctx, image_id, follow, takeover=True) == "resumed"
         assert list(crops.glob(".stage-*")) == [live]
@@ -218,14 +203,14 @@ def test_a_plate_that_kills_its_worker_every_time_is_still_failed_after_max_atte
     settings.queue.max_attempts = 2
     ctx = JobContext.from_settings(settings)
     image_id = _register(factory, tmp_path / "oom.tif")
-    broker = Broker()
+    broker = RecordingBroker()
     try:
         for _ in range(2):  # two workers claim it and die (out of memory), their leases lapse
             _claim(factory, image_id)
             ctx.attempts.bump(image_id)
             Watcher(settings, factory, broker).sweep()
-        assert broker.sent == [(image_id, True)] * 2
-        assert detect_job(ctx, image_id, Broker(), takeover=True) == "failed"
+        assert broker.calls == [(image_id, True)] * 2
+        assert detect_job(ctx, image_id, RecordingBroker(), takeover=True) == "failed"
         assert "gave up after 2 interrupted attempts" in _image(factory, image_id).error
     finally:
         ctx.pipeline.__exit__()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
-from records_fixtures import build_lab, lab_settings, open_lab_db
+from records_fixtures import built_lab, web_login
 from sqlalchemy import select
 
 from labpipe.analysis import cut_crops
@@ -27,7 +27,6 @@ from labpipe.queries.calls import latest_verifications
 from labpipe.queries.listings import SpecimenFilter, code_search_ids, specimen_page
 from labpipe.reports.counts import count_families
 from labpipe.web import create_web_app
-from labpipe.web.auth import SESSION_COOKIE, csrf_value
 from labpipe.web.geometry import crop_outline, scale_bar
 from labpipe.web.wording import REASON_WORDS, reason_words
 
@@ -39,13 +38,8 @@ PATTERN = "{sample}-{image:05d}-{index:03d}"
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[Settings, Any, Any]]:
-    settings = lab_settings(tmp_path / "data", **{"api.token": TOKEN})
-    factory = open_lab_db(settings)
-    with factory() as session:
-        build_lab(session, settings)
-    app = create_web_app(settings, session_factory=factory)
-    yield settings, factory, app
-    factory.kw["bind"].dispose()
+    with built_lab(tmp_path / "data", TOKEN, create_web_app) as built:
+        yield built
 
 
 @pytest.fixture
@@ -54,10 +48,7 @@ def client(lab) -> TestClient:
 
 
 def _login(client: TestClient, name: str = "R. Reviewer") -> str:
-    response = client.post("/login", data={"token": TOKEN, "name": name, "next": "/"})
-    assert response.status_code == 303, response.text
-    nonce = response.cookies[SESSION_COOKIE].split(".")[2]
-    return csrf_value(TOKEN, nonce)
+    return web_login(client, TOKEN, name)
 
 
 def _specimens(session: Any, sample: str | None) -> list[Specimen]:

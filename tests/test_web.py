@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
-from records_fixtures import MODEL, build_lab, get_model, lab_settings, open_lab_db
+from records_fixtures import MODEL, build_lab, built_lab, get_model, lab_settings, open_lab_db, web_login
 from sqlalchemy import func, insert, select
 
 from labpipe.cli.main import cli
@@ -55,13 +55,8 @@ HTML = {"Accept": "text/html"}
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[Settings, Any, Any]]:
-    settings = lab_settings(tmp_path / "data", **{"api.token": TOKEN})
-    factory = open_lab_db(settings)
-    with factory() as session:
-        build_lab(session, settings)
-    app = create_web_app(settings, session_factory=factory)
-    yield settings, factory, app
-    factory.kw["bind"].dispose()
+    with built_lab(tmp_path / "data", TOKEN, create_web_app) as built:
+        yield built
 
 
 @pytest.fixture
@@ -70,10 +65,7 @@ def local(lab) -> TestClient:
 
 
 def _login(client: TestClient, name: str = "R. Reviewer") -> str:
-    response = client.post("/login", data={"token": TOKEN, "name": name, "next": "/"})
-    assert response.status_code == 303, response.text
-    nonce = response.cookies[SESSION_COOKIE].split(".")[2]
-    return csrf_value(TOKEN, nonce)
+    return web_login(client, TOKEN, name)
 
 
 def _ids(session: Any, sample: str | None = "S1") -> list[int]:

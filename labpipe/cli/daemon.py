@@ -149,7 +149,7 @@ def worker(obj: Any, concurrency: int | None) -> None:
 
 
 def _report(settings: Any, failures: int) -> dict[str, Any]:
-    from labpipe.status import image_status
+    from labpipe.status import arriving_files, image_status
     from workers.app import describe, queue_depths
 
     factory = _open_db(settings)
@@ -158,6 +158,7 @@ def _report(settings: Any, failures: int) -> dict[str, Any]:
             report = image_status(session, failures=failures, stuck_after=settings.queue.stuck_after)
     finally:
         _dispose(factory)
+    report["arriving"] = arriving_files(settings.storage.root)
     report["database"] = _redact(settings.database_url)
     report["broker"] = describe(settings)
     try:

@@ -43,6 +43,7 @@ from labpipe.db.models import Image
 from labpipe.errors import ConfigError
 from labpipe.imaging import verify_readable
 from labpipe.imaging.memory import MemoryBudget
+from labpipe.ingest.arrivals import QUIET_REASON, Arrival, ArrivalBoard
 from labpipe.ingest.lifecycle import (
     expired_leases,
     finish_move,
@@ -194,6 +195,11 @@ class Watcher:
         self._taken: dict[Path, tuple[int, int]] = {}
         """Files already handled, with the (size, mtime) they had: skipped by later rescans."""
         self._waiting: dict[Path, tuple[int, int]] = {}
+        self._wait_reasons: dict[Path, str] = {}
+        """Why a stable file is not a complete image yet (shown on the dashboard)."""
+        self._first_seen: dict[Path, float] = {}
+        """When each candidate was first seen (wall clock), for the dashboard's waiting time."""
+        self.arrivals = ArrivalBoard(settings.storage.root)
         """Stable but unreadable files already logged, with the (size, mtime) they had."""
         self._unsent: dict[int, tuple[bool, str | None]] = {}
         """Images whose task could not be sent yet (broker down): image id -> (takeover, hash)."""
@@ -227,6 +233,7 @@ class Watcher:
                 return
             self._taken.pop(path, None)  # the same name holds something new: look at it again
         self._candidates.add(path)
+        self._first_seen.setdefault(path, time.time())
 
     def _walk(self, top: Path) -> None:
         for dirpath, dirnames, filenames in os.walk(top):
@@ -290,10 +297,33 @@ class Watcher:
                 log.error("could not take file; will try again", exc_info=True, image=str(path))
                 self.counts["errors"] += 1
         self._send_unsent()
+        self._guarded("arrivals", self._publish_arrivals)
         if self._clock() - self._last_lease_check >= max(0.5, self.settings.queue.lease_seconds / 3):
             self._guarded("lease check", self.take_over_expired)
         if self._clock() - self._last_sweep >= self.settings.queue.sweep_interval:
             self._guarded("sweep", self.sweep)
+
+    def waiting_files(self) -> list[Arrival]:
+        """The files seen in the inbox and not taken yet, with why (see :mod:`labpipe.ingest.arrivals`)."""
+        for gone in set(self._first_seen) - self._candidates:
+            self._first_seen.pop(gone, None)
+            self._wait_reasons.pop(gone, None)
+        arrivals = []
+        for path in sorted(self._candidates):
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            try:
+                name = str(path.relative_to(self.inbox))
+            except ValueError:
+                name = path.name
+            reason = self._wait_reasons.get(path, QUIET_REASON)
+            arrivals.append(Arrival(name, size, self._first_seen.get(path, time.time()), reason))
+        return arrivals
+
+    def _publish_arrivals(self) -> None:
+        self.arrivals.publish(self.waiting_files())
 
     def _guarded(self, what: str, step: Callable[[], object]) -> None:
         """Run a periodic step; an error (share or database away for a moment) is logged, not fatal."""
@@ -306,7 +336,7 @@ class Watcher:
                 self._last_sweep = self._clock()
             elif what == "lease check":
                 self._last_lease_check = self._clock()
-            else:
+            elif what == "rescan":
                 self._last_rescan = self._clock()
 
     def _consider(self, path: Path) -> None:
@@ -315,6 +345,7 @@ class Watcher:
             return
         verdict = self.tracker.check(path)
         if verdict.state is Completeness.WAIT and verdict.reason:
+            self._wait_reasons[path] = verdict.reason
             if self._waiting.get(path) != (verdict.size, verdict.mtime_ns):
                 self._waiting[path] = (verdict.size, verdict.mtime_ns)
                 log.info(
@@ -322,6 +353,7 @@ class Watcher:
                 )
             return
         self._waiting.pop(path, None)
+        self._wait_reasons.pop(path, None)
         if verdict.state is Completeness.GONE:
             self._candidates.discard(path)
         elif verdict.state is Completeness.READY:
@@ -587,4 +619,5 @@ class Watcher:
             if observer is not None:
                 observer.stop()  # type: ignore[attr-defined]
                 observer.join(timeout=5)  # type: ignore[attr-defined]
+            self.arrivals.close()
             log.info("watcher stopped", **dict(self.counts))

@@ -1,5 +1,6 @@
 """The dashboard: what the daemon is doing now (tiles per status, the broker's queue, plates in
-progress, stuck plates with a retry button, recent plates, failures); ``?fragment=live`` is the part
+progress, files arriving in the inbox with their waiting time, stuck plates with a retry button,
+recent plates, failures); ``?fragment=live`` is the part
 the page refreshes."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 from labpipe.api.deps import SessionDep, SettingsDep
 from labpipe.config import Settings
 from labpipe.queries.listings import failures, recent_images
-from labpipe.status import image_status
+from labpipe.status import arriving_files, image_status
 from labpipe.web.progress import plate_progress
 from labpipe.web.render import utc_age
 from labpipe.web.routes.common import ViewerDep, render_page
@@ -77,6 +78,7 @@ def _dashboard_context(session: Session, settings: Settings) -> dict[str, Any]:
         "finished": finished,
         "in_progress": in_progress,
         "stuck": report["stuck"],
+        "arriving": arriving_files(settings.storage.root),
         "recent": recent_images(session, 15),
         "failures": failures(session, 20),
         "queue": None
