@@ -256,7 +256,7 @@ def built_lab(
 
 def web_login(client: Any, token: str, name: str = "R. Reviewer") -> str:
     """Log ``client`` in to the web UI as ``name``; returns the session's form (CSRF) token."""
-    from labpipe.web.sessions import SESSION_COOKIE, csrf_value
+    from labpipe.web.auth import SESSION_COOKIE, csrf_value
 
     response = client.post("/login", data={"token": token, "name": name, "next": "/"})
     assert response.status_code == 303, response.text
