@@ -27,8 +27,10 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
+from brokers import RecordingBroker
 from PIL import Image, ImageFile
 from sqlalchemy import select
+from test_daemon import distributed, drop  # noqa: F401 (the fixture is used by name)
 
 from labpipe.bench.peak import child_environment, run_measured
 from labpipe.config import Settings, load_settings
@@ -431,21 +433,8 @@ def test_the_watcher_quarantines_a_stack_and_an_image_over_budget_with_their_rea
     shutil.copyfile(issue_png, inbox / "zeros.png")
     tifffile.imwrite(inbox / "plate.tif", plate_array(600), photometric="rgb", tile=(128, 128))
 
-    class Sent:
-        def __init__(self) -> None:
-            self.sent: list[int] = []
-
-        def send(self, image_id: int, *, takeover: bool = False, content_hash: str | None = None) -> None:
-            self.sent.append(image_id)
-
-        def depth(self) -> None:
-            return None
-
-        def housekeeping(self) -> None:
-            pass
-
     factory = open_database(settings.database_url)
-    broker = Sent()
+    broker = RecordingBroker()
     watcher = Watcher(settings, factory, broker)
     watcher.rescan()
     watcher.tick()
@@ -459,3 +448,26 @@ def test_the_watcher_quarantines_a_stack_and_an_image_over_budget_with_their_rea
         assert words in (quarantine / f"{name}.reason.txt").read_text()
         assert (quarantine / name).is_file() and not (inbox / name).exists()
     factory.kw["bind"].dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_distributed_daemon_refuses_an_image_over_budget_and_processes_the_rest(
+    request: pytest.FixtureRequest, tmp_path: Path, issue_png: Path
+) -> None:
+    """The same budget holds with ``labpipe watch`` + ``labpipe worker`` on PostgreSQL and Redis."""
+    daemon = request.getfixturevalue("distributed")(
+        **{"imaging.memory_budget_mb": 2048, "ingest.unreadable_grace": 1.0}
+    )
+    daemon.start("watch")
+    daemon.start("worker")
+    plate = tmp_path / "plate.tif"
+    tifffile.imwrite(plate, plate_array(600), photometric="rgb", tile=(128, 128))
+    drop(issue_png, daemon.inbox / "S1" / "zeros.png")
+    drop(plate, daemon.inbox / "S1" / "plate.tif")
+    daemon.wait_finished(2, timeout=120)
+    rows = {row.file_name: row for row in daemon.images()}
+    assert rows["plate.tif"].status == ImageStatus.DONE.value and rows["plate.tif"].n_specimens > 0
+    refused = rows["zeros.png"]
+    assert refused.status == ImageStatus.QUARANTINED.value and "budget of 2.0 GB" in (refused.error or "")
+    assert (daemon.root / "quarantine" / "S1" / "zeros.png").is_file()
