@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labpipe.db.models import Agreement, AuditEvent, BarcodeLink, Specimen, Verification, utcnow
+from labpipe.db.models import Agreement, AuditEvent, BarcodeLink, Image, Specimen, Verification, utcnow
 from labpipe.errors import LabpipeError
 from labpipe.samples import NotFoundError
 
@@ -25,6 +25,7 @@ __all__ = [
     "AuditNotFoundError",
     "edit_box",
     "events_for",
+    "mark_boxes_reviewed",
     "record_event",
     "specimen_snapshot",
     "undo",
@@ -145,6 +146,41 @@ def edit_box(
     )
 
 
+def _reviewed(image: Image) -> dict[str, Any]:
+    at = image.boxes_reviewed_at
+    return {"boxes_reviewed_by": image.boxes_reviewed_by, "boxes_reviewed_at": at.isoformat() if at else None}
+
+
+def mark_boxes_reviewed(
+    session: Session, image_id: int, *, by: str, reviewed: bool = True, note: str | None = None
+) -> AuditEvent:
+    """Mark a plate's boxes reviewed (every specimen on it checked by a person, none missing), or
+    take the mark off (``reviewed=False``). One ``boxes_reviewed`` or ``boxes_unreviewed`` event
+    keeps the values before and after; :func:`undo` restores the previous mark. Marking a marked
+    plate again renews the name and time (an event, too)."""
+    image = session.get(Image, image_id)
+    if image is None:
+        raise AuditNotFoundError(f"image {image_id}", "no such image", "check the id")
+    who = " ".join(str(by or "").split())
+    if not who:
+        raise AuditError("by", "marking a plate needs the name of the person", "log in with a name")
+    if not reviewed and image.boxes_reviewed_at is None:
+        raise AuditError(f"image {image_id}", "the plate is not marked boxes reviewed")
+    before = _reviewed(image)
+    now = utcnow()
+    image.boxes_reviewed_by, image.boxes_reviewed_at = (who[:255], now) if reviewed else (None, None)
+    return record_event(
+        session,
+        actor=who,
+        action="boxes_reviewed" if reviewed else "boxes_unreviewed",
+        image_id=image.id,
+        before=before,
+        after=_reviewed(image),
+        note=note,
+        at=now,
+    )
+
+
 def events_for(session: Session, specimen_id: int) -> list[AuditEvent]:
     """A specimen's trail, newest first."""
     return list(
@@ -184,12 +220,14 @@ def _mark_for_review_again(session: Session, verification: Verification, link_id
 
 
 def undo(session: Session, event_id: int, *, undone_by: str) -> AuditEvent:
-    """Revert one ``box_edit`` or ``verify`` event; returns the ``undo`` event.
+    """Revert one ``box_edit``, ``verify``, ``boxes_reviewed`` or ``boxes_unreviewed`` event;
+    returns the ``undo`` event.
 
     A box goes back to the value before the edit (refused when the box was edited again since:
     undo the later edit first). A verification is retracted; the barcode records it had taken off
     the review list (image and DNA disagree) go back on it, unless another verification of the
-    specimen still counts.
+    specimen still counts. A plate's boxes-reviewed mark goes back to what it was (refused when the
+    mark changed again since).
     """
     event = session.get(AuditEvent, event_id)
     if event is None:
@@ -233,11 +271,33 @@ def undo(session: Session, event_id: int, *, undone_by: str) -> AuditEvent:
         marked = _mark_for_review_again(session, verification, (event.before or {}).get("needs_review"))
         if marked:
             after["needs_review"] = marked
+    elif event.action in ("boxes_reviewed", "boxes_unreviewed"):
+        image = session.get(Image, event.image_id) if event.image_id else None
+        if image is None:
+            raise AuditError(f"event {event_id}", "its image no longer exists")
+        later = session.scalar(
+            select(AuditEvent.id).where(
+                AuditEvent.image_id == image.id,
+                AuditEvent.action.in_(("boxes_reviewed", "boxes_unreviewed")),
+                AuditEvent.id > event.id,
+                AuditEvent.undone_by.is_(None),
+            )
+        )
+        if later is not None:
+            raise AuditError(
+                f"event {event_id}", f"the plate's mark changed again (event {later})", "undo that first"
+            )
+        current = _reviewed(image)
+        before = event.before or {}
+        at = before.get("boxes_reviewed_at")
+        image.boxes_reviewed_by = before.get("boxes_reviewed_by")
+        image.boxes_reviewed_at = dt.datetime.fromisoformat(at) if at else None
+        after = _reviewed(image)
     else:
         raise AuditError(
             f"event {event_id}",
             f"a {event.action!r} event cannot be undone",
-            "undo box edits or verifications",
+            "undo box edits, verifications or a plate's boxes-reviewed mark",
         )
     undo_event = record_event(
         session,

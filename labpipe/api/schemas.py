@@ -18,6 +18,7 @@ __all__ = [
     "BarcodeOut",
     "BarcodedSpecimenOut",
     "BoxEditIn",
+    "BoxesReviewedIn",
     "ClassificationOut",
     "CountsOut",
     "DefaultModelIn",
@@ -274,6 +275,15 @@ class BoxEditIn(BaseModel):
         Field(description="[x, y, width, height] in full-resolution pixels of the displayed image.")
     )
     edited_by: str = _PERSON
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class BoxesReviewedIn(BaseModel):
+    """Who marks a plate's boxes reviewed (or takes the mark off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = _PERSON
     note: str | None = Field(default=None, max_length=2000)
 
 

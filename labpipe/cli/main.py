@@ -412,9 +412,9 @@ train.add_command(train_detector_command, "detector")
 evaluate.add_command(eval_detector, "detector")
 evaluate.add_command(eval_table, "table")
 
-from labpipe.cli.records import api, barcodes, counts, export, plates, samples  # noqa: E402
+from labpipe.cli.records import api, barcodes, counts, export, images, plates, samples  # noqa: E402
 
-for _command in (samples, counts, export, plates, barcodes, api):
+for _command in (samples, counts, export, plates, barcodes, images, api):
     cli.add_command(_command)
 
 from labpipe.cli.daemon import retry, serve, status, watch, worker  # noqa: E402

@@ -362,6 +362,76 @@ def export_dwca_command(obj: Any, out: Path, as_json: bool, **kw: Any) -> None:
     click.echo(f"classifier version(s): {', '.join(result['model_versions']) or 'none'}")
 
 
+@export.command("coco")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--sample", "sample_id", help="Only this sample's plates.")
+@click.option(
+    "--reviewed-only",
+    is_flag=True,
+    help="Only plates marked boxes reviewed (default: also plates on which every box has a verdict).",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder the file names are relative to (default: the archive folder); pass it as --images.",
+)
+@click.pass_obj
+def export_coco(obj: Any, out: Path, sample_id: str | None, reviewed_only: bool, root: Path | None) -> None:
+    """Write the reviewed plates to OUT as a COCO detection file: detector training data.
+
+    Boxes a person checked are category 'specimen' (the family as attributes.family), boxes judged
+    'not a specimen' are 'debris' (negatives), a 'multiple' box is a specimen with
+    attributes.multiple. Each image has its file (relative to --root), size, scale (um_per_px), sample
+    and who marked it reviewed. Train on it with `labpipe train detector --coco OUT --images ROOT`.
+    """
+    from labpipe.detect.detr_data import write_coco_document
+    from labpipe.reports.coco import coco_export
+
+    folder = (root or obj.settings.storage.archive_dir).resolve()
+    with _session(obj) as session:
+        doc = coco_export(session, folder, sample=sample_id, reviewed_only=reviewed_only)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_coco_document(doc, out)
+    info = doc["info"]
+    click.echo(
+        f"wrote {out}: {len(doc['images'])} plates, {info['boxes']} specimen boxes, "
+        f"{info['negatives']} negatives (debris); file names relative to {folder}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# images
+
+
+@click.group()
+def images() -> None:
+    """Plate images: mark a plate's boxes reviewed."""
+
+
+@images.command("mark-reviewed")
+@click.argument("image_id", type=click.IntRange(1, 2**31 - 1))
+@click.option("--by", "by", help="Your name for the audit trail (default: your user name).")
+@click.option("--undo", "unmark", is_flag=True, help="Take the mark off instead.")
+@click.option("--note", help="A note for the audit trail.")
+@click.pass_obj
+def images_mark_reviewed(obj: Any, image_id: int, by: str | None, unmark: bool, note: str | None) -> None:
+    """Mark plate IMAGE_ID's boxes reviewed: every specimen on it checked, none missing.
+
+    Its boxes then go into `labpipe export coco`. The change is recorded in the audit trail.
+    """
+    import getpass
+
+    from labpipe.audit import mark_boxes_reviewed
+
+    who = by or getpass.getuser()
+    with _session(obj) as session:
+        event = mark_boxes_reviewed(session, image_id, by=who, reviewed=not unmark, note=note)
+        session.commit()
+        event_id = event.id
+    done = "boxes-reviewed mark taken off" if unmark else "marked boxes reviewed"
+    click.echo(f"image {image_id}: {done} by {who} (audit event {event_id})")
+
+
 @export.command("csv")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @_filters

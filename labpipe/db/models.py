@@ -227,6 +227,11 @@ class Image(Base):
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column()
     """When that worker's claim lapses unless its heartbeat renews it; a processing image whose lease
     has expired is handed to another worker at once (see :mod:`labpipe.ingest.lifecycle`)."""
+    boxes_reviewed_by: Mapped[str | None] = mapped_column(sa.String(_NAME))
+    """Who marked the plate's boxes reviewed: every specimen on it checked, none missing (``None``:
+    not marked). A marked plate is detector training data (:mod:`labpipe.reports.coco`)."""
+    boxes_reviewed_at: Mapped[dt.datetime | None] = mapped_column()
+    """When the plate was marked boxes reviewed."""
 
     sample: Mapped[Sample | None] = relationship(back_populates="images")
     specimens: Mapped[list[Specimen]] = relationship(

@@ -1,7 +1,8 @@
 """Box corrections, the audit trail, undo, and the default model, over HTTP.
 
 ``PUT /api/specimens/{id}/box`` sets a specimen's box by hand (a re-run then keeps it);
-``GET /api/specimens/{id}/events`` lists its audit trail; ``POST /api/events/{id}/undo`` reverts a
+``PUT``/``DELETE /api/images/{id}/boxes-reviewed`` marks a plate's boxes reviewed (every specimen
+checked, none missing) or takes the mark off; ``GET /api/specimens/{id}/events`` lists its audit trail; ``POST /api/events/{id}/undo`` reverts a
 box edit or retracts a verification. ``GET /api/models`` lists the registry with the models in use
 now, and ``PUT /api/models/default`` changes the default that the daemon, the CLI and the web UI
 follow. Writes need the API token; the person is named in the body (the token is the lab's).
@@ -19,12 +20,13 @@ from labpipe.api.schemas import (
     ActiveModelsOut,
     AuditEventOut,
     BoxEditIn,
+    BoxesReviewedIn,
     DefaultModelIn,
     ModelOut,
     UndoIn,
 )
 from labpipe.api.schemas import ErrorOut as _ErrorOut
-from labpipe.audit import edit_box, events_for, undo
+from labpipe.audit import edit_box, events_for, mark_boxes_reviewed, undo
 from labpipe.db.models import AuditEvent, Model
 from labpipe.registry import list_models
 
@@ -80,6 +82,33 @@ def put_box(specimen_id: DbId, body: BoxEditIn, session: SessionDep) -> dict[str
     """Set a specimen's box by hand (full-resolution pixels of the displayed image); the previous box
     is kept in the audit trail, and a re-run of the plate keeps this one."""
     event = edit_box(session, specimen_id, tuple(body.box), edited_by=body.edited_by, note=body.note)
+    session.commit()
+    return _event_out(event)
+
+
+@router.put(
+    "/images/{image_id}/boxes-reviewed",
+    response_model=AuditEventOut,
+    dependencies=[Depends(require_write)],
+    responses=_ERRORS,
+)
+def put_boxes_reviewed(image_id: DbId, body: BoxesReviewedIn, session: SessionDep) -> dict[str, Any]:
+    """Mark the plate's boxes reviewed: every specimen on it checked, none missing (its boxes then
+    go into ``/api/exports/coco.json``). Recorded in the audit trail; undo restores the mark before."""
+    event = mark_boxes_reviewed(session, image_id, by=body.by, reviewed=True, note=body.note)
+    session.commit()
+    return _event_out(event)
+
+
+@router.delete(
+    "/images/{image_id}/boxes-reviewed",
+    response_model=AuditEventOut,
+    dependencies=[Depends(require_write)],
+    responses=_ERRORS,
+)
+def delete_boxes_reviewed(image_id: DbId, body: BoxesReviewedIn, session: SessionDep) -> dict[str, Any]:
+    """Take the plate's boxes-reviewed mark off (400 when it is not marked); recorded in the trail."""
+    event = mark_boxes_reviewed(session, image_id, by=body.by, reviewed=False, note=body.note)
     session.commit()
     return _event_out(event)
 

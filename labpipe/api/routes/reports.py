@@ -1,4 +1,5 @@
-"""``/api/counts`` and ``/api/exports/...``: counts, CSV, community matrix, Darwin Core Archive, BOLD."""
+"""``/api/counts`` and ``/api/exports/...``: counts, CSV, community matrix, Darwin Core Archive, BOLD,
+and the reviewed plates as COCO detection training data."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from labpipe.api.schemas import CountsOut, ErrorOut
 from labpipe.barcoding.bold import bold_submission_items, write_bold_submission
 from labpipe.queries.calls import CountFilter
 from labpipe.registry import find_model
+from labpipe.reports.coco import coco_export
 from labpipe.reports.counts import compute_counts, counts_to_csv, matrix_to_csv
 from labpipe.reports.dwca import export_dwca
 
@@ -146,3 +148,18 @@ def get_bold(
         media_type="application/zip",
         headers={"Content-Disposition": 'attachment; filename="labpipe-bold.zip"'},
     )
+
+
+@router.get("/exports/coco.json", responses=_ERRORS)
+def get_coco(
+    session: SessionDep,
+    settings: SettingsDep,
+    sample: Annotated[str | None, Query(max_length=64, description="Only this sample's plates.")] = None,
+    reviewed_only: Annotated[
+        bool, Query(description="Only plates marked boxes reviewed (not those merely fully verified).")
+    ] = False,
+) -> dict[str, Any]:
+    """COCO detection file of the reviewed plates, as ``labpipe export coco``: human-checked boxes
+    (``specimen``, with the family as an attribute), "not a specimen" verdicts as ``debris``
+    negatives, the scale per image; ``file_name`` relative to the archive folder."""
+    return coco_export(session, settings.storage.archive_dir, sample=sample, reviewed_only=reviewed_only)
