@@ -23,7 +23,9 @@ def _verified(specimen_id: object) -> object:
     return exists().where(Verification.specimen_id == specimen_id, Verification.retracted_at.is_(None))
 
 
-def training_images(session: Session, *, sample: str | None = None, reviewed_only: bool = False) -> list[Image]:
+def training_images(
+    session: Session, *, sample: str | None = None, reviewed_only: bool = False
+) -> list[Image]:
     """The plates whose boxes a person checked, by id (only plates with a known size).
 
     A plate counts when it is marked boxes reviewed (``images.boxes_reviewed_at`` set); without
@@ -35,9 +37,7 @@ def training_images(session: Session, *, sample: str | None = None, reviewed_onl
         wanted = marked
     else:
         unchecked = (
-            exists()
-            .where(Specimen.image_id == Image.id)
-            .where(~_verified(Specimen.id))  # type: ignore[operator]
+            exists().where(Specimen.image_id == Image.id).where(~_verified(Specimen.id))  # type: ignore[operator]
         )
         wanted = or_(marked, and_(exists().where(Specimen.image_id == Image.id), ~unchecked))
     query = select(Image).where(wanted, Image.width.is_not(None), Image.height.is_not(None))

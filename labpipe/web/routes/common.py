@@ -61,6 +61,8 @@ FLASH = {
     "layout": "Laid out {n} specimen(s) on new plates.",
     "login": "Logged in: your reviews are recorded as {who}.",
     "logout": "Logged out.",
+    "reviewed": "Plate marked boxes reviewed as {who}: its boxes go into the training data (COCO export).",
+    "unreviewed": "The plate's boxes-reviewed mark is off.",
 }
 VERDICT_WORDS = {
     "confirmed": "confirmed",

@@ -1,8 +1,10 @@
 """Downloads of counts and archives: ``counts.csv`` (long), ``matrix.csv`` (community matrix),
-``dwca.zip`` (Darwin Core Archive) and ``bold.zip`` (BOLD submission), as the API makes them."""
+``dwca.zip`` (Darwin Core Archive), ``bold.zip`` (BOLD submission) and ``coco.json`` (the reviewed
+plates as detector training data), as the API makes them."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -41,6 +43,7 @@ def export(
     threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     expected: bool = False,
     all_specimens: Annotated[bool, Query(alias="all")] = False,
+    reviewed_only: bool = False,
 ) -> Response:
     """Downloads: ``counts.csv`` (long), ``matrix.csv`` (community matrix), ``dwca.zip`` (Darwin
     Core Archive), ``bold.zip`` (BOLD submission) for the given samples (all without).
@@ -62,6 +65,10 @@ def export(
         q = api_reports.CountQuery(sample=samples or None, threshold=threshold)
         response = api_reports.get_dwca(session, settings, q)
         return download(response.body, _export_name(samples, "dwca.zip"), "application/zip")
+    if kind == "coco.json":
+        doc = api_reports.get_coco(session, settings, samples[0] if samples else None, reviewed_only)
+        text = json.dumps(doc, indent=1)
+        return download(text, _export_name(samples, "coco.json"), "application/json")
     if kind == "bold.zip":
         if len(samples) != 1:
             raise HTTPException(
@@ -82,5 +89,6 @@ def export(
             raise HTTPException(code, exc.message) from None
         return download(response.body, _export_name(samples, "bold.zip"), "application/zip")
     raise HTTPException(
-        status.HTTP_404_NOT_FOUND, f"{kind}: no such export (counts.csv, matrix.csv, dwca.zip, bold.zip)"
+        status.HTTP_404_NOT_FOUND,
+        f"{kind}: no such export (counts.csv, matrix.csv, dwca.zip, bold.zip, coco.json)",
     )

@@ -1,6 +1,6 @@
 """Plate images: the list (by status and sample), the plate view with every specimen box, its
 overview, putting a failed or quarantined plate back into the inbox, and handing a stuck plate to
-another worker."""
+another worker, and marking a plate's boxes reviewed."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from labpipe.api.conditional import content_response
 from labpipe.api.deps import SessionDep, SettingsDep
+from labpipe.audit import AuditError, mark_boxes_reviewed
 from labpipe.config import Settings
 from labpipe.db.models import Image, ImageStatus
 from labpipe.ingest.recovery import RetryRefused, broker_sender
@@ -32,6 +33,7 @@ from labpipe.web.routes.common import (
     pager,
     redirect,
     render_page,
+    with_flash,
 )
 
 __all__ = ["router"]
@@ -63,6 +65,28 @@ def retry(
     except RetryError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, exc.message) from None
     return redirect("/?ok=retry")
+
+
+@router.post("/images/{image_id}/boxes-reviewed")
+def boxes_reviewed(
+    request: Request,
+    image_id: int,
+    session: SessionDep,
+    csrf: Annotated[str, Form(max_length=128)] = "",
+    unmark: Annotated[bool, Form()] = False,
+) -> Response:
+    """Mark the plate's boxes reviewed (every specimen checked, none missing) under the logged-in
+    name, or take the mark off (``unmark``); recorded in the audit trail."""
+    viewer = get_viewer(request)
+    check_write(request, viewer, csrf)
+    image = image_or_404(session, image_id)
+    try:
+        mark_boxes_reviewed(session, image.id, by=viewer.name or "web", reviewed=not unmark)
+    except AuditError as exc:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, exc.message) from None
+    session.commit()
+    return redirect(with_flash(f"/images/{image.id}", "unreviewed" if unmark else "reviewed"))
 
 
 @router.get("/images", response_class=HTMLResponse)
