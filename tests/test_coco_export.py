@@ -227,7 +227,7 @@ def test_the_export_holds_reviewed_boxes_negatives_families_and_the_scale(lab, c
 
 
 def test_the_export_round_trips_through_labpipes_readers(lab, client: TestClient, tmp_path: Path) -> None:
-    settings, factory, _ = lab
+    settings, _, _ = lab
     ids = _prepare(lab, client)
     out = tmp_path / "train.json"
     run = CliRunner().invoke(

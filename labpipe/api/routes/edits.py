@@ -1,9 +1,10 @@
 """Box corrections, the audit trail, undo, and the default model, over HTTP.
 
 ``PUT /api/specimens/{id}/box`` sets a specimen's box by hand (a re-run then keeps it);
+``GET /api/specimens/{id}/events`` lists its audit trail; ``POST /api/events/{id}/undo`` reverts a
+box edit, retracts a verification or restores a plate's boxes-reviewed mark.
 ``PUT``/``DELETE /api/images/{id}/boxes-reviewed`` marks a plate's boxes reviewed (every specimen
-checked, none missing) or takes the mark off; ``GET /api/specimens/{id}/events`` lists its audit trail; ``POST /api/events/{id}/undo`` reverts a
-box edit or retracts a verification. ``GET /api/models`` lists the registry with the models in use
+checked, none missing) or takes the mark off. ``GET /api/models`` lists the registry with the models in use
 now, and ``PUT /api/models/default`` changes the default that the daemon, the CLI and the web UI
 follow. Writes need the API token; the person is named in the body (the token is the lab's).
 """
