@@ -25,6 +25,7 @@ What goes in (one rule, :func:`coco_export`):
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,17 @@ CATEGORIES = [
 
 
 def coco_file_name(image: Image, root: Path) -> str:
-    """The plate's file relative to ``root`` (POSIX), or its absolute path when outside ``root``.
+    """The plate's file relative to ``root`` (POSIX), or its absolute path when outside ``root``
+    (a path stored relative, as ``labpipe process demo/plate.tif`` stores it, is taken from the
+    current folder).
 
     >>> img = Image(source_path="/lab/inbox/p1.tif", archived_path="/lab/archive/S1/p1.tif")
     >>> coco_file_name(img, Path("/lab/archive")), coco_file_name(img, Path("/elsewhere"))
     ('S1/p1.tif', '/lab/archive/S1/p1.tif')
     """
-    where = Path(image.archived_path or image.source_path)
+    where = Path(os.path.abspath(image.archived_path or image.source_path))
     try:
-        return where.relative_to(root).as_posix()
+        return where.relative_to(os.path.abspath(root)).as_posix()
     except ValueError:
         return where.as_posix()
 
