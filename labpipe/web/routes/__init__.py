@@ -44,12 +44,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from labpipe.web.routes import dashboard, exports, images, models, plates, review, samples, session, specimens
+from labpipe.web.routes import boxes, dashboard, exports, images, models, plates, review, samples, session, specimens
 
 __all__ = ["router"]
 
 router = APIRouter(include_in_schema=False)
 """Every page of the UI (mounted at the root by :func:`labpipe.web.create_web_app`)."""
 
-for _module in (session, dashboard, images, specimens, review, samples, exports, plates, models):
+for _module in (session, dashboard, images, boxes, specimens, review, samples, exports, plates, models):
     router.include_router(_module.router)
