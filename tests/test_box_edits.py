@@ -177,3 +177,29 @@ def test_a_read_only_lab_refuses_edits(tmp_path: Path) -> None:
             image_id = session.scalar(select(Image.id))
         r = c.post(f"/images/{image_id}/boxes", json={"csrf": "", "box": [10, 10, 50, 50]})
         assert r.status_code == 403
+
+
+def test_the_plate_view_with_500_boxes_stays_fast(lab, client: TestClient) -> None:
+    from records_fixtures import get_model
+
+    _, factory, _, _, image_id = lab
+    with factory() as session:
+        model = get_model(session)
+        for i in range(500):
+            s = Specimen(
+                image_id=image_id, index_in_image=1000 + i, x=(i % 25) * 110 + 20, y=(i // 25) * 140 + 20,
+                w=90, h=120, score=0.9, detector_version="classical@test", crop_path="", crop_size=48,
+            )
+            session.add(s)
+            session.flush()
+            session.add(Classification(specimen_id=s.id, model_id=model.id, family="Carabidae",
+                                       probability=0.9, rejected=False, top_k=[["Carabidae", 0.9]]))
+        session.commit()
+    web_login(client, TOKEN)
+    client.get(f"/images/{image_id}")
+    t0 = time.perf_counter()
+    page = client.get(f"/images/{image_id}")
+    took = time.perf_counter() - t0
+    print(f"plate view with {page.text.count('data-specimen=')} boxes: {took:.3f} s, {len(page.text) // 1024} KiB")
+    assert page.status_code == 200 and page.text.count("data-specimen=") >= 500
+    assert 'id="edit-toggle"' in page.text and took < 3.0

@@ -85,7 +85,6 @@ def test_draw_a_box_at_a_zoom_then_delete_and_undo_with_the_keyboard(served) -> 
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1366, "height": 1000})
-            page.on("console", lambda m: print("CONSOLE", m.text))
             page.on("pageerror", lambda e: print("PAGEERROR", e))
             page.goto(f"{url}/login?next=/images/{image_id}")
             page.fill("input[name=name]", "T. Technician")
@@ -129,5 +128,28 @@ def test_draw_a_box_at_a_zoom_then_delete_and_undo_with_the_keyboard(served) -> 
             with factory() as session:
                 (v,) = session.scalars(select(Verification).where(Verification.specimen_id == drawn.id))
                 assert v.retracted_at is not None
+            # click the box to select it, drag its bottom-right handle, then split it with s
+            page.mouse.click((x0 + x1) / 2, (y0 + y1) / 2)
+            handle = page.locator('#edit-layer [data-handle="se"]')
+            expect(handle).to_have_count(1)
+            hb = handle.bounding_box()
+            (tx, ty) = page.evaluate(TO_SCREEN, [1120, 1180])
+            page.mouse.move(hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(tx, ty, steps=5)
+            page.mouse.up()
+            expect(page.locator("#edit-status")).to_contain_text("box_edit saved")
+            with factory() as session:
+                s = session.get(Specimen, drawn.id)
+                assert abs(s.w - 120) <= 3 and abs(s.h - 180) <= 3 and (s.x, s.y) == (drawn.x, drawn.y)
+            page.keyboard.press("s")
+            expect(page.locator("#edit-status")).to_contain_text("box_split saved")
+            with factory() as session:
+                n_drawn = len(session.scalars(select(Specimen).where(Specimen.detection_state == "drawn")).all())
+                assert n_drawn == 2 and session.get(Specimen, drawn.id).h < 100
+            page.keyboard.press("Control+z")
+            expect(page.locator("#edit-status")).to_contain_text("undo saved")
+            with factory() as session:
+                assert len(session.scalars(select(Specimen).where(Specimen.detection_state == "drawn")).all()) == 1
         finally:
             browser.close()
