@@ -94,7 +94,9 @@ def recut_and_classify(
     path = image_file(image, settings)
     if path is None:
         raise AuditError(
-            f"image {image.id}", "the plate file is no longer in the storage folders", "the crop cannot be cut"
+            f"image {image.id}",
+            "the plate file is no longer in the storage folders",
+            "the crop cannot be cut",
         )
     cfg = settings
     crops_dir = settings.storage.crops_dir
@@ -123,8 +125,15 @@ def recut_and_classify(
         s.crop_path, s.crop_size = rel.as_posix(), int(square.shape[0])
         s.length_mm = max(s.w, s.h) * scale_mm if scale_mm else None
         s.width_mm = min(s.w, s.h) * scale_mm if scale_mm else None
-        row = specimen_classification(session, s.id, model_id) or Classification(specimen_id=s.id, model_id=model_id)
-        row.family, row.probability, row.rejected, row.reason = res.family, res.probability, res.rejected, res.reason
+        row = specimen_classification(session, s.id, model_id) or Classification(
+            specimen_id=s.id, model_id=model_id
+        )
+        row.family, row.probability, row.rejected, row.reason = (
+            res.family,
+            res.probability,
+            res.rejected,
+            res.reason,
+        )
         row.top_k = [[f, p] for f, p in res.top]
         row.threshold, row.rule, row.decided_at = rule.get("threshold"), rule or None, utcnow()
         session.add(row)
@@ -137,7 +146,10 @@ def _new_specimen(session: Session, image: Image, box: tuple[int, int, int, int]
     specimen = Specimen(
         image_id=image.id,
         index_in_image=next_index(session, image.id),
-        x=x, y=y, w=w, h=h,
+        x=x,
+        y=y,
+        w=w,
+        h=h,
         score=1.0,
         detector_version="drawn",
         detection_state=DetectionState.DRAWN.value,
@@ -152,7 +164,13 @@ def _new_specimen(session: Session, image: Image, box: tuple[int, int, int, int]
 
 
 def add_box(
-    session: Session, image_id: int, box: Sequence[int], *, edited_by: str, settings: Settings, classifier: ClassifierSource
+    session: Session,
+    image_id: int,
+    box: Sequence[int],
+    *,
+    edited_by: str,
+    settings: Settings,
+    classifier: ClassifierSource,
 ) -> BoxEditResult:
     """A box drawn round a missed specimen: a new ``drawn`` specimen, cropped and classified."""
     image = image_or_none(session, image_id)
@@ -163,7 +181,11 @@ def add_box(
     specimen = _new_specimen(session, image, clean, who)
     old = recut_and_classify(session, [specimen], settings, classifier())
     event = record_event(
-        session, actor=who, action="box_add", specimen_id=specimen.id, image_id=image.id,
+        session,
+        actor=who,
+        action="box_add",
+        specimen_id=specimen.id,
+        image_id=image.id,
         after={"box": list(clean), "index_in_image": specimen.index_in_image},
     )
     return BoxEditResult(event, shown=[specimen], old_files=old)
@@ -181,17 +203,30 @@ def delete_box(session: Session, specimen_id: int, *, edited_by: str) -> BoxEdit
     specimen = _specimen(session, specimen_id)
     who = _who(edited_by)
     verification = record_verification(
-        session, specimen.id, VerificationStatus.NOT_SPECIMEN.value, verified_by=who, note="deleted on the plate view"
+        session,
+        specimen.id,
+        VerificationStatus.NOT_SPECIMEN.value,
+        verified_by=who,
+        note="deleted on the plate view",
     )
-    event = session.query(AuditEvent).filter(
-        AuditEvent.action == "verify", AuditEvent.specimen_id == specimen.id
-    ).order_by(AuditEvent.id.desc()).first()
+    event = (
+        session.query(AuditEvent)
+        .filter(AuditEvent.action == "verify", AuditEvent.specimen_id == specimen.id)
+        .order_by(AuditEvent.id.desc())
+        .first()
+    )
     assert event is not None and (event.after or {}).get("verification_id") == verification.id
     return BoxEditResult(event, hidden=[specimen.id])
 
 
 def resize_box(
-    session: Session, specimen_id: int, box: Sequence[int], *, edited_by: str, settings: Settings, classifier: ClassifierSource
+    session: Session,
+    specimen_id: int,
+    box: Sequence[int],
+    *,
+    edited_by: str,
+    settings: Settings,
+    classifier: ClassifierSource,
 ) -> BoxEditResult:
     """Edges dragged to fit: :func:`labpipe.audit.edit_box`, then the crop is cut again and classified."""
     specimen = _specimen(session, specimen_id)
@@ -218,10 +253,12 @@ def split_box(
     if len(boxes) < 2:
         raise AuditError(str(list(boxes)), "a split needs two boxes or more")
     clean = [_check_box(specimen.image, b) for b in boxes]
-    before = {"box": [specimen.x, specimen.y, specimen.w, specimen.h],
-              "box_edited_by": specimen.box_edited_by,
-              "box_edited_at": specimen.box_edited_at.isoformat() if specimen.box_edited_at else None,
-              "detection_state": specimen.detection_state}
+    before = {
+        "box": [specimen.x, specimen.y, specimen.w, specimen.h],
+        "box_edited_by": specimen.box_edited_by,
+        "box_edited_at": specimen.box_edited_at.isoformat() if specimen.box_edited_at else None,
+        "detection_state": specimen.detection_state,
+    }
     now = utcnow()
     retracted = []
     for v in specimen.verifications:
@@ -233,10 +270,15 @@ def split_box(
     new = [_new_specimen(session, specimen.image, b, who) for b in clean[1:]]
     old = recut_and_classify(session, [specimen, *new], settings, classifier())
     event = record_event(
-        session, actor=who, action="box_split", specimen_id=specimen.id, image_id=specimen.image_id,
+        session,
+        actor=who,
+        action="box_split",
+        specimen_id=specimen.id,
+        image_id=specimen.image_id,
         before={**before, "retracted": retracted},
         after={"boxes": [list(b) for b in clean], "new_specimens": [s.id for s in new]},
-        note=f"a box of {len(clean)} specimens (multiple) split on the plate view", at=now,
+        note=f"a box of {len(clean)} specimens (multiple) split on the plate view",
+        at=now,
     )
     return BoxEditResult(event, shown=[specimen, *new], old_files=old)
 
@@ -272,8 +314,13 @@ def undo_edit(
         specimen = session.get(Specimen, event.specimen_id) if event.specimen_id else None
         files = _drop(session, specimen, settings) if specimen is not None else []
         undo_event = record_event(
-            session, actor=who, action="undo", specimen_id=event.specimen_id, image_id=event.image_id,
-            before=event.after, after={"undid": event.id, "removed": event.specimen_id},
+            session,
+            actor=who,
+            action="undo",
+            specimen_id=event.specimen_id,
+            image_id=event.image_id,
+            before=event.after,
+            after={"undid": event.id, "removed": event.specimen_id},
         )
         event.undone_by = undo_event.id
         session.flush()
@@ -299,8 +346,13 @@ def undo_edit(
         session.flush()
         files += recut_and_classify(session, [specimen], settings, classifier())
         undo_event = record_event(
-            session, actor=who, action="undo", specimen_id=specimen.id, image_id=event.image_id,
-            before=after, after={"undid": event.id, "box": before["box"]},
+            session,
+            actor=who,
+            action="undo",
+            specimen_id=specimen.id,
+            image_id=event.image_id,
+            before=after,
+            after={"undid": event.id, "box": before["box"]},
         )
         event.undone_by = undo_event.id
         session.flush()
@@ -330,4 +382,8 @@ def remove_files(paths: Sequence[Path], settings: Settings) -> None:
 
 
 def shown_box(specimen: Specimen) -> dict[str, Any]:
-    return {"id": specimen.id, "index": specimen.index_in_image, "box": [specimen.x, specimen.y, specimen.w, specimen.h]}
+    return {
+        "id": specimen.id,
+        "index": specimen.index_in_image,
+        "box": [specimen.x, specimen.y, specimen.w, specimen.h],
+    }

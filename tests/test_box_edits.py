@@ -27,7 +27,7 @@ class FakeClassifier:
     """Calls every crop Carabidae, and remembers the crop sizes it saw."""
 
     name, version, weights_hash, labels_hash = "fake", "fake@boxes", "w", "l"
-    families = ["Carabidae", "Formicidae"]
+    families = ("Carabidae", "Formicidae")
     threshold = 0.5
 
     def __init__(self) -> None:
@@ -68,11 +68,15 @@ def client(lab) -> TestClient:
 
 def active(session: Any, image_id: int) -> dict[int, Any]:
     """The plate's boxes a person sees: every specimen not marked as not a specimen."""
-    return {r.specimen_id: r for r in image_specimens(session, image_id) if r.resolution.outcome.value != "excluded"}
+    return {
+        r.specimen_id: r
+        for r in image_specimens(session, image_id)
+        if r.resolution.outcome.value != "excluded"
+    }
 
 
 def test_add_resize_delete_split_and_undo_each(lab, client: TestClient) -> None:
-    settings, factory, _, fake, image_id = lab
+    settings, factory, _, _fake, image_id = lab
     csrf = web_login(client, TOKEN, "T. Technician")
     with factory() as session:
         before = active(session, image_id)
@@ -187,19 +191,38 @@ def test_the_plate_view_with_500_boxes_stays_fast(lab, client: TestClient) -> No
         model = get_model(session)
         for i in range(500):
             s = Specimen(
-                image_id=image_id, index_in_image=1000 + i, x=(i % 25) * 110 + 20, y=(i // 25) * 140 + 20,
-                w=90, h=120, score=0.9, detector_version="classical@test", crop_path="", crop_size=48,
+                image_id=image_id,
+                index_in_image=1000 + i,
+                x=(i % 25) * 110 + 20,
+                y=(i // 25) * 140 + 20,
+                w=90,
+                h=120,
+                score=0.9,
+                detector_version="classical@test",
+                crop_path="",
+                crop_size=48,
             )
             session.add(s)
             session.flush()
-            session.add(Classification(specimen_id=s.id, model_id=model.id, family="Carabidae",
-                                       probability=0.9, rejected=False, top_k=[["Carabidae", 0.9]]))
+            session.add(
+                Classification(
+                    specimen_id=s.id,
+                    model_id=model.id,
+                    family="Carabidae",
+                    probability=0.9,
+                    rejected=False,
+                    top_k=[["Carabidae", 0.9]],
+                )
+            )
         session.commit()
     web_login(client, TOKEN)
     client.get(f"/images/{image_id}")
     t0 = time.perf_counter()
     page = client.get(f"/images/{image_id}")
     took = time.perf_counter() - t0
-    print(f"plate view with {page.text.count('data-specimen=')} boxes: {took:.3f} s, {len(page.text) // 1024} KiB")
+    print(
+        f"plate view with {page.text.count('data-specimen=')} boxes: {took:.3f} s,",
+        f"{len(page.text) // 1024} KiB",
+    )
     assert page.status_code == 200 and page.text.count("data-specimen=") >= 500
     assert 'id="edit-toggle"' in page.text and took < 3.0

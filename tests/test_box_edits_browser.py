@@ -98,7 +98,10 @@ def test_draw_a_box_at_a_zoom_then_delete_and_undo_with_the_keyboard(served) -> 
             page.keyboard.press("e")
             expect(page.locator("#edit-bar")).to_be_visible()
             page.keyboard.press("n")
-            (x0, y0), (x1, y1) = page.evaluate(TO_SCREEN, [1000, 1000]), page.evaluate(TO_SCREEN, [1100, 1150])
+            (x0, y0), (x1, y1) = (
+                page.evaluate(TO_SCREEN, [1000, 1000]),
+                page.evaluate(TO_SCREEN, [1100, 1150]),
+            )
             assert x1 - x0 > 50, "the zoom should make the box larger on screen"
             assert 0 < x0 < x1 < 1366 and 0 < y0 < y1 < 1000, (x0, y0, x1, y1)
             page.mouse.move(x0, y0)
@@ -145,11 +148,16 @@ def test_draw_a_box_at_a_zoom_then_delete_and_undo_with_the_keyboard(served) -> 
             page.keyboard.press("s")
             expect(page.locator("#edit-status")).to_contain_text("box_split saved")
             with factory() as session:
-                n_drawn = len(session.scalars(select(Specimen).where(Specimen.detection_state == "drawn")).all())
+                n_drawn = len(
+                    session.scalars(select(Specimen).where(Specimen.detection_state == "drawn")).all()
+                )
                 assert n_drawn == 2 and session.get(Specimen, drawn.id).h < 100
             page.keyboard.press("Control+z")
             expect(page.locator("#edit-status")).to_contain_text("undo saved")
             with factory() as session:
-                assert len(session.scalars(select(Specimen).where(Specimen.detection_state == "drawn")).all()) == 1
+                assert (
+                    len(session.scalars(select(Specimen).where(Specimen.detection_state == "drawn")).all())
+                    == 1
+                )
         finally:
             browser.close()

@@ -16,7 +16,13 @@ def image_or_none(session: Session, image_id: int) -> Image | None:
 
 def next_index(session: Session, image_id: int) -> int:
     """The next free specimen number on a plate (1-based)."""
-    return int(session.scalar(select(func.max(Specimen.index_in_image)).where(Specimen.image_id == image_id)) or 0) + 1
+    return (
+        int(
+            session.scalar(select(func.max(Specimen.index_in_image)).where(Specimen.image_id == image_id))
+            or 0
+        )
+        + 1
+    )
 
 
 def taken_crop_paths(session: Session, image_id: int) -> set[str]:
@@ -25,5 +31,7 @@ def taken_crop_paths(session: Session, image_id: int) -> set[str]:
 
 def specimen_classification(session: Session, specimen_id: int, model_id: int) -> Classification | None:
     return session.scalar(
-        select(Classification).where(Classification.specimen_id == specimen_id, Classification.model_id == model_id)
+        select(Classification).where(
+            Classification.specimen_id == specimen_id, Classification.model_id == model_id
+        )
     )

@@ -93,33 +93,76 @@ def _need(value: Any, what: str) -> Any:
 
 
 @router.post("/images/{image_id}/boxes")
-def add(request: Request, image_id: int, body: EditIn, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+def add(
+    request: Request, image_id: int, body: EditIn, session: SessionDep, settings: SettingsDep
+) -> JSONResponse:
     box = _need(body.box, "box: [x, y, w, h]")
-    return _run(request, body, session, settings, lambda who, clf: box_edits.add_box(
-        session, image_id, box, edited_by=who, settings=settings, classifier=clf))
+    return _run(
+        request,
+        body,
+        session,
+        settings,
+        lambda who, clf: box_edits.add_box(
+            session, image_id, box, edited_by=who, settings=settings, classifier=clf
+        ),
+    )
 
 
 @router.post("/specimens/{specimen_id}/box")
-def resize(request: Request, specimen_id: int, body: EditIn, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+def resize(
+    request: Request, specimen_id: int, body: EditIn, session: SessionDep, settings: SettingsDep
+) -> JSONResponse:
     box = _need(body.box, "box: [x, y, w, h]")
-    return _run(request, body, session, settings, lambda who, clf: box_edits.resize_box(
-        session, specimen_id, box, edited_by=who, settings=settings, classifier=clf))
+    return _run(
+        request,
+        body,
+        session,
+        settings,
+        lambda who, clf: box_edits.resize_box(
+            session, specimen_id, box, edited_by=who, settings=settings, classifier=clf
+        ),
+    )
 
 
 @router.post("/specimens/{specimen_id}/box/delete")
-def delete(request: Request, specimen_id: int, body: EditIn, session: SessionDep, settings: SettingsDep) -> JSONResponse:
-    return _run(request, body, session, settings, lambda who, clf: box_edits.delete_box(
-        session, specimen_id, edited_by=who))
+def delete(
+    request: Request, specimen_id: int, body: EditIn, session: SessionDep, settings: SettingsDep
+) -> JSONResponse:
+    return _run(
+        request,
+        body,
+        session,
+        settings,
+        lambda who, clf: box_edits.delete_box(session, specimen_id, edited_by=who),
+    )
 
 
 @router.post("/specimens/{specimen_id}/box/split")
-def split(request: Request, specimen_id: int, body: EditIn, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+def split(
+    request: Request, specimen_id: int, body: EditIn, session: SessionDep, settings: SettingsDep
+) -> JSONResponse:
     boxes = _need(body.boxes, "boxes: two or more [x, y, w, h]")
-    return _run(request, body, session, settings, lambda who, clf: box_edits.split_box(
-        session, specimen_id, boxes, edited_by=who, settings=settings, classifier=clf))
+    return _run(
+        request,
+        body,
+        session,
+        settings,
+        lambda who, clf: box_edits.split_box(
+            session, specimen_id, boxes, edited_by=who, settings=settings, classifier=clf
+        ),
+    )
 
 
 @router.post("/box-events/{event_id}/undo")
-def undo(request: Request, event_id: int, body: EditIn, session: SessionDep, settings: SettingsDep) -> JSONResponse:
-    return _run(request, body, session, settings, lambda who, clf: box_edits.undo_edit(
-        session, event_id, undone_by=who, settings=settings, classifier=clf))
+def undo(
+    request: Request, event_id: int, body: EditIn, session: SessionDep, settings: SettingsDep
+) -> JSONResponse:
+    return _run(
+        request,
+        body,
+        session,
+        settings,
+        lambda who, clf: box_edits.undo_edit(
+            session, event_id, undone_by=who, settings=settings, classifier=clf
+        ),
+    )
