@@ -42,11 +42,20 @@ from labpipe.db.models import (
     utcnow,
 )
 from labpipe.imaging import open_image
-from labpipe.queries.boxes import image_or_none, next_index, specimen_classification, taken_crop_paths
+from labpipe.queries.boxes import (
+    image_or_none,
+    latest_event,
+    next_index,
+    specimen_classification,
+    taken_crop_paths,
+)
 from labpipe.record import _free_crop_path, classifier_rule, ensure_classifier_model
 from labpipe.review import record_verification
 
 __all__ = ["BoxEditResult", "add_box", "delete_box", "remove_files", "resize_box", "split_box", "undo_edit"]
+
+NEW_CROPS = "labpipe.box_edits.new_crops"
+"""``session.info`` key: crop files written by this transaction (to delete if it rolls back)."""
 
 ClassifierSource = Callable[[], FamilyClassifier]
 
@@ -119,6 +128,7 @@ def recut_and_classify(
     for s, square, res in zip(specimens, squares, results, strict=True):
         rel = _free_crop_path(crops_dir, image, s.id, taken)
         save_crop(square, crops_dir / rel)
+        session.info.setdefault(NEW_CROPS, []).append(crops_dir / rel)
         taken.add(rel.as_posix())
         if s.crop_path:
             old.append(crops_dir / s.crop_path)
@@ -209,13 +219,9 @@ def delete_box(session: Session, specimen_id: int, *, edited_by: str) -> BoxEdit
         verified_by=who,
         note="deleted on the plate view",
     )
-    event = (
-        session.query(AuditEvent)
-        .filter(AuditEvent.action == "verify", AuditEvent.specimen_id == specimen.id)
-        .order_by(AuditEvent.id.desc())
-        .first()
-    )
-    assert event is not None and (event.after or {}).get("verification_id") == verification.id
+    event = latest_event(session, specimen.id, "verify")
+    if event is None or (event.after or {}).get("verification_id") != verification.id:
+        raise AuditError(f"specimen {specimen.id}", "the verdict was not recorded in the audit trail")
     return BoxEditResult(event, hidden=[specimen.id])
 
 

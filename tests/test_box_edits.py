@@ -226,3 +226,20 @@ def test_the_plate_view_with_500_boxes_stays_fast(lab, client: TestClient) -> No
     )
     assert page.status_code == 200 and page.text.count("data-specimen=") >= 500
     assert 'id="edit-toggle"' in page.text and took < 3.0
+
+
+def test_a_script_with_the_token_may_edit_and_a_missing_plate_file_is_refused(
+    lab, client: TestClient
+) -> None:
+    settings, factory, _, _, image_id = lab
+    bearer = {"Authorization": f"Bearer {TOKEN}", "X-Labpipe-User": "S. Script"}
+    r = client.post(f"/images/{image_id}/boxes", json={"box": [1000, 1000, 100, 150]}, headers=bearer)
+    assert r.status_code == 200, r.text
+    with factory() as session:
+        assert session.get(AuditEvent, r.json()["event_id"]).actor == "S. Script"
+        session.get(Image, image_id).archived_path = str(settings.storage.archive_dir / "gone.png")
+        session.commit()
+    crops = sorted(settings.storage.crops_dir.rglob("*.png"))
+    r = client.post(f"/images/{image_id}/boxes", json={"box": [10, 10, 50, 50]}, headers=bearer)
+    assert r.status_code == 400 and "plate file" in r.text
+    assert sorted(settings.storage.crops_dir.rglob("*.png")) == crops

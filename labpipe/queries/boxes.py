@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from labpipe.db.models import Classification, Image, Specimen
+from labpipe.db.models import AuditEvent, Classification, Image, Specimen
 
-__all__ = ["image_or_none", "next_index", "specimen_classification", "taken_crop_paths"]
+__all__ = ["image_or_none", "latest_event", "next_index", "specimen_classification", "taken_crop_paths"]
 
 
 def image_or_none(session: Session, image_id: int) -> Image | None:
@@ -34,4 +34,14 @@ def specimen_classification(session: Session, specimen_id: int, model_id: int) -
         select(Classification).where(
             Classification.specimen_id == specimen_id, Classification.model_id == model_id
         )
+    )
+
+
+def latest_event(session: Session, specimen_id: int, action: str) -> AuditEvent | None:
+    """A specimen's newest audit event of ``action``."""
+    return session.scalar(
+        select(AuditEvent)
+        .where(AuditEvent.specimen_id == specimen_id, AuditEvent.action == action)
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
     )

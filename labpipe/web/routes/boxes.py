@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import IntegrityError
 
 from labpipe import box_edits
 from labpipe.active_models import active_classifier
@@ -68,12 +69,19 @@ def _run(request: Request, body: EditIn, session: Any, settings: Any, edit) -> J
     try:
         result = edit(viewer.name or "unknown", _classifier(request, session, settings))
         session.commit()
-    except AuditNotFoundError as exc:
+    except BaseException as exc:
         session.rollback()
-        raise HTTPException(status.HTTP_404_NOT_FOUND, exc.message) from None
-    except AuditError as exc:
-        session.rollback()
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, exc.message) from None
+        box_edits.remove_files(session.info.pop(box_edits.NEW_CROPS, []), settings)
+        if isinstance(exc, IntegrityError):
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, "another edit of this plate came first: reload and try again"
+            ) from None
+        if isinstance(exc, AuditNotFoundError):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, exc.message) from None
+        if isinstance(exc, AuditError):
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, exc.message) from None
+        raise
+    session.info.pop(box_edits.NEW_CROPS, None)
     box_edits.remove_files(result.old_files, settings)
     return JSONResponse(
         {
