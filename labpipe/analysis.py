@@ -33,6 +33,7 @@ __all__ = [
     "boxes_to_full_resolution",
     "crop_file_name",
     "cut_crops",
+    "cut_square",
     "detect_specimens",
     "file_sha256",
     "timed_detection",
@@ -237,6 +238,14 @@ class CutCrop:
     width_mm: float | None
 
 
+def cut_square(plate: PlateImage, box: tuple[int, int, int, int], margin: float) -> np.ndarray:
+    """One box (+ ``margin`` x its larger side, clipped) cut from full resolution and padded to a
+    square: the crop of a specimen, as the pipeline cuts it and as a box edit cuts it again."""
+    x, y, w, h = box
+    x0, y0, x1, y1 = margin_box(x, y, w, h, margin, plate.width, plate.height)
+    return pad_to_square(plate.read_region(x0, y0, x1 - x0, y1 - y0))
+
+
 def cut_crops(
     plate: PlateImage,
     boxes: list[tuple[tuple[int, int, int, int], float]],
@@ -252,8 +261,7 @@ def cut_crops(
     """
     scale_mm = plate.um_per_px / 1000.0 if plate.um_per_px else None
     for index, ((x, y, w, h), score) in enumerate(boxes, start=1):
-        x0, y0, x1, y1 = margin_box(x, y, w, h, margin, plate.width, plate.height)
-        square = pad_to_square(plate.read_region(x0, y0, x1 - x0, y1 - y0))
+        square = cut_square(plate, (x, y, w, h), margin)
         path = directory / crop_file_name(index)
         writer.submit(square, path)
         yield CutCrop(

@@ -12,6 +12,10 @@ query layer (:mod:`labpipe.queries`) or a write module (:mod:`labpipe.review`,
                                    :mod:`~labpipe.web.routes.images`
 ``/images/{id}``                   plate view: overview with every specimen box, zoom and pan
 ``/images/{id}/overview.jpg``      the cached overview
+``/images/{id}/boxes``             POST (JSON): a box drawn on the plate view; with
+                                   ``/specimens/{id}/box`` (resize), ``.../box/delete``,
+                                   ``.../box/split`` and ``/box-events/{id}/undo``:
+                                   :mod:`~labpipe.web.routes.boxes`
 ``/images/{id}/retry``             POST: put a failed or quarantined plate back into the inbox, or
                                    hand a stuck processing plate to another worker
 ``/specimens``                     gallery: dense tiles or cards, search, filters (DNA
@@ -44,12 +48,23 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from labpipe.web.routes import dashboard, exports, images, models, plates, review, samples, session, specimens
+from labpipe.web.routes import (
+    boxes,
+    dashboard,
+    exports,
+    images,
+    models,
+    plates,
+    review,
+    samples,
+    session,
+    specimens,
+)
 
 __all__ = ["router"]
 
 router = APIRouter(include_in_schema=False)
 """Every page of the UI (mounted at the root by :func:`labpipe.web.create_web_app`)."""
 
-for _module in (session, dashboard, images, specimens, review, samples, exports, plates, models):
+for _module in (session, dashboard, images, boxes, specimens, review, samples, exports, plates, models):
     router.include_router(_module.router)

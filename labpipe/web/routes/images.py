@@ -120,7 +120,8 @@ def plate_view(
     """The plate with every specimen box, coloured by family, rejected ones dashed; a scale bar
     when the plate's scale is known."""
     image = image_or_404(session, image_id)
-    rows = image_specimens(session, image.id)
+    everything = image_specimens(session, image.id)
+    rows = [r for r in everything if r.resolution.outcome.value != "excluded"]  # deleted boxes hidden
     per_family: dict[str, int] = {}
     per_outcome: dict[str, int] = {}
     for row in rows:
@@ -145,6 +146,8 @@ def plate_view(
         "has_file": image.width is not None and _overview_possible(image, settings),
         "bar": scale_bar(image.um_per_px, width, 0.2),
         "progress": plate_progress(settings.storage.crops_dir, image.id),
+        "deleted": len(everything) - len(rows),
+        "editable": viewer.can_write and image.width is not None,
     }
     return render_page(request, "plate.html", viewer, context)
 

@@ -36,6 +36,7 @@
     if (!svg) return;
     var W = parseFloat(svg.getAttribute("data-w")), H = parseFloat(svg.getAttribute("data-h"));
     var vb = { x: 0, y: 0, w: W, h: H };
+    var shared = window.labpipePlate = { toPlate: null, grabbed: false };
     function apply() { svg.setAttribute("viewBox", vb.x + " " + vb.y + " " + vb.w + " " + vb.h); }
     function toPlate(clientX, clientY) {
       var r = svg.getBoundingClientRect();
@@ -43,6 +44,7 @@
       var ox = (r.width * s - vb.w) / 2, oy = (r.height * s - vb.h) / 2;
       return { x: vb.x - ox + (clientX - r.left) * s, y: vb.y - oy + (clientY - r.top) * s, s: s };
     }
+    shared.toPlate = toPlate;
     function zoom(factor, cx, cy) {
       var w = Math.min(W * 1.5, Math.max(W / 200, vb.w / factor)), h = w * H / W;
       var k = w / vb.w;
@@ -56,7 +58,7 @@
     }, { passive: false });
     var drag = null, moved = false;
     svg.addEventListener("pointerdown", function (e) {
-      if (e.button !== 0) return;
+      if (e.button !== 0 || shared.grabbed) return;
       drag = { x: e.clientX, y: e.clientY, vx: vb.x, vy: vb.y, s: toPlate(e.clientX, e.clientY).s };
       moved = false;
     });
@@ -88,6 +90,157 @@
     });
     var toggle = document.getElementById("show-rejected");
     if (toggle) toggle.addEventListener("change", function () { svg.classList.toggle("hide-rejected", !toggle.checked); });
+  }
+
+
+  // ---- plate view: edit boxes (new, delete, split, resize, undo); one overlay, one set of listeners
+  function plateEdit() {
+    var bar = document.getElementById("edit-bar"), toggle = document.getElementById("edit-toggle");
+    var svg = document.getElementById("plate");
+    if (!bar || !toggle || !svg || !window.fetch) return;
+    var shared = window.labpipePlate;
+    var layer = document.getElementById("edit-layer"), group = svg.querySelector("g.boxes");
+    var say = document.getElementById("edit-status");
+    var imageId = bar.getAttribute("data-image"), csrf = bar.getAttribute("data-csrf");
+    var NS = "http://www.w3.org/2000/svg";
+    var on = false, drawing = false, selected = null, undoStack = [], grab = null, busy = false;
+    function el(name, attrs) {
+      var n = document.createElementNS(NS, name);
+      for (var k in attrs) n.setAttribute(k, attrs[k]);
+      return n;
+    }
+    function rectOf(link) {
+      var r = link.querySelector("rect");
+      return { x: +r.getAttribute("x"), y: +r.getAttribute("y"), w: +r.getAttribute("width"), h: +r.getAttribute("height") };
+    }
+    function setMode(v) {
+      on = v; drawing = false; bar.hidden = !v; toggle.setAttribute("aria-pressed", String(v));
+      svg.classList.toggle("editing", v); select(null);
+    }
+    function link(id) { return group.querySelector('a[data-specimen="' + id + '"]'); }
+    function handles() {
+      while (layer.firstChild) layer.removeChild(layer.firstChild);
+      if (!selected) return;
+      var b = grab ? grab.box : rectOf(selected), s = shared.toPlate(0, 0).s, hs = 5 * s;
+      layer.appendChild(el("rect", { x: b.x, y: b.y, width: b.w, height: b.h, "class": "edit-selected", "vector-effect": "non-scaling-stroke" }));
+      [["nw", b.x, b.y], ["ne", b.x + b.w, b.y], ["sw", b.x, b.y + b.h], ["se", b.x + b.w, b.y + b.h],
+       ["n", b.x + b.w / 2, b.y], ["s", b.x + b.w / 2, b.y + b.h], ["w", b.x, b.y + b.h / 2], ["e", b.x + b.w, b.y + b.h / 2]]
+        .forEach(function (h) {
+          layer.appendChild(el("rect", { x: h[1] - hs, y: h[2] - hs, width: 2 * hs, height: 2 * hs, "class": "edit-handle", "data-handle": h[0] }));
+        });
+    }
+    function select(a) {
+      if (selected) selected.classList.remove("selected");
+      selected = a; if (a) a.classList.add("selected");
+      handles();
+    }
+    function status(text) { say.textContent = text; }
+    function post(url, body, remember) {
+      if (busy) return Promise.resolve(null);
+      busy = true; body.csrf = csrf; status("saving…");
+      return fetch(url, { method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json", Accept: "application/json" }, body: JSON.stringify(body) })
+        .then(function (r) { return r.json().then(function (j) { return { ok: r.ok, j: j }; }); })
+        .then(function (res) {
+          busy = false;
+          if (!res.ok) { status("refused: " + (res.j.detail || "error")); return null; }
+          apply(res.j);
+          if (remember) undoStack.push(res.j.event_id);
+          status(res.j.action + " saved (" + res.j.seconds + " s)" + (undoStack.length ? " · z to undo" : ""));
+          return res.j;
+        }, function () { busy = false; status("not saved: the server did not answer"); return null; });
+    }
+    function apply(j) {
+      j.hidden.forEach(function (id) { var a = link(id); if (a) { if (a === selected) select(null); a.remove(); } });
+      j.shown.forEach(function (b) {
+        var a = link(b.id);
+        if (!a) {
+          a = el("a", { href: "/specimens/" + b.id, "class": "box-link box-drawn", "data-specimen": b.id });
+          a.appendChild(el("rect", { "class": "box drawn", "vector-effect": "non-scaling-stroke" }));
+          group.appendChild(a);
+        }
+        var r = a.querySelector("rect");
+        r.setAttribute("x", b.box[0]); r.setAttribute("y", b.box[1]); r.setAttribute("width", b.box[2]); r.setAttribute("height", b.box[3]);
+      });
+      handles();
+    }
+    function clamp(b) {
+      var W = +svg.getAttribute("data-w"), H = +svg.getAttribute("data-h");
+      var x0 = Math.max(0, Math.round(Math.min(b.x, b.x + b.w))), y0 = Math.max(0, Math.round(Math.min(b.y, b.y + b.h)));
+      var x1 = Math.min(W, Math.round(Math.max(b.x, b.x + b.w))), y1 = Math.min(H, Math.round(Math.max(b.y, b.y + b.h)));
+      return [x0, y0, x1 - x0, y1 - y0];
+    }
+    toggle.addEventListener("click", function () { setMode(!on); });
+    // in edit mode a click on a box selects it (one delegated listener for every box)
+    svg.addEventListener("click", function (e) {
+      if (!on) return;
+      e.preventDefault();
+      var a = e.target.closest && e.target.closest("a.box-link");
+      if (a) select(a);
+    }, true);
+    svg.addEventListener("pointerdown", function (e) {
+      if (!on || e.button !== 0) return;
+      var p = shared.toPlate(e.clientX, e.clientY);
+      var h = e.target.getAttribute && e.target.getAttribute("data-handle");
+      if (drawing) grab = { kind: "new", x0: p.x, y0: p.y, box: { x: p.x, y: p.y, w: 0, h: 0 } };
+      else if (h && selected) grab = { kind: h, start: rectOf(selected), box: rectOf(selected) };
+      else return;
+      shared.grabbed = true; e.preventDefault(); e.stopPropagation();
+    }, true);
+    window.addEventListener("pointermove", function (e) {
+      if (!grab) return;
+      var p = shared.toPlate(e.clientX, e.clientY), b = grab.box;
+      if (grab.kind === "new") { b.x = grab.x0; b.y = grab.y0; b.w = p.x - grab.x0; b.h = p.y - grab.y0; }
+      else {
+        var s = grab.start, x1 = s.x + s.w, y1 = s.y + s.h, k = grab.kind;
+        b.x = k.indexOf("w") >= 0 ? p.x : s.x; b.y = k.indexOf("n") >= 0 ? p.y : s.y;
+        b.w = (k.indexOf("e") >= 0 ? p.x : x1) - b.x; b.h = (k.indexOf("s") >= 0 ? p.y : y1) - b.y;
+      }
+      if (grab.kind === "new") {
+        while (layer.firstChild) layer.removeChild(layer.firstChild);
+        var c = clamp(b);
+        layer.appendChild(el("rect", { x: c[0], y: c[1], width: c[2], height: c[3], "class": "edit-selected", "vector-effect": "non-scaling-stroke" }));
+      } else handles();
+    });
+    window.addEventListener("pointerup", function () {
+      if (!grab) return;
+      var g = grab, box = clamp(g.box);
+      grab = null; shared.grabbed = false;
+      setTimeout(function () { shared.grabbed = false; }, 0);
+      if (box[2] < 2 || box[3] < 2) { status("too small: drag a larger box"); handles(); return; }
+      if (g.kind === "new") {
+        drawing = false; svg.classList.remove("drawing");
+        post("/images/" + imageId + "/boxes", { box: box }, true).then(function (j) {
+          if (j) select(link(j.shown[0].id));
+        });
+      } else {
+        post("/specimens/" + selected.getAttribute("data-specimen") + "/box", { box: box }, true);
+      }
+    });
+    document.addEventListener("keydown", function (e) {
+      if (typing(e) || e.altKey) return;
+      var k = e.key;
+      if ((e.ctrlKey || e.metaKey) && k !== "z") return;
+      if (k === "e" && !e.ctrlKey) { setMode(!on); return; }
+      if (!on) return;
+      if (k === "Escape") { drawing = false; grab = null; shared.grabbed = false; svg.classList.remove("drawing"); select(null); status(""); }
+      else if (k === "n") { drawing = true; svg.classList.add("drawing"); select(null); status("drag to draw the new box"); }
+      else if ((k === "x" || k === "Delete" || k === "Backspace") && selected) {
+        e.preventDefault();
+        post("/specimens/" + selected.getAttribute("data-specimen") + "/box/delete", {}, true);
+      }
+      else if (k === "s" && selected) {
+        var b = rectOf(selected), parts;
+        if (b.w >= b.h) { var w1 = Math.round(b.w / 2); parts = [[b.x, b.y, w1, b.h], [b.x + w1, b.y, b.w - w1, b.h]]; }
+        else { var h1 = Math.round(b.h / 2); parts = [[b.x, b.y, b.w, h1], [b.x, b.y + h1, b.w, b.h - h1]]; }
+        post("/specimens/" + selected.getAttribute("data-specimen") + "/box/split", { boxes: parts }, true);
+      }
+      else if (k === "z") {
+        e.preventDefault();
+        var id = undoStack.pop();
+        if (id === undefined) { status("nothing to undo"); return; }
+        post("/box-events/" + id + "/undo", {}, false).then(function (j) { if (!j) undoStack.push(id); });
+      }
+    });
   }
 
   // ---- gallery and review queue: ticks, keyboard ----------------------------------------------
@@ -210,6 +363,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     liveRefresh();
     plateZoom();
+    plateEdit();
     gallery();
     tileSize();
     undoKey();
