@@ -15,27 +15,12 @@ from PIL import Image as PILImage
 from records_fixtures import built_lab, web_login
 from sqlalchemy import select
 
-from labpipe.classify.base import Classification as Call
+from labpipe.active_models import active_classifier
 from labpipe.db.models import AuditEvent, Classification, Image, Specimen
 from labpipe.queries.listings import image_specimens
 from labpipe.web import create_web_app
 
 TOKEN = "box-t0ken"
-
-
-class FakeClassifier:
-    """Calls every crop Carabidae, and remembers the crop sizes it saw."""
-
-    name, version, weights_hash, labels_hash = "fake", "fake@boxes", "w", "l"
-    families = ("Carabidae", "Formicidae")
-    threshold = 0.5
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, ...]] = []
-
-    def classify(self, crops: Any) -> list[Call]:
-        self.seen += [c.shape for c in crops]
-        return [Call("Formicidae", 0.9, False, None, [("Formicidae", 0.9)], self.version) for _ in crops]
 
 
 def plate_file(settings: Any, name: str, side: int = 3000) -> Path:
@@ -49,16 +34,20 @@ def plate_file(settings: Any, name: str, side: int = 3000) -> Path:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[tuple[Any, Any, Any, FakeClassifier, int]]:
+def lab(tmp_path: Path) -> Iterator[tuple[Any, Any, Any, str, int]]:
+    """The fixture lab with a real plate file; its edits use the lab's classifier in use (the
+    built-in ImageNet one, loaded offline), whose version is the fourth item."""
     with built_lab(tmp_path / "data", TOKEN, create_web_app) as (settings, factory, app):
-        fake = FakeClassifier()
-        app.state.box_classifier = fake
+        from labpipe.classify.loader import configured_classifier
+
+        with factory() as session:
+            in_use = configured_classifier(settings, model=active_classifier(session, settings).spec).version
         with factory() as session:
             image = session.scalar(select(Image).where(Image.sample_id == "S1"))
             image.archived_path = str(plate_file(settings, "s1-plate1.png"))
             session.commit()
             image_id = image.id
-        yield settings, factory, app, fake, image_id
+        yield settings, factory, app, in_use, image_id
 
 
 @pytest.fixture
@@ -76,7 +65,7 @@ def active(session: Any, image_id: int) -> dict[int, Any]:
 
 
 def test_add_resize_delete_split_and_undo_each(lab, client: TestClient) -> None:
-    settings, factory, _, _fake, image_id = lab
+    settings, factory, _, in_use, image_id = lab
     csrf = web_login(client, TOKEN, "T. Technician")
     with factory() as session:
         before = active(session, image_id)
@@ -94,9 +83,11 @@ def test_add_resize_delete_split_and_undo_each(lab, client: TestClient) -> None:
         assert crop.shape[0] == crop.shape[1] == s.crop_size > 150  # padded square with the margin
         assert crop[crop.shape[0] // 2, crop.shape[1] // 2].tolist() == [30, 30, 30]
         (cls,) = session.scalars(select(Classification).where(Classification.specimen_id == added))
-        assert cls.family == "Formicidae"
+        assert cls.model.version == in_use  # classified at once by the lab's classifier in use
+        assert cls.top_k and cls.decided_at is not None
         now = active(session, image_id)
-        assert len(now) == len(before) + 1 and now[added].resolution.family == "Formicidae"
+        assert len(now) == len(before) + 1
+        assert now[added].resolution.family == (None if cls.rejected else cls.family)
         event = session.get(AuditEvent, r.json()["event_id"])
         assert (event.actor, event.action) == ("T. Technician", "box_add")
     # resize: the crop is cut again

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from records_fixtures import built_lab
 from sqlalchemy import select
-from test_box_edits import TOKEN, FakeClassifier, plate_file
+from test_box_edits import TOKEN, plate_file
 
 from labpipe.db.models import Image, Specimen, Verification
 from labpipe.web import create_web_app
@@ -49,7 +49,6 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Any, int]]:
     import uvicorn
 
     with built_lab(tmp_path / "data", TOKEN, create_web_app) as (settings, factory, app):
-        app.state.box_classifier = FakeClassifier()
         with factory() as session:
             image = session.scalar(select(Image).where(Image.sample_id == "S1"))
             image.archived_path = str(plate_file(settings, "s1-plate1.png"))
@@ -132,7 +131,7 @@ def test_draw_a_box_at_a_zoom_then_delete_and_undo_with_the_keyboard(served) -> 
                 (v,) = session.scalars(select(Verification).where(Verification.specimen_id == drawn.id))
                 assert v.retracted_at is not None
             # click the box to select it, drag its bottom-right handle, then split it with s
-            page.mouse.click((x0 + x1) / 2, (y0 + y1) / 2)
+            page.mouse.click((x0 + x1) / 2, (y0 + y1) / 2)  # inside a drawn box selects it
             handle = page.locator('#edit-layer [data-handle="se"]')
             expect(handle).to_have_count(1)
             hb = handle.bounding_box()

@@ -46,9 +46,6 @@ def _classifier(request: Request, session: Any, settings: Any):
 
     def load() -> FamilyClassifier:
         state = request.app.state
-        fixed = getattr(state, "box_classifier", None)
-        if fixed is not None:
-            return fixed
         spec = active_classifier(session, settings).spec
         cache = getattr(state, "box_classifiers", None)
         if cache is None:
