@@ -14,17 +14,13 @@ Needs chromium at ``/usr/bin/chromium`` and the ``playwright`` package, as
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+from browsers import SCREENSHOTS, chromium, serving
 from records_fixtures import get_model, lab_settings, open_lab_db
 from sqlalchemy import func, select
 
@@ -39,35 +35,15 @@ from labpipe.web import create_web_app
 
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
-CHROMIUM = Path(os.environ.get("LABPIPE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
 TOKEN = "speed-browser-token"
 LAPTOP = {"width": 1366, "height": 768}
 FAMILIES = ["Carabidae", "Staphylinidae", "Curculionidae", "Formicidae", "Chrysomelidae"]
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message} (CI=true: the browser tests must run)")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("the playwright Python package is not installed (pip install playwright)")
-    if not CHROMIUM.is_file():
-        _missing(f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _plate_lab(settings: Settings, factory: Any) -> int:
@@ -155,28 +131,15 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    import uvicorn
-
     root = tmp_path_factory.mktemp("speed-browser")
     settings = lab_settings(root / "data", **{"api.token": TOKEN})
     factory = open_lab_db(settings)
     image_id = _plate_lab(settings, factory)
     app = create_web_app(settings, session_factory=factory)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield Lab(f"http://127.0.0.1:{port}", settings, factory, image_id)
+        with serving(app) as url:
+            yield Lab(url, settings, factory, image_id)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         factory.kw["bind"].dispose()
 
 

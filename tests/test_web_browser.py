@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,24 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browsers import SCREENSHOTS, chromium
 
 from labpipe.synth.plate import PlateSpec, write_plate
 
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
-CHROMIUM = Path(os.environ.get("LABPIPE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TOKEN = "browser-test-token"
 SAMPLE = "LL-WEB-1"
 NEW_FAMILY = "Histeridae"  # a family no model of the test names: its count can only come from review
@@ -69,27 +58,11 @@ FAST = {
 }
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message} (CI=true: the browser tests must run)")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Debian's chromium through Playwright (never a downloaded browser)."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("the playwright Python package is not installed (pip install playwright)")
-    if not CHROMIUM.is_file():
-        _missing(f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _free_port() -> int:
@@ -279,8 +252,23 @@ def test_plate_dropped_in_the_inbox_is_watched_to_done_reviewed_and_its_correcte
         assert n_specimens >= 6, n_specimens  # 8 specimens on the plate; the detector finds nearly all
 
         # A broken file is quarantined with its reason, and can be sent round again from here.
+        # While it is still being copied (growing for a few seconds) the dashboard shows it arriving.
         broken = served.inbox / "broken.tif"
-        broken.write_bytes(b"II*\x00" + b"\x00" * 64)
+        broken.write_bytes(b"II*\x00")
+
+        def copy_slowly() -> None:
+            for _ in range(40):
+                with broken.open("ab") as fh:
+                    fh.write(b"\x00" * 4096)
+                time.sleep(0.25)
+
+        copier = threading.Thread(target=copy_slowly)
+        copier.start()
+        arriving = page.locator("#arriving tr", has_text="broken.tif")
+        expect(arriving).to_have_count(1, timeout=9_000)
+        expect(arriving).to_contain_text("changing")
+        _shot(page, "dashboard-arriving")
+        copier.join()
         failure = page.locator("#failures tr", has_text="broken.tif")
         expect(failure).to_contain_text("quarantined", timeout=60_000)
         expect(failure.locator("td.reason")).not_to_be_empty()
