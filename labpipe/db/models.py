@@ -353,7 +353,8 @@ class Classification(Base):
     specimen_id: Mapped[int] = mapped_column(sa.ForeignKey("specimens.id", ondelete="CASCADE"), index=True)
     model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id"), index=True)
     family: Mapped[str | None] = mapped_column(sa.String(_FAMILY))
-    """The accepted family; ``None`` when rejected."""
+    """The best family, kept for review even when rejected; ``rejected`` says whether it counts
+    (``None`` only when the model named no family)."""
     probability: Mapped[float] = mapped_column(sa.Float)
     """Calibrated probability of the best family (accepted or not)."""
     rejected: Mapped[bool] = mapped_column(sa.Boolean, default=False)
