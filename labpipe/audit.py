@@ -27,6 +27,7 @@ __all__ = [
     "events_for",
     "mark_boxes_reviewed",
     "record_event",
+    "record_undo",
     "specimen_snapshot",
     "undo",
 ]
@@ -219,6 +220,31 @@ def _mark_for_review_again(session: Session, verification: Verification, link_id
     return sorted(link.id for link in links)
 
 
+def record_undo(
+    session: Session,
+    event: AuditEvent,
+    *,
+    actor: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+    specimen_id: int | None = None,
+) -> AuditEvent:
+    """Record the ``undo`` event of ``event`` (who, and the values before and after) and mark
+    ``event`` undone by it; flushed, not committed. ``specimen_id`` defaults to the event's."""
+    undo_event = record_event(
+        session,
+        actor=actor,
+        action="undo",
+        specimen_id=event.specimen_id if specimen_id is None else specimen_id,
+        image_id=event.image_id,
+        before=before,
+        after=after,
+    )
+    event.undone_by = undo_event.id
+    session.flush()
+    return undo_event
+
+
 def undo(session: Session, event_id: int, *, undone_by: str) -> AuditEvent:
     """Revert one ``box_edit``, ``verify``, ``boxes_reviewed`` or ``boxes_unreviewed`` event;
     returns the ``undo`` event.
@@ -299,15 +325,4 @@ def undo(session: Session, event_id: int, *, undone_by: str) -> AuditEvent:
             f"a {event.action!r} event cannot be undone",
             "undo box edits, verifications or a plate's boxes-reviewed mark",
         )
-    undo_event = record_event(
-        session,
-        actor=who,
-        action="undo",
-        specimen_id=event.specimen_id,
-        image_id=event.image_id,
-        before=current,
-        after={**after, "undid": event.id},
-    )
-    event.undone_by = undo_event.id
-    session.flush()
-    return undo_event
+    return record_undo(session, event, actor=who, before=current, after={**after, "undid": event.id})

@@ -18,6 +18,7 @@ caller commits (and then calls :func:`remove_files` for crops no row points at a
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from labpipe.analysis import cut_square
-from labpipe.audit import AuditError, AuditNotFoundError, edit_box, record_event
+from labpipe.audit import AuditError, AuditNotFoundError, edit_box, record_event, record_undo
 from labpipe.audit import undo as audit_undo
 from labpipe.classify.base import FamilyClassifier
 from labpipe.config import Settings
@@ -319,17 +320,13 @@ def undo_edit(
     if event.action == "box_add":
         specimen = session.get(Specimen, event.specimen_id) if event.specimen_id else None
         files = _drop(session, specimen, settings) if specimen is not None else []
-        undo_event = record_event(
+        undo_event = record_undo(
             session,
+            event,
             actor=who,
-            action="undo",
-            specimen_id=event.specimen_id,
-            image_id=event.image_id,
             before=event.after,
             after={"undid": event.id, "removed": event.specimen_id},
         )
-        event.undone_by = undo_event.id
-        session.flush()
         return BoxEditResult(undo_event, hidden=[event.specimen_id or 0], old_files=files)
     if event.action == "box_split":
         specimen = _specimen(session, event.specimen_id or 0)
@@ -341,8 +338,6 @@ def undo_edit(
                 files += _drop(session, row, settings)
         specimen.x, specimen.y, specimen.w, specimen.h = (int(v) for v in before["box"])
         specimen.box_edited_by = before.get("box_edited_by")
-        import datetime as dt
-
         at = before.get("box_edited_at")
         specimen.box_edited_at = dt.datetime.fromisoformat(at) if at else None
         for vid in before.get("retracted", []):
@@ -351,17 +346,14 @@ def undo_edit(
                 v.retracted_at, v.retracted_by = None, None
         session.flush()
         files += recut_and_classify(session, [specimen], settings, classifier())
-        undo_event = record_event(
+        undo_event = record_undo(
             session,
+            event,
             actor=who,
-            action="undo",
-            specimen_id=specimen.id,
-            image_id=event.image_id,
             before=after,
             after={"undid": event.id, "box": before["box"]},
+            specimen_id=specimen.id,
         )
-        event.undone_by = undo_event.id
-        session.flush()
         return BoxEditResult(
             undo_event, shown=[specimen], hidden=list(after.get("new_specimens", [])), old_files=files
         )
