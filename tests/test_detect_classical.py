@@ -10,10 +10,26 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from labpipe.detect.background import block_medians, estimate_background, fit_trend, upsample_grid
+from labpipe.detect.background import (
+    block_medians,
+    estimate_background,
+    fit_trend,
+    radial_profile,
+    upsample_grid,
+)
 from labpipe.detect.base import Detection
 from labpipe.detect.boxes import box_iou, iou_matrix, match_boxes, nms
-from labpipe.detect.classical import ClassicalDetector, detection_score, downsample_mean, to_float_rgb
+from labpipe.detect.classical import (
+    Candidate,
+    ClassicalDetector,
+    body_tint,
+    detection_score,
+    downsample_mean,
+    grey_peak,
+    join_faint_parts,
+    to_float_rgb,
+    touching_regions,
+)
 from labpipe.detect.dish import find_circle, find_dish, fit_circle, resize_mask
 from labpipe.detect.segment import (
     assign_to_bodies,
@@ -204,6 +220,106 @@ def test_background_pieces_are_exact_on_tiny_grids() -> None:
     yy, xx = np.mgrid[:4, :6]
     plane = (1 + 0.1 * xx - 0.2 * yy)[..., None].astype(float)
     assert np.allclose(fit_trend(plane, np.ones((4, 6), bool)), plane)
+
+
+def test_radial_profile_follows_a_wells_bands_not_the_specimen() -> None:
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 32)
+    bands = np.where((r // 6) % 2 == 0, 0.9, 0.7)
+    img = bands[..., None].copy()
+    img[40:44, 10:20] = 0.1  # a dark specimen across two bands
+    mask = np.ones((64, 64), bool)
+    prof = radial_profile(img, mask, (32, 32), ring=1.0, min_radius=8)
+    sure = (r >= 9) & (r <= 30) & (np.abs((r % 6) - 3) < 2)  # away from the bands' edges
+    assert np.abs(prof[..., 0] - bands)[sure].max() < 1e-6
+    # inside min_radius the nearest trusted ring stands for the centre
+    assert float(prof[32, 32, 0]) == float(prof[32, 40, 0])
+    # pixels outside the mask are never measured: a masked-out dark half changes nothing
+    img2 = img.copy()
+    img2[:, :32] = 0.0
+    half = radial_profile(img2, mask & (xx >= 32), (32, 32), ring=1.0, min_radius=8)
+    assert np.abs(half[..., 0] - bands)[sure].max() < 1e-6
+    # nothing trusted: all NaN, never a made-up level
+    assert np.isnan(radial_profile(img, np.zeros((64, 64), bool), (32, 32), ring=1.0, min_radius=8)).all()
+    with pytest.raises(ValueError, match="ring must be > 0"):
+        radial_profile(img, mask, (32, 32), ring=0.0, min_radius=8)
+
+
+def _ringed_well(specimen: bool, seed: int, n: int = 400) -> np.ndarray:
+    """A microplate well seen from above at 8 um/px: a floor with concentric bright and dark bands
+    (+-9 %, narrower than a specimen), the dark wall, and optionally a pale yellowish insect."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(yy - n / 2, xx - n / 2)
+    floor = 0.82 + 0.07 * np.sin(2 * np.pi * r / 45.0)
+    img = floor[..., None] * np.array([0.97, 0.99, 1.0])
+    img[np.abs(r - 180) < 3] = 0.35
+    img[r > 183] = 0.9
+    if specimen:
+        img[_ellipse((n, n), 130, 270, 34, 12, 0.5)] *= np.array([0.8, 0.75, 0.62])
+    img += rng.normal(0, 0.01, img.shape)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ringed_well_specimen_found_and_bands_ignored(seed: int) -> None:
+    """The bands are the background, ring by ring: the pale insect is found with a tight box and
+    the empty well gives nothing; with block medians alone the bands drown the insect."""
+    det = ClassicalDetector()
+    found = det.detect(_ringed_well(True, seed), 8.0)
+    assert len(found) == 1
+    x, y, w, h = found[0].as_xywh()
+    truth = np.nonzero(_ellipse((400, 400), 130, 270, 34, 12, 0.5))
+    assert (
+        box_iou((x, y, w, h), (truth[1].min(), truth[0].min(), np.ptp(truth[1]) + 1, np.ptp(truth[0]) + 1))
+        > 0.7
+    )
+    assert det.detect(_ringed_well(False, seed), 8.0) == []
+    blocks_only = ClassicalDetector()
+    blocks_only.radial_background = False
+    assert blocks_only.detect(_ringed_well(True, seed), 8.0) == []
+
+
+def test_touching_regions_are_pairs_of_labels_that_share_a_boundary() -> None:
+    r = np.zeros((6, 8), np.int32)
+    r[1:3, 1:3] = 1
+    r[3, 3] = 2  # diagonal to 1: touching (8-connected)
+    r[1:3, 5:7] = 3  # one empty column from 1 and 2: apart
+    r[3:5, 5] = 4  # below 3
+    assert touching_regions(r) == {(1, 2), (3, 4)}
+    assert touching_regions(np.zeros((3, 3), np.int32)) == set()
+
+
+def _cand(number: int, box: tuple[float, float, float, float], peak: float) -> Candidate:
+    return Candidate(box, box, box[2] * box[3], 2.0, 0.9, 3.0, 0.8, False, peak=peak, number=number)
+
+
+def test_faint_touching_part_joins_its_body_and_alike_neighbours_stay_apart() -> None:
+    body = _cand(1, (100, 100, 40, 20), 0.6)
+    wing = _cand(2, (130, 70, 60, 50), 0.25)  # a translucent wing, larger than the body
+    other = _cand(3, (140, 120, 40, 20), 0.5)  # another animal touching the body: alike contrast
+    far_wing = _cand(4, (400, 400, 50, 40), 0.2)  # a loose wing lying apart
+    out = join_faint_parts([wing, body, other, far_wing], {(1, 2), (1, 3)}, faint_ratio=0.6)
+    boxes = sorted(c.box for c in out)
+    assert boxes == [(100, 70, 90, 50), (140, 120, 40, 20), (400, 400, 50, 40)]
+    # a wing touching only the other wing-joined part still joins the animal, not a new box
+    hind = _cand(5, (190, 80, 20, 20), 0.2)
+    out = join_faint_parts([wing, body, hind], {(1, 2), (2, 5)}, faint_ratio=0.6)
+    assert [c.box for c in out] == [(100, 70, 110, 50)]
+    with pytest.raises(ValueError, match="faint_ratio"):
+        join_faint_parts([body], set(), faint_ratio=1.0)
+
+
+def test_a_grey_faint_body_must_be_darker_than_a_coloured_one() -> None:
+    floor = (0.60, 0.64, 0.69)  # a bluish well floor
+    wing = (0.43, 0.46, 0.50)  # a grey membrane: every channel 28 % darker
+    cuticle = (0.50, 0.44, 0.35)  # brown
+    assert body_tint(wing, floor) < 0.02
+    assert body_tint(cuticle, floor) > 0.2
+    assert grey_peak(0.25, body_tint(wing, floor)) > 0.34  # the wing's peak (0.28) is not enough
+    assert grey_peak(0.25, body_tint(cuticle, floor)) == 0.25
+    assert detection_score(8.0, 0.28, 1.0, 0.9, 2.0, min_peak=grey_peak(0.25, 0.0)) < 0.5
+    assert detection_score(8.0, 0.28, 1.0, 0.9, 2.0, min_peak=grey_peak(0.25, 0.3)) > 0.5
 
 
 # ---------------------------------------------------------------------------------------------

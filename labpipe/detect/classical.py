@@ -65,7 +65,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 
 from labpipe.config import DetectorConfig
-from labpipe.detect.background import estimate_background
+from labpipe.detect.background import estimate_background, radial_profile
 from labpipe.detect.base import Detection
 from labpipe.detect.boxes import nms
 from labpipe.detect.dish import Dish, find_dish, resize_mask
@@ -91,9 +91,13 @@ __all__ = [
     "ClassicalDetector",
     "ClassicalResult",
     "absorb_fragments",
+    "body_tint",
     "detection_score",
     "downsample_mean",
+    "grey_peak",
+    "join_faint_parts",
     "to_float_rgb",
+    "touching_regions",
 ]
 
 log = logging.getLogger(__name__)
@@ -187,8 +191,11 @@ def detection_score(
     min_thickness: float = 0.3,
     min_solidity: float = 0.5,
     max_elongation: float = 10.0,
+    sharpness: float | None = None,
+    min_sharpness: float = 0.12,
 ) -> float:
-    """Detection score in [0, 1]: the weakest of five cues, each 0.5 exactly at its limit.
+    """Detection score in [0, 1]: the weakest of five cues (six with ``sharpness``), each 0.5
+    exactly at its limit.
 
     ``score = min(g(evidence / min_evidence), g(peak / min_peak), g(thickness / min_thickness),
     g(solidity / min_solidity), g(max_elongation / elongation))`` with ``g(r) = r^2 / (1 + r^2)``,
@@ -201,7 +208,10 @@ def detection_score(
     * ``thickness``: its body's largest inscribed diameter over the smallest specimen's length (a
       loose leg, a fibre or a hair is thinner);
     * ``solidity``: area over convex hull (crumpled texture and fragments are ragged);
-    * ``elongation``: axis ratio from second moments (a seam or a fibre is a line).
+    * ``elongation``: axis ratio from second moments (a seam or a fibre is a line);
+    * ``sharpness`` (:func:`edge_sharpness`), when given: an animal on the floor or the paper is in
+      focus; a spot fading over many pixels is out of the focal plane (a drop, a smudge on the
+      glass, something beyond a well's wall).
 
     Examples
     --------
@@ -211,14 +221,19 @@ def detection_score(
     True
     >>> detection_score(8.0, 0.1, 1.0, 0.9, 2.0) < 0.2  # a faint stain, however large
     True
+    >>> detection_score(8.0, 0.8, 1.0, 0.9, 2.0, sharpness=0.05) < 0.2  # a blurred spot
+    True
     """
-    return min(
+    score = min(
         _gate(evidence / min_evidence),
         _gate(peak / min_peak),
         _gate(thickness / min_thickness),
         _gate(solidity / min_solidity),
         _gate(max_elongation / max(elongation, 1e-9)),
     )
+    if sharpness is not None:
+        score = min(score, _gate(sharpness / min_sharpness))
+    return score
 
 
 @dataclass(frozen=True)
@@ -252,6 +267,11 @@ class Candidate:
     """1-based index among the candidates of one image (its label in the regions image)."""
     colour: tuple[float, ...] = ()
     """Mean colour of the body (work image, 0-1; inverted in a pale-animal pass)."""
+    sharpness: float = 0.0
+    """Steepest edges over the peak strength, per work pixel (:func:`edge_sharpness`)."""
+    tint: float = 0.0
+    """How coloured the body is against its background: the spread of its mean per-channel ratio
+    to the background (:func:`body_tint`); 0 for a grey, neutral darkening."""
 
 
 @dataclass
@@ -296,6 +316,7 @@ class _Maps:
     seeds: np.ndarray
     seed_threshold: np.ndarray
     search: np.ndarray
+    background: np.ndarray | None = None
 
 
 class ClassicalDetector:
@@ -364,6 +385,9 @@ class ClassicalDetector:
         self.min_background = 0.03
         self.chroma_weight = 1.5
         self.noise_block_fraction = 4.0  # noise map blocks, in smallest-specimen lengths
+        self.radial_background = True
+        self.ring_fraction = 0.1  # ring width of a well's shading profile, in smallest-specimen lengths
+        self.ring_min_radius = 1.0  # rings nearer a well's centre are not trusted (smallest-specimen lengths)
         self.median_fraction = 0.5  # median window for seeds, in smallest-specimen lengths
         self.k_seed = 5.0
         self.seed_floor = 0.04
@@ -388,6 +412,10 @@ class ClassicalDetector:
         self.appendage_reach = 0.4  # beyond the work box, in box lengths
         self.k_appendage = 3.0
         self.appendage_fraction = 0.25
+        self.grey_peak_extra = 0.4  # more peak asked of a grey body
+        self.tint_reference = 0.1  # body_tint from which a body counts as coloured
+        self.faint_ratio = 0.6  # a touching part this much fainter is a wing
+        self.min_sharpness = 0.12  # edges steeper than this (1 / edge width in work pixels)
         self.version: str = self._version()
 
     def _version(self) -> str:
@@ -415,6 +443,9 @@ class ClassicalDetector:
                     "min_background",
                     "chroma_weight",
                     "noise_block_fraction",
+                    "radial_background",
+                    "ring_fraction",
+                    "ring_min_radius",
                     "median_fraction",
                     "k_seed",
                     "seed_floor",
@@ -439,6 +470,10 @@ class ClassicalDetector:
                     "appendage_reach",
                     "k_appendage",
                     "appendage_fraction",
+                    "faint_ratio",
+                    "grey_peak_extra",
+                    "tint_reference",
+                    "min_sharpness",
                 )
             },
         }
@@ -517,6 +552,10 @@ class ClassicalDetector:
         # Dark animals on light paper: only darkening and colour count (anything brighter than
         # white paper is glare). On a dark bottom, pale animals stand out by brightening and dark
         # ones by darkening: both passes run and their boxes are merged.
+        # a well's wall found: its concentric shading is modelled ring by ring around its centre
+        center = None
+        if dish.method == "hough-circle" and dish.center is not None and self.radial_background:
+            center = ((dish.center[0] + 0.5) * small_f - 0.5, (dish.center[1] + 0.5) * small_f - 0.5)
         passes = {"dark": ["dark"], "light": ["light"], "both": ["dark", "light"]}[polarity]
         results: list[_Pass] = []
         for direction in passes:
@@ -527,7 +566,18 @@ class ClassicalDetector:
                 area = search & ~ndi.binary_dilation(results[-1].objects, iterations=2)
             results.append(
                 self._pass(
-                    rgb, work, area, direction, min_w, max_w, factor, (h, w), timings, polarity, longest
+                    rgb,
+                    work,
+                    area,
+                    direction,
+                    min_w,
+                    max_w,
+                    factor,
+                    (h, w),
+                    timings,
+                    polarity,
+                    longest,
+                    center,
                 )
             )
         t = time.perf_counter()
@@ -568,20 +618,37 @@ class ClassicalDetector:
         timings: dict[str, float],
         polarity: str = "dark",
         longest: float = float("inf"),
+        center: tuple[float, float] | None = None,
     ) -> _Pass:
-        """One polarity: background, significance, objects, scores and extents."""
+        """One polarity: background, significance, objects, scores and extents. With ``center``
+        (a well's), the background is the rings' profile (:func:`radial_profile`) times the usual
+        estimate made on the image divided by it."""
         wh, ww = work.shape[:2]
         if direction == "light":
             work = np.float32(1.0) - work  # pale animals on a dark bottom: the same rules, inverted
         t = time.perf_counter()
         # Blocks of a quarter of the largest specimen, but at least 8 across the image's short side.
         block = max(4, min(round(max_w / 4), round(min(wh, ww) / 8)))
+        rings = None
+        if center is not None:
+            rings = radial_profile(
+                work,
+                search,
+                center,
+                ring=max(1.0, self.ring_fraction * min_w),
+                min_radius=self.ring_min_radius * min_w,
+            )
+            if np.isnan(rings).any():
+                rings = None
+        flat = work if rings is None else work / np.maximum(rings, np.float32(1e-6))
         if polarity == "dark":
-            bg = self._background(work, search, block, min_w)
+            bg = self._background(flat, search, block, min_w)
         else:
             # on a dark bottom pale animals and pale debris are brighter than it: a high quantile
             # would be theirs, so the plain median is the bottom's level
-            bg = estimate_background(work, search, block=block)
+            bg = estimate_background(flat, search, block=block)
+        if rings is not None:
+            bg = bg * rings
         timings["background"] = timings.get("background", 0.0) + time.perf_counter() - t
 
         t = time.perf_counter()
@@ -630,7 +697,7 @@ class ClassicalDetector:
 
         t = time.perf_counter()
         regions = np.zeros(objects.shape, dtype=np.int32)
-        maps = _Maps(work, fine, coarse, seeds, seed_threshold, search)
+        maps = _Maps(work, fine, coarse, seeds, seed_threshold, search, bg)
         candidates = self._objects(objects, maps, min_w, factor, shape, regions, longest)
         timings["objects"] = timings.get("objects", 0.0) + time.perf_counter() - t
 
@@ -638,6 +705,8 @@ class ClassicalDetector:
         kept = [c for c in candidates if c.score >= self.score_threshold]
         if self.refine and kept:
             kept = [self._refine(c, rgb, bg, regions, search, factor, direction) for c in kept]
+        if self.faint_ratio > 0 and len(kept) > 1:
+            kept = join_faint_parts(kept, touching_regions(regions), faint_ratio=self.faint_ratio)
         kept = absorb_fragments(kept, colour_distance=self.colour_distance)
         timings["extent"] = timings.get("extent", 0.0) + time.perf_counter() - t
         med = float(np.median(signed[search][:: max(1, int(search.sum()) // 250_000)]))
@@ -734,6 +803,7 @@ class ClassicalDetector:
                 nb += k
             owners = assign_to_bodies(comp, bodies)
             s_fine, s_coarse = maps.fine[sl], maps.coarse[sl]
+            slope = np.hypot(*np.gradient(s_fine))
             seeds, seed_threshold = maps.seeds[sl], maps.seed_threshold[sl]
             inner = ndi.binary_erosion(maps.search[sl], iterations=2, border_value=1)
             body_slices = ndi.find_objects(bodies, max_label=nb)
@@ -769,14 +839,23 @@ class ClassicalDetector:
                 # where the body touches the searched region's border (the dish rim, the frame),
                 # the background is extrapolated from partly covered blocks: ask for more
                 judged = evid / self.edge_evidence_factor if edge else evid
+                body_colour = tuple(float(v) for v in colour[bsl][bmask].mean(axis=0))
+                tint = 0.0
+                if maps.background is not None:
+                    tint = body_tint(body_colour, maps.background[sl][bsl][bmask].mean(axis=0))
+                sharpness = edge_sharpness(slope[osl], owners[osl] == q, peak)
                 score = detection_score(
                     judged,
                     peak,
                     thickness,
                     solidity,
                     elongation,
+                    sharpness=sharpness,
+                    min_sharpness=self.min_sharpness,
                     min_evidence=self.min_evidence,
-                    min_peak=self.min_peak,
+                    min_peak=grey_peak(
+                        self.min_peak, tint, extra=self.grey_peak_extra, tint_reference=self.tint_reference
+                    ),
                     min_thickness=self.thickness_floor,
                     min_solidity=self.min_solidity,
                     max_elongation=self.max_elongation,
@@ -785,7 +864,6 @@ class ClassicalDetector:
                 region = owners[osl] == q
                 view = body_labels[y0 + osl[0].start : y0 + osl[0].stop, x0 + osl[1].start : x0 + osl[1].stop]
                 view[region] = len(out) + 1
-                body_colour = tuple(float(v) for v in colour[bsl][bmask].mean(axis=0))
                 out.append(
                     Candidate(
                         box=_slice_box(osl, y0, x0, factor, shape),
@@ -804,6 +882,8 @@ class ClassicalDetector:
                         peak=peak,
                         number=len(out) + 1,
                         colour=body_colour,
+                        tint=tint,
+                        sharpness=sharpness,
                     )
                 )
         return out
@@ -953,6 +1033,148 @@ def absorb_fragments(
         x1 = max(o.box[0] + o.box[2], c.box[0] + c.box[2])
         y1 = max(o.box[1] + o.box[3], c.box[1] + c.box[3])
         out[host] = dataclasses.replace(o, box=(x0, y0, x1 - x0, y1 - y0))
+    return out
+
+
+def body_tint(colour: tuple[float, ...] | np.ndarray, background: tuple[float, ...] | np.ndarray) -> float:
+    """How coloured a body is against its background: with ``r_c = colour_c / background_c``,
+    ``||r - mean(r)|| / mean(r)``. A grey membrane or a shadow darkens every channel alike (0);
+    pigmented cuticle (brown, yellow, green) does not.
+
+    Examples
+    --------
+    >>> round(body_tint((0.42, 0.45, 0.48), (0.6, 0.64, 0.69)), 3)  # a grey wing on a bluish floor
+    0.008
+    >>> round(body_tint((0.5, 0.4, 0.3), (0.8, 0.8, 0.8)), 2)  # brown cuticle
+    0.35
+    """
+    c = np.asarray(colour, dtype=np.float64)
+    b = np.maximum(np.asarray(background, dtype=np.float64), 1e-6)
+    r = c / b
+    m = float(r.mean())
+    if c.size < 2 or m <= 0:
+        return 0.0
+    return float(np.linalg.norm(r - m) / m)
+
+
+def grey_peak(min_peak: float, tint: float, *, extra: float = 0.4, tint_reference: float = 0.1) -> float:
+    """The peak strength asked of a body of ``tint`` (:func:`body_tint`): ``min_peak`` for a
+    coloured one (``tint >= tint_reference``), up to ``(1 + extra) * min_peak`` for a grey one.
+
+    A faint grey object is a loose wing's membrane, a water mark or a shadow: they darken every
+    channel alike and only a little. An animal shows pigment, or dark eyes and sclerites; a grey
+    one must be darker to count.
+
+    Examples
+    --------
+    >>> grey_peak(0.25, 0.0), grey_peak(0.25, 0.05), grey_peak(0.25, 0.2)
+    (0.35, 0.3, 0.25)
+    """
+    if extra < 0 or tint_reference <= 0:
+        raise ValueError(f"extra must be >= 0 and tint_reference > 0; given {extra} and {tint_reference}")
+    return float(min_peak) * (1.0 + extra * max(0.0, 1.0 - float(tint) / tint_reference))
+
+
+def edge_sharpness(slope: np.ndarray, region: np.ndarray, peak: float) -> float:
+    """How sharp an object's edges are: the 90th percentile of the strength's slope (per pixel)
+    on the object and one pixel around it, over its peak strength (about 1 / the edge width in
+    pixels). An object in focus has edges a pixel or two wide; a blurred spot (a drop out of the
+    focal plane, something beyond the well wall) fades over many.
+
+    Examples
+    --------
+    >>> x = np.arange(40, dtype=float)
+    >>> sharp = np.clip((x - 10) / 2, 0, 1) * np.clip((30 - x) / 2, 0, 1)
+    >>> soft = np.clip((x - 5) / 10, 0, 1) * np.clip((35 - x) / 10, 0, 1)
+    >>> r = np.zeros((1, 40), bool); r[0, 8:33] = True
+    >>> s1 = edge_sharpness(np.abs(np.gradient(sharp))[None], r, 1.0)
+    >>> s2 = edge_sharpness(np.abs(np.gradient(soft))[None], r, 1.0)
+    >>> round(s1, 2), round(s2, 2)
+    (0.25, 0.1)
+    """
+    g = np.asarray(slope, dtype=np.float64)
+    m = ndi.binary_dilation(np.asarray(region, dtype=bool))
+    if not m.any() or peak <= 0:
+        return 0.0
+    return float(np.percentile(g[m], 90)) / float(peak)
+
+
+def touching_regions(regions: np.ndarray) -> set[tuple[int, int]]:
+    """Pairs ``(a, b)``, ``a < b``, of labels of ``regions`` (0: none) whose pixels touch
+    (8-connected): parts of one blob of foreground that the body finder cut apart.
+
+    Examples
+    --------
+    >>> r = np.array([[1, 1, 0, 3], [0, 2, 0, 3], [0, 0, 0, 0]])
+    >>> sorted(touching_regions(r))
+    [(1, 2)]
+    """
+    lab = np.asarray(regions)
+    if lab.ndim != 2:
+        raise ValueError(f"regions must be 2-D; given shape {lab.shape}")
+    pairs: set[tuple[int, int]] = set()
+    padded = np.pad(lab, 1)
+    h, w = lab.shape
+    centre = padded[1 : h + 1, 1 : w + 1]
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        other = padded[1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx]
+        differ = (centre > 0) & (other > 0) & (centre != other)
+        if differ.any():
+            a, b = centre[differ], other[differ]
+            for u, v in set(zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist(), strict=True)):
+                pairs.add((int(u), int(v)))
+    return pairs
+
+
+def join_faint_parts(
+    kept: list[Candidate], touching: set[tuple[int, int]], *, faint_ratio: float = 0.6
+) -> list[Candidate]:
+    """A translucent part touching a body is part of that animal: a wing (a membrane, far fainter
+    than the sclerotised body it grows from) that the body finder cut off at its narrow base.
+
+    A candidate whose region touches another's (``touching``: pairs of :attr:`Candidate.number`)
+    and whose peak strength is at most ``faint_ratio`` of that one's joins it: it is dropped and
+    the stronger one's box grows to cover it. Strongest first, so a wing joins the body, not the
+    other wing. Separate animals touching each other are kept apart when their contrasts are alike
+    (any two sclerotised bodies); candidates that do not touch are never joined.
+
+    Examples
+    --------
+    >>> body = Candidate((10, 10, 20, 10), (10, 10, 20, 10), 200.0, 2.0, 0.9, 5.0, 0.9, False,
+    ...                  peak=0.6, number=1)
+    >>> wing = dataclasses.replace(body, box=(25, 0, 30, 25), peak=0.3, number=2)
+    >>> [c.box for c in join_faint_parts([body, wing], {(1, 2)})]
+    [(10, 0, 45, 25)]
+    >>> len(join_faint_parts([body, wing], set()))  # not touching
+    2
+    >>> len(join_faint_parts([body, wing], {(1, 2)}, faint_ratio=0.4))  # not faint enough
+    2
+    """
+    if not 0.0 <= faint_ratio < 1.0:
+        raise ValueError(f"faint_ratio must be in [0, 1); given {faint_ratio}")
+    neighbours: dict[int, set[int]] = {}
+    for a, b in touching:
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    out: list[Candidate] = []
+    host_of: dict[int, int] = {}  # candidate number -> index in out of the animal it joined
+    for c in sorted(kept, key=lambda c: -c.peak):
+        hosts = [
+            host_of[n]
+            for n in neighbours.get(c.number, ())
+            if n in host_of and c.peak <= faint_ratio * out[host_of[n]].peak
+        ]
+        if not hosts:
+            host_of[c.number] = len(out)
+            out.append(c)
+            continue
+        k = min(hosts)  # the strongest
+        o = out[k]
+        x0, y0 = min(o.box[0], c.box[0]), min(o.box[1], c.box[1])
+        x1 = max(o.box[0] + o.box[2], c.box[0] + c.box[2])
+        y1 = max(o.box[1] + o.box[3], c.box[1] + c.box[3])
+        out[k] = dataclasses.replace(o, box=(x0, y0, x1 - x0, y1 - y0))
+        host_of[c.number] = k
     return out
 
 
