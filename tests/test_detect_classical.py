@@ -25,6 +25,7 @@ from labpipe.detect.classical import (
     body_tint,
     detection_score,
     downsample_mean,
+    edge_sharpness,
     grey_peak,
     join_faint_parts,
     to_float_rgb,
@@ -320,6 +321,31 @@ def test_a_grey_faint_body_must_be_darker_than_a_coloured_one() -> None:
     assert grey_peak(0.25, body_tint(cuticle, floor)) == 0.25
     assert detection_score(8.0, 0.28, 1.0, 0.9, 2.0, min_peak=grey_peak(0.25, 0.0)) < 0.5
     assert detection_score(8.0, 0.28, 1.0, 0.9, 2.0, min_peak=grey_peak(0.25, 0.3)) > 0.5
+
+
+def test_edge_sharpness_is_one_over_the_edge_width() -> None:
+    x = np.arange(60, dtype=float)
+    region = np.zeros((1, 60), bool)
+    region[0, 10:50] = True
+    widths = []
+    for width in (2.0, 8.0):
+        profile = np.clip((x - 12) / width, 0, 1) * np.clip((48 - x) / width, 0, 1)
+        widths.append(edge_sharpness(np.abs(np.gradient(profile))[None], region, 1.0))
+    assert widths[0] > 1.5 * widths[1]
+    assert abs(widths[1] - 1 / 8) < 0.01
+    assert edge_sharpness(np.zeros((1, 60)), np.zeros((1, 60), bool), 1.0) == 0.0
+
+
+def test_blurred_spot_is_not_a_specimen_but_the_same_body_in_focus_is() -> None:
+    img = _paper(240, 240).astype(np.float32)
+    spot = _ellipse((240, 240), 120, 120, 22, 16).astype(np.float32)
+    soft = ndi.gaussian_filter(spot, 9.0)  # out of the focal plane: fades over its own size
+    sharp = ndi.gaussian_filter(spot, 0.7)
+    dark = np.array([0.45, 0.42, 0.40], np.float32)
+    blurred = np.clip(img * (1 - (1 - dark) * soft[..., None] / soft.max()), 0, 255).astype(np.uint8)
+    focused = np.clip(img * (1 - (1 - dark) * sharp[..., None]), 0, 255).astype(np.uint8)
+    assert ClassicalDetector().detect(blurred, None) == []
+    assert len(ClassicalDetector().detect(focused, None)) == 1
 
 
 # ---------------------------------------------------------------------------------------------

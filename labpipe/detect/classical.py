@@ -94,6 +94,8 @@ __all__ = [
     "body_tint",
     "detection_score",
     "downsample_mean",
+    "edge_sharpness",
+    "focus_ratio",
     "grey_peak",
     "join_faint_parts",
     "to_float_rgb",
@@ -191,10 +193,10 @@ def detection_score(
     min_thickness: float = 0.3,
     min_solidity: float = 0.5,
     max_elongation: float = 10.0,
-    sharpness: float | None = None,
-    min_sharpness: float = 0.12,
+    focus: float | None = None,
+    min_focus: float = 1.0,
 ) -> float:
-    """Detection score in [0, 1]: the weakest of five cues (six with ``sharpness``), each 0.5
+    """Detection score in [0, 1]: the weakest of five cues (six with ``focus``), each 0.5
     exactly at its limit.
 
     ``score = min(g(evidence / min_evidence), g(peak / min_peak), g(thickness / min_thickness),
@@ -209,9 +211,10 @@ def detection_score(
       loose leg, a fibre or a hair is thinner);
     * ``solidity``: area over convex hull (crumpled texture and fragments are ragged);
     * ``elongation``: axis ratio from second moments (a seam or a fibre is a line);
-    * ``sharpness`` (:func:`edge_sharpness`), when given: an animal on the floor or the paper is in
-      focus; a spot fading over many pixels is out of the focal plane (a drop, a smudge on the
-      glass, something beyond a well's wall).
+    * ``focus``, when given (:func:`focus_ratio`): an animal on the floor or the paper is in
+      focus (edges a few pixels wide), or so large that a little blur is a small part of it; a
+      spot that fades over many pixels and a good part of its own size is out of the focal plane
+      (a drop, a smudge on the glass, something beyond a well's wall).
 
     Examples
     --------
@@ -221,7 +224,7 @@ def detection_score(
     True
     >>> detection_score(8.0, 0.1, 1.0, 0.9, 2.0) < 0.2  # a faint stain, however large
     True
-    >>> detection_score(8.0, 0.8, 1.0, 0.9, 2.0, sharpness=0.05) < 0.2  # a blurred spot
+    >>> detection_score(8.0, 0.8, 1.0, 0.9, 2.0, focus=0.4) < 0.2  # a blurred spot
     True
     """
     score = min(
@@ -231,8 +234,8 @@ def detection_score(
         _gate(solidity / min_solidity),
         _gate(max_elongation / max(elongation, 1e-9)),
     )
-    if sharpness is not None:
-        score = min(score, _gate(sharpness / min_sharpness))
+    if focus is not None:
+        score = min(score, _gate(focus / min_focus))
     return score
 
 
@@ -415,7 +418,8 @@ class ClassicalDetector:
         self.grey_peak_extra = 0.4  # more peak asked of a grey body
         self.tint_reference = 0.1  # body_tint from which a body counts as coloured
         self.faint_ratio = 0.6  # a touching part this much fainter is a wing
-        self.min_sharpness = 0.12  # edges steeper than this (1 / edge width in work pixels)
+        self.min_sharpness = 0.12  # in focus: edges at most about 8 work pixels wide ...
+        self.min_focus = 8.0  # ... or the body at least this many edge widths across
         self.version: str = self._version()
 
     def _version(self) -> str:
@@ -474,6 +478,7 @@ class ClassicalDetector:
                     "grey_peak_extra",
                     "tint_reference",
                     "min_sharpness",
+                    "min_focus",
                 )
             },
         }
@@ -850,8 +855,12 @@ class ClassicalDetector:
                     thickness,
                     solidity,
                     elongation,
-                    sharpness=sharpness,
-                    min_sharpness=self.min_sharpness,
+                    focus=focus_ratio(
+                        sharpness,
+                        float(np.sqrt(by.size)),
+                        min_sharpness=self.min_sharpness,
+                        min_focus=self.min_focus,
+                    ),
                     min_evidence=self.min_evidence,
                     min_peak=grey_peak(
                         self.min_peak, tint, extra=self.grey_peak_extra, tint_reference=self.tint_reference
@@ -1073,6 +1082,29 @@ def grey_peak(min_peak: float, tint: float, *, extra: float = 0.4, tint_referenc
     if extra < 0 or tint_reference <= 0:
         raise ValueError(f"extra must be >= 0 and tint_reference > 0; given {extra} and {tint_reference}")
     return float(min_peak) * (1.0 + extra * max(0.0, 1.0 - float(tint) / tint_reference))
+
+
+def focus_ratio(
+    sharpness: float, size: float, *, min_sharpness: float = 0.12, min_focus: float = 8.0
+) -> float:
+    """How far a body is on the in-focus side (1 at the limit): its edges are sharp
+    (``sharpness``, :func:`edge_sharpness`, at least ``min_sharpness``: edges at most about
+    ``1 / min_sharpness`` pixels wide), or it is so large (``size``: square root of its area, in
+    the same pixels) that its edges' width is a small part of it (``size * sharpness`` at least
+    ``min_focus``): a large moth near the camera, a little out of focus, is still an animal.
+
+    Examples
+    --------
+    >>> focus_ratio(0.3, 8.0)  # a small insect, in focus
+    2.5
+    >>> round(focus_ratio(0.08, 34.0), 2)  # a 34 px spot fading over 12 px: out of focus
+    0.67
+    >>> round(focus_ratio(0.08, 320.0), 1)  # a large moth, a little blurred
+    3.2
+    """
+    if min_sharpness <= 0 or min_focus <= 0:
+        raise ValueError(f"min_sharpness and min_focus must be > 0; given {min_sharpness} and {min_focus}")
+    return max(float(sharpness) / min_sharpness, float(sharpness) * float(size) / min_focus)
 
 
 def edge_sharpness(slope: np.ndarray, region: np.ndarray, peak: float) -> float:
