@@ -320,6 +320,9 @@ class _Maps:
     seed_threshold: np.ndarray
     search: np.ndarray
     background: np.ndarray | None = None
+    grey_peak_extra: float = 0.0
+    """More peak asked of a grey body (:func:`grey_peak`): on a light floor only (a translucent
+    membrane darkens it a little; on a dark bottom pale animals are grey and bright)."""
 
 
 class ClassicalDetector:
@@ -415,7 +418,7 @@ class ClassicalDetector:
         self.appendage_reach = 0.4  # beyond the work box, in box lengths
         self.k_appendage = 3.0
         self.appendage_fraction = 0.25
-        self.grey_peak_extra = 0.4  # more peak asked of a grey body
+        self.grey_peak_extra = 0.4  # more peak asked of a grey body on a light floor
         self.tint_reference = 0.1  # body_tint from which a body counts as coloured
         self.faint_ratio = 0.6  # a touching part this much fainter is a wing
         self.min_sharpness = 0.12  # in focus: edges at most about 8 work pixels wide ...
@@ -702,7 +705,8 @@ class ClassicalDetector:
 
         t = time.perf_counter()
         regions = np.zeros(objects.shape, dtype=np.int32)
-        maps = _Maps(work, fine, coarse, seeds, seed_threshold, search, bg)
+        grey_extra = self.grey_peak_extra if direction == "dark" else 0.0
+        maps = _Maps(work, fine, coarse, seeds, seed_threshold, search, bg, grey_extra)
         candidates = self._objects(objects, maps, min_w, factor, shape, regions, longest)
         timings["objects"] = timings.get("objects", 0.0) + time.perf_counter() - t
 
@@ -863,7 +867,7 @@ class ClassicalDetector:
                     ),
                     min_evidence=self.min_evidence,
                     min_peak=grey_peak(
-                        self.min_peak, tint, extra=self.grey_peak_extra, tint_reference=self.tint_reference
+                        self.min_peak, tint, extra=maps.grey_peak_extra, tint_reference=self.tint_reference
                     ),
                     min_thickness=self.thickness_floor,
                     min_solidity=self.min_solidity,
