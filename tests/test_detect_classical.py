@@ -666,19 +666,20 @@ def _well_counts(folder: Path, stride: int) -> list[int]:
 def test_bioscan_wells_count_one_insect_or_none(shared_data: Path) -> None:
     """Microplate wells from BIOSCAN-1M, read at their scale: one insect per well, or none.
 
-    Measured with classical-2 on this subset: single 0.65 give exactly 1 (0.78 at least 1), empty
-    0.98 give 0, fragments 0.67 give 0 (classical-1 without the scale: 0.64, 0.98, 0.60). The
-    singles fall short because many wells also hold a loose wing or a second insect, each counted,
-    and because small pale, translucent insects on the white floor are barely darker than it.
+    Measured with classical-2 on this subset: single 0.72 give exactly 1 (0.86 at least 1), empty
+    1.0 give 0, fragments 0.70 give 0 (0.62, 0.75, 0.98 and 0.70 before the ring-by-ring well
+    background, the wing and the blurred-spot rules; classical-1 without the scale: 0.64, 0.98,
+    0.60). The singles fall short because many wells also hold a loose wing, a leg or a second
+    insect lying apart, each counted, and because pale insects at the well's centre are missed.
     """
     wells = shared_data / "bioscan-wells"
     single = np.array(_well_counts(wells / "single", WELL_STRIDE))
     empty = np.array(_well_counts(wells / "empty", WELL_STRIDE))
     fragments = np.array(_well_counts(wells / "fragments", 1))
-    assert np.mean(single == 1) >= 0.6, np.bincount(single)
-    assert np.mean(empty == 0) >= 0.95, np.bincount(empty)
-    assert np.mean(fragments == 0) >= 0.6, np.bincount(fragments)
-    assert np.mean(single >= 1) >= 0.75
+    assert np.mean(single == 1) >= 0.7, np.bincount(single)
+    assert np.mean(empty == 0) >= 0.98, np.bincount(empty)
+    assert np.mean(fragments == 0) >= 0.65, np.bincount(fragments)
+    assert np.mean(single >= 1) >= 0.85
 
 
 # ---------------------------------------------------------------------------------------------
