@@ -18,7 +18,9 @@ Pipeline (each step a pure function in :mod:`labpipe.detect.dish`, :mod:`~labpip
    image finds pale animals, and the two passes' boxes are merged (non-maximum suppression).
 4. Background (:meth:`ClassicalDetector._background`): block medians around a quadratic lighting
    trend (:func:`~labpipe.detect.background.estimate_background`); where specimens cover most of
-   the paper, the paper measured between them.
+   the paper, the paper measured between them. In a well (its wall found as a circle) the
+   concentric bands of shading are first modelled ring by ring around its centre
+   (:func:`~labpipe.detect.background.radial_profile`) and the blocks work on what is left.
 5. Significance (:mod:`~labpipe.detect.significance`): darkening and colour change after
    flat-field division (:func:`~labpipe.detect.segment.foreground_strength`); seeds where the
    strength median-filtered over half the smallest specimen exceeds ``k_seed`` times a *local*
@@ -30,11 +32,13 @@ Pipeline (each step a pure function in :mod:`labpipe.detect.dish`, :mod:`~labpip
    cutting one specimen in pieces (:func:`~labpipe.detect.segment.split_touching`); legs and
    antennae go back to the body they grow from (:func:`~labpipe.detect.segment.assign_to_bodies`).
 7. Score (:func:`detection_score`): the weakest of a size-aware contrast (more asked of a body at
-   the searched region's border), a peak contrast, thickness, solidity and elongation; candidates
-   below ``score_threshold`` are dropped.
+   the searched region's border), a peak contrast (more asked of a grey body on a light floor:
+   :func:`grey_peak`), thickness, solidity, elongation and focus (:func:`focus_ratio`: a blurred
+   spot is out of the focal plane); candidates below ``score_threshold`` are dropped.
 8. Extent (:mod:`~labpipe.detect.extent`): each box is set again on the pixels of the given array,
    the body plus the thin legs and antennae connected to it; a small piece of a larger animal's
-   colour lying inside its box joins it (:func:`absorb_fragments`).
+   colour lying inside its box joins it (:func:`absorb_fragments`), and so does a far fainter part
+   touching it, a wing cut off at its base (:func:`join_faint_parts`).
 
 Sizes: ``min_size_um`` is used when the scale of the array is known (``um_per_px``); otherwise
 ``min_size_px`` is used **in the pixels of the array given to** :meth:`ClassicalDetector.detect` (the
