@@ -4,6 +4,9 @@
   replaced by a one-class ``specimen`` head when it has other classes), or builds a new small
   Conditional DETR whose EfficientNet-Lite0 backbone starts from the offline ImageNet weights
   (:func:`labpipe.detect.detr.build_detr`).
+- A lab's export (``labpipe export coco``) trains on its ``specimen`` boxes only: ``debris`` boxes
+  stay background (negatives), and ignore regions (``iscrowd``, ``attributes.uncertain``) are
+  blanked with the image's border colour, so they teach neither way.
 - Images are read once at the working scale (``um_per_px``, from each image's ``um_per_px`` in the
   COCO file or its resolution tags; images of unknown scale are used as they are) and training
   tiles are cut at random from them, with a random rescale, flips, quarter turns and a brightness /
@@ -55,8 +58,10 @@ from labpipe.detect.detr import (
 )
 from labpipe.detect.detr_data import (
     CocoImage,
+    blank_regions,
     coco_document,
     load_work_image,
+    padding_colour,
     random_tile,
     read_coco_set,
     write_coco_document,
@@ -158,6 +163,9 @@ def _load_set(
         fx = entry.width / image.shape[1]
         fy = entry.height / image.shape[0]
         boxes = np.asarray(entry.boxes, dtype=np.float64).reshape(-1, 4) / np.array([fx, fy, fx, fy])
+        if entry.ignore:
+            ignore = np.asarray(entry.ignore, dtype=np.float64).reshape(-1, 4) / np.array([fx, fy, fx, fy])
+            image = blank_regions(image, ignore, padding_colour(image))
         out.append(_WorkImage(entry.file_name, image, boxes))
     return out
 
@@ -316,11 +324,11 @@ def train_detector(
     rng = np.random.default_rng(options.seed)
     started = time.perf_counter()
 
-    entries = read_coco_set(Path(coco), category=None)
+    entries = read_coco_set(Path(coco))  # specimen boxes (a lab export's debris are negatives)
     if not entries:
         raise ValueError(f"{coco}: no images")
     if val_coco is not None:
-        val_entries = read_coco_set(Path(val_coco), category=None)
+        val_entries = read_coco_set(Path(val_coco))
         train_entries = entries
         val_dir = Path(val_images_dir or images_dir)
     else:
