@@ -225,3 +225,29 @@ def test_before_after_rows_carry_the_reports_numbers() -> None:
     (row,) = before_after_rows([("held-out reviewed plates", "classical", report)])
     assert row.precision == round(17 / 20, 4) and row.recall == round(17 / 20, 4)
     assert row.mean_abs_count_error == 2.0 and row.seconds_per_image == 1.0 and row.truth == 20
+
+
+def test_without_validation_images_the_last_checkpoint_is_kept(tmp_path: Path) -> None:
+    from labpipe.detect.detr_train import DetrTrainOptions, train_detector
+    from labpipe.synth import PlateSpec, write_coco, write_plate
+
+    spec = PlateSpec(
+        width=600, height=600, n_specimens=3, n_touching_pairs=0, n_debris=1, um_per_px=20.0, seed=9
+    )
+    entries = []
+    for name, seed in (("p", 9), ("q", 10)):
+        spec.seed = seed
+        write_coco(write_plate(spec, tmp_path / f"{name}.tif"), f"{name}.tif", tmp_path / f"{name}.coco.json")
+        entries += read_coco_set(tmp_path / f"{name}.coco.json")
+    write_coco_document(coco_document(entries), tmp_path / "both.coco.json")
+    options = DetrTrainOptions(
+        epochs=2, batch_size=1, tiles_per_image=1, tile_size=128, tile_overlap=32, num_queries=8, d_model=32,
+        encoder_layers=1, decoder_layers=1, ffn_dim=64, threads=1, device="cpu", val_fraction=0.0,
+    )  # fmt: skip
+    result = train_detector(tmp_path / "both.coco.json", tmp_path, tmp_path / "m", options, progress=False)
+    assert (
+        result.n_train_images == 2
+        and result.n_val_images == 0
+        and [h["epoch"] for h in result.history] == [1, 2]
+    )
+    assert result.best_epoch == 2 and "ap50" not in result.best

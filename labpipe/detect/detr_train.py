@@ -105,7 +105,8 @@ class DetrTrainOptions:
     """Random tiles per image and epoch; 0: enough to cover the image once on average."""
     scale_jitter: tuple[float, float] = (0.75, 1.33)
     val_fraction: float = 0.1
-    """Share of the images held out for validation when no validation set is given."""
+    """Share of the images held out for validation when no validation set is given; 0: none (the
+    last checkpoint is kept: for a time budget too short to validate, e.g. a few large frames)."""
     architecture: str = "rt-detr"
     """A new model's architecture (:data:`labpipe.detect.detr.ARCHITECTURES`); ignored with ``init``."""
     num_queries: int = 100
@@ -334,6 +335,7 @@ def train_detector(
     else:
         order = rng.permutation(len(entries))
         n_val = max(1, round(len(entries) * options.val_fraction)) if len(entries) > 1 else 0
+        n_val = n_val if options.val_fraction > 0 else 0
         val_entries = [entries[i] for i in order[:n_val]]
         train_entries = [entries[i] for i in order[n_val:]] or entries
         val_dir = Path(images_dir)
@@ -436,7 +438,8 @@ def train_detector(
         if progress:
             tqdm.write(" ".join(f"{k}={v}" for k, v in row.items()))
         score = metrics.get("ap50", -1.0)
-        improved = not best or (score == score and score > best.get("ap50", -1.0))
+        # without validation images the latest checkpoint is kept
+        improved = not val_set or not best or (score == score and score > best.get("ap50", -1.0))
         if improved:
             best, best_epoch = dict(row), epoch
         info.training = _training_summary(
