@@ -235,7 +235,8 @@ def time20(args: argparse.Namespace) -> None:
     if not coco.is_file():
         write_synthetic_set(plates, 20, 500_000, SHARED / "carabidae-crops")
     out = args.work / "detr-20"
-    cmd = [sys.executable, "-m", "labpipe", "--data-dir", str(args.work / "lab"), "train", "detector",
+    cmd = [sys.executable, "-m", "labpipe.cli.main", "--data-dir", str(args.work / "lab"),
+           "train", "detector",
            "--coco", str(coco), "--images", str(plates), "--out", str(out), "--overwrite", "--holdout", "4",
            "--max-minutes", str(args.max_minutes), "--synthetic-plates", "0", "--no-register"]  # fmt: skip
     t0 = time.perf_counter()
@@ -244,7 +245,7 @@ def time20(args: argparse.Namespace) -> None:
     print(done.stdout[-3000:])
     card = json.loads((out / "labpipe_detector.json").read_text())["training"] if out.is_dir() else {}
     result = {
-        "command": " ".join(cmd[1:]),
+        "command": "labpipe " + " ".join(cmd[3:]),
         "exit_code": done.returncode,
         "wall_seconds": round(seconds, 1),
         "training_seconds": card.get("seconds"),
