@@ -4,6 +4,7 @@
     python benchmarks/detection_loop.py wells  --work WORK [--n 2 4 8] [--rotations 2] [--minutes 1.5]
     python benchmarks/detection_loop.py time20 --work WORK [--max-minutes 15]
     python benchmarks/detection_loop.py plot   --work WORK --out docs/detection-loop.png
+    python benchmarks/detection_loop.py table  --work WORK
 
 ``moths``: the four light-trap frames of ``../shared/data/scenes/moth-screens`` (hand-drawn boxes;
 category ``debris`` and ``attributes.uncertain`` ignore regions are honoured when training and
@@ -278,6 +279,32 @@ def curve(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float],
     return ns, means, spreads
 
 
+def table(args: argparse.Namespace) -> None:
+    """The measured rows as Markdown tables (what the README shows)."""
+    for name in ("moths", "wells"):
+        path = args.work / f"{name}.json"
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        held = "held-out frame" if name == "moths" else "held-out wells (40 single + 20 empty)"
+        print(f"\n{name}: fine-tune budget {data['settings']['minutes']} min per run\n")
+        print(f"| rotation | {held} | N reviewed | detector | precision | recall | mean abs count error "
+              "| right count | train s | s / image |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in data["rows"]:
+            print(f"| {r['rotation']} | {r.get('held_out', '')} | {r['n']} | {r['detector']} "
+                  f"| {r['precision']} "
+                  f"| {r['recall']} | {r['mean_abs_count_error']} | {r['right_count_share']} | "
+                  f"{r['train_seconds']} | {r['seconds_per_image']} |")  # fmt: skip
+        print()
+        for key in ("precision", "recall"):
+            ns, means, spreads = curve(data["rows"], key)
+            print(
+                f"{key} by N: "
+                + ", ".join(f"N={n}: {m} (spread {s})" for n, m, s in zip(ns, means, spreads, strict=True))
+            )
+
+
 def plot(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -324,7 +351,8 @@ def main() -> None:
     p_w = sub.add_parser("wells", help="the loop on single-specimen wells with count-checked pseudo-labels")
     p_t = sub.add_parser("time20", help="time a fine-tune on 20 small synthetic plates through the CLI")
     p_p = sub.add_parser("plot", help="draw the curves")
-    for p in (p_m, p_w, p_t, p_p):
+    p_tab = sub.add_parser("table", help="print the measured rows as Markdown")
+    for p in (p_m, p_w, p_t, p_p, p_tab):
         p.add_argument("--work", type=Path, required=True)
     for p, ns, minutes in ((p_m, [1, 2, 3], 3.0), (p_w, [2, 4, 8], 1.5)):
         p.add_argument("--n", type=int, nargs="+", default=ns)
@@ -339,7 +367,7 @@ def main() -> None:
     p_p.add_argument("--out", type=Path, default=Path("docs/detection-loop.png"))
     args = parser.parse_args()
     args_score_threshold = getattr(args, "score_threshold", 0.5)
-    {"moths": moths, "wells": wells, "time20": time20, "plot": plot}[args.command](args)
+    {"moths": moths, "wells": wells, "time20": time20, "plot": plot, "table": table}[args.command](args)
 
 
 if __name__ == "__main__":

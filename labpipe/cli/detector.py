@@ -178,7 +178,12 @@ def _register_detector(obj: Any, model_dir: Path) -> str:
     help="A new model's architecture (ignored with --from).",
 )
 @click.option("--queries", "num_queries", type=int, default=100, show_default=True)
-@click.option("--max-minutes", type=float, default=0.0, show_default=True, help="Stop after this long.")
+@click.option(
+    "--max-minutes",
+    type=float,
+    help="Stop training after this long (default: 15 on the reviewed-plates path, --from-reviews or "
+    "--holdout; else no limit; 0: no limit).",
+)
 @click.option("--threads", type=int, default=0, show_default=True, help="Torch CPU threads (0: default).")
 @click.option(
     "--device", default="auto", show_default=True, help="auto (a GPU when present), cpu, cuda, cuda:N."
@@ -211,7 +216,7 @@ def train_detector_command(
     tiles_per_image: int,
     architecture: str,
     num_queries: int,
-    max_minutes: float,
+    max_minutes: float | None,
     threads: int,
     device: str,
     seed: int,
@@ -264,6 +269,7 @@ def train_detector_command(
         return
     assert images_dir is not None
     start_info = DetrModelInfo.from_dir(init) if init else None
+    reviewed_path = review_doc is not None or holdout is not None
     if um_per_px is None:
         um_per_px = start_info.um_per_px if start_info else 40.0
     options = DetrTrainOptions(
@@ -281,12 +287,12 @@ def train_detector_command(
         architecture=architecture,
         num_queries=num_queries,
         init=str(init) if init else None,
-        max_minutes=max_minutes,
+        max_minutes=max_minutes if max_minutes is not None else (15.0 if reviewed_path else 0.0),
         seed=seed,
         threads=threads,
         device=device,
     )
-    if review_doc is not None or holdout is not None:
+    if reviewed_path:
         _finetune_and_report(
             obj,
             review_doc,
