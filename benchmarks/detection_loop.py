@@ -327,9 +327,8 @@ def plot(args: argparse.Namespace) -> None:
                     ax.plot(r["n"], r[key], ".", color=colour, alpha=0.35)
         secs = curve([r for r in rows if r["n"] > 0], "train_seconds")
         ax.axhline(0.95, color="grey", linestyle=":", label="goal 0.95")
-        ax.set_xlabel(
-            f"reviewed images N (0: classical; fine-tune ~{np.nanmean(secs[1]) / 60:.0f} min on CPU)"
-        )
+        minutes = np.nanmean(secs[1]) / 60 if secs[0] else float("nan")
+        ax.set_xlabel(f"reviewed images N (0: classical; fine-tune ~{minutes:.0f} min, loaded 2-core CPU)")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xticks(sorted({r["n"] for r in rows}))
         ax.set_title(title)
