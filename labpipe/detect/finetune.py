@@ -11,7 +11,8 @@
    offline ImageNet weights) is fine-tuned on the training plates
    (:func:`labpipe.detect.detr_train.train_detector`: specimen boxes only, at the plates' own scale
    mapped to the model's working scale, random tiles as cut at inference). The checkpoint is
-   chosen on the training plates themselves: the held-out plates are only ever scored;
+   chosen on (up to :data:`VALIDATION_PLATES` of) the training plates themselves: the held-out
+   plates are only ever scored;
 3. the classical detector, the starting DETR and the fine-tuned one are scored on the held-out
    plates (precision, recall, count error at IoU 0.5 with debris and ignore regions,
    :func:`labpipe.evaluation.detector.evaluate_images`), and the DETRs also on a few synthetic
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "VALIDATION_PLATES",
     "BeforeAfterRow",
     "FinetuneResult",
     "before_after_rows",
@@ -43,6 +45,10 @@ __all__ = [
     "split_plates",
     "synthetic_check_set",
 ]
+
+
+VALIDATION_PLATES = 4
+"""Training plates the checkpoint is chosen on (the first ones of the split)."""
 
 
 def default_holdout(n_plates: int, fraction: float = 0.2) -> int:
@@ -259,6 +265,11 @@ def finetune_on_plates(
     held_coco = out_dir.parent / f"{out_dir.name}.holdout.coco.json"
     write_coco_document(train_doc, train_coco)
     write_coco_document(held_doc, held_coco)
+    # the checkpoint is chosen on (at most VALIDATION_PLATES of) the training plates: validating
+    # every epoch on twenty plates would cost more than the training on a CPU
+    val_coco = out_dir.parent / f"{out_dir.name}.val.coco.json"
+    val_ids = set(train_ids[:VALIDATION_PLATES])
+    write_coco_document(split_document(train_doc, val_ids)[1], val_coco)
     names = {int(i["id"]): str(i["file_name"]) for i in doc["images"]}
     start = options.init or "new RT-DETR (EfficientNet-Lite0 backbone from the offline ImageNet weights)"
 
@@ -296,7 +307,7 @@ def finetune_on_plates(
         images_dir,
         out_dir,
         options,
-        val_coco=train_coco,
+        val_coco=val_coco,
         val_images_dir=images_dir,
         progress=progress,
         overwrite=True,
@@ -314,5 +325,5 @@ def finetune_on_plates(
         training=result_summary(result),
         rows=before_after_rows(scored),
         seconds=time.perf_counter() - started,
-        files={"train": str(train_coco), "held_out": str(held_coco)},
+        files={"train": str(train_coco), "held_out": str(held_coco), "validation": str(val_coco)},
     )
