@@ -26,6 +26,7 @@ MODULES = [
     "labpipe.detect.significance",
     "labpipe.detect.detr",
     "labpipe.detect.detr_data",
+    "labpipe.detect.finetune",
     "labpipe.evaluation.detector",
     "labpipe.evaluation.truth",
     "labpipe.families",

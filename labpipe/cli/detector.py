@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from labpipe.errors import LabpipeError
+from labpipe.errors import ConfigError, LabpipeError
 
 __all__ = ["eval_detector", "eval_table", "train_detector_command"]
 
@@ -35,18 +35,84 @@ def detector_from_kind(obj: Any, kind: str | None, score_threshold: float | None
     return active_detector_for(settings, kind)
 
 
+def _resolve_start_model(obj: Any, value: str) -> Path:
+    """``--from``: a DETR model directory, or a registered detector version (or a unique prefix)."""
+    if Path(value).expanduser().is_dir():
+        return Path(value).expanduser()
+    from labpipe.db.database import open_database
+    from labpipe.registry import find_model
+
+    factory = open_database(obj.settings.database_url)
+    try:
+        with factory() as session:
+            row = find_model(session, value)
+            kind, path = row.kind, row.path
+    finally:
+        factory.kw["bind"].dispose()
+    if kind != "detector" or not path or not Path(path).is_dir():
+        raise ConfigError(
+            f"--from {value}",
+            f"registered as a {kind} model" + ("" if path else " with no directory"),
+            "give a DETR model directory or a registered DETR detector version (`labpipe models list`)",
+        )
+    return Path(path)
+
+
+def _lab_reviews(obj: Any) -> tuple[dict[str, Any], Path, Path | None]:
+    """The lab's reviewed plates (``labpipe export coco --reviewed-only``), their images' root, and
+    the lab's current default detector when it is a DETR model directory."""
+    from labpipe.active_models import active_detector
+    from labpipe.db.database import open_database
+    from labpipe.reports.coco import coco_export
+
+    root = obj.settings.storage.archive_dir.resolve()
+    factory = open_database(obj.settings.database_url)
+    try:
+        with factory() as session:
+            doc = coco_export(session, root, reviewed_only=True)
+            spec = active_detector(session, obj.settings).spec
+    finally:
+        factory.kw["bind"].dispose()
+    current = Path(spec).expanduser() if spec != "classical" and Path(spec).expanduser().is_dir() else None
+    return doc, root, current
+
+
+def _register_detector(obj: Any, model_dir: Path) -> str:
+    """Register ``model_dir`` as a detector row (as the pipeline would on first use); its version."""
+    from labpipe.db.database import open_database
+    from labpipe.pipeline import build_detector
+    from labpipe.record import ensure_detector_model
+
+    detector = build_detector(obj.settings, str(model_dir))
+    factory = open_database(obj.settings.database_url)
+    try:
+        with factory() as session:
+            row = ensure_detector_model(session, detector)
+            session.commit()
+            return str(row.version)
+    finally:
+        factory.kw["bind"].dispose()
+
+
 @click.command("detector")
 @click.option(
     "--coco",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="COCO detection annotations of the training images (every box is a specimen).",
+    help="COCO detection annotations of the training images, e.g. `labpipe export coco`: 'specimen' "
+    "boxes are trained on, 'debris' boxes stay background, iscrowd/uncertain boxes are blanked.",
+)
+@click.option(
+    "--from-reviews",
+    is_flag=True,
+    help="Train on the lab's own plates marked 'boxes reviewed' (exported from the configured "
+    "database; images from the archive), hold some out, print before/after and register the model.",
 )
 @click.option(
     "--images",
     "images_dir",
-    required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder holding the images named in --coco (and, with --pseudo-labels, unlabelled plates).",
+    help="Folder holding the images named in --coco (and, with --pseudo-labels, unlabelled plates); "
+    "with --from-reviews: the archive folder.",
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
@@ -56,10 +122,31 @@ def detector_from_kind(obj: Any, kind: str | None, score_threshold: float | None
     "--val-images", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Its images."
 )
 @click.option(
+    "--from",
     "--init",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Fine-tune this local DETR-family model directory (default: a new Conditional DETR whose "
-    "EfficientNet-Lite0 backbone starts from the offline ImageNet weights).",
+    "start_model",
+    help="Fine-tune this DETR-family model: a model directory or a registered detector version "
+    "(default: with --from-reviews the lab's default detector when it is a DETR; else a new RT-DETR "
+    "whose EfficientNet-Lite0 backbone starts from the offline ImageNet weights). --init is an alias.",
+)
+@click.option(
+    "--holdout",
+    type=click.IntRange(0),
+    help="Reviewed plates held out to score before/after (default with --from-reviews: 20 %%, at "
+    "least 1 of 2 or more; seeded by --seed). Giving it with --coco does the same on that file.",
+)
+@click.option(
+    "--synthetic-plates",
+    type=click.IntRange(0),
+    default=2,
+    show_default=True,
+    help="Small synthetic plates to score the DETRs on before and after (forgetting); 0: none.",
+)
+@click.option(
+    "--register/--no-register",
+    default=None,
+    help="Register the trained model as a detector in the database (default: with --from-reviews or "
+    "--holdout, the reviewed-plates path).",
 )
 @click.option(
     "--pseudo-labels",
@@ -72,14 +159,15 @@ def detector_from_kind(obj: Any, kind: str | None, score_threshold: float | None
 @click.option("--lr", type=float, default=1e-4, show_default=True)
 @click.option("--lr-backbone", type=float, default=1e-4, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--tile-size", type=int, default=384, show_default=True, help="Tile side at the working scale.")
-@click.option("--tile-overlap", type=int, default=128, show_default=True)
+@click.option(
+    "--tile-size", type=int, help="Tile side at the working scale (default: --from's own, else 384)."
+)
+@click.option("--tile-overlap", type=int, help="Default: --from's own, else 128.")
 @click.option(
     "--um-per-px",
     type=float,
-    default=40.0,
-    show_default=True,
-    help="Working scale in micrometres per pixel (0: use images at their own scale).",
+    help="Working scale in micrometres per pixel (default: --from's own, else 40; 0: use images at "
+    "their own scale).",
 )
 @click.option("--tiles-per-image", type=int, default=0, show_default=True, help="Per epoch; 0: cover once.")
 @click.option(
@@ -87,12 +175,19 @@ def detector_from_kind(obj: Any, kind: str | None, score_threshold: float | None
     type=click.Choice(["conditional-detr", "rt-detr"]),
     default="rt-detr",
     show_default=True,
-    help="A new model's architecture (ignored with --init).",
+    help="A new model's architecture (ignored with --from).",
 )
 @click.option("--queries", "num_queries", type=int, default=100, show_default=True)
-@click.option("--max-minutes", type=float, default=0.0, show_default=True, help="Stop after this long.")
+@click.option(
+    "--max-minutes",
+    type=float,
+    help="Stop training after this long (default: 15 on the reviewed-plates path, --from-reviews or "
+    "--holdout; else no limit; 0: no limit).",
+)
 @click.option("--threads", type=int, default=0, show_default=True, help="Torch CPU threads (0: default).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (a GPU when present), cpu, cuda, cuda:N."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
@@ -100,24 +195,28 @@ def detector_from_kind(obj: Any, kind: str | None, score_threshold: float | None
 def train_detector_command(
     obj: Any,
     coco: Path | None,
-    images_dir: Path,
+    from_reviews: bool,
+    images_dir: Path | None,
     out_dir: Path,
     val_coco: Path | None,
     val_images: Path | None,
-    init: Path | None,
+    start_model: str | None,
+    holdout: int | None,
+    synthetic_plates: int,
+    register: bool | None,
     pseudo_labels: bool,
     epochs: int,
     batch_size: int,
     lr: float,
     lr_backbone: float,
     weight_decay: float,
-    tile_size: int,
-    tile_overlap: int,
-    um_per_px: float,
+    tile_size: int | None,
+    tile_overlap: int | None,
+    um_per_px: float | None,
     tiles_per_image: int,
     architecture: str,
     num_queries: int,
-    max_minutes: float,
+    max_minutes: float | None,
     threads: int,
     device: str,
     seed: int,
@@ -130,23 +229,89 @@ def train_detector_command(
     batch 8, 10 epochs). Images are read at the working scale (--um-per-px) and cut into random
     tiles; after every epoch the tiled detector is validated (--val-coco, else 10 % of the images)
     and the best checkpoint by AP50 is kept with its preprocessor config and a model card.
+
+    With --from-reviews (or --coco EXPORT --holdout N) it fine-tunes on the reviewed plates, keeps
+    some apart, and prints precision, recall and count error on them for the classical detector,
+    the starting DETR and the fine-tuned one, plus the DETRs on synthetic plates (what was forgotten);
+    the checkpoint is chosen on the training plates. Then `labpipe models set-default VERSION`.
     """
+    from labpipe.detect.detr import DetrModelInfo
     from labpipe.detect.detr_data import coco_document, read_coco_set, write_coco_document
     from labpipe.detect.detr_train import DetrTrainOptions, pseudo_label, result_summary, train_detector
     from labpipe.evaluation.folders import image_files
 
-    if coco is None and not pseudo_labels:
-        _fail("give --coco, or --pseudo-labels to annotate the images with the classical detector")
+    if from_reviews and (coco is not None or pseudo_labels):
+        _fail("--from-reviews takes the lab's reviewed plates: leave out --coco and --pseudo-labels")
+        return
+    if coco is None and not pseudo_labels and not from_reviews:
+        _fail(
+            "give --coco, --from-reviews (the lab's reviewed plates), or --pseudo-labels to annotate "
+            "the images with the classical detector"
+        )
+        return
+    if not from_reviews and images_dir is None:
+        _fail("give --images: the folder holding the images named in --coco")
         return
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         _fail(f"{out_dir} is not empty; pass --overwrite to replace it")
+        return
+    init: Path | None = None
+    review_doc: dict[str, Any] | None = None
+    try:
+        if start_model:
+            init = _resolve_start_model(obj, start_model)
+        if from_reviews:
+            review_doc, images_dir, current = _lab_reviews(obj)
+            if init is None:
+                init = current
+    except LabpipeError as exc:
+        _fail(str(getattr(exc, "message", exc)))
+        return
+    assert images_dir is not None
+    start_info = DetrModelInfo.from_dir(init) if init else None
+    reviewed_path = review_doc is not None or holdout is not None
+    if um_per_px is None:
+        um_per_px = start_info.um_per_px if start_info else 40.0
+    options = DetrTrainOptions(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_backbone=lr_backbone,
+        weight_decay=weight_decay,
+        tile_size=tile_size or (start_info.tile_size if start_info else 384),
+        tile_overlap=tile_overlap
+        if tile_overlap is not None
+        else (start_info.tile_overlap if start_info else 128),
+        um_per_px=um_per_px or None,
+        tiles_per_image=tiles_per_image,
+        architecture=architecture,
+        num_queries=num_queries,
+        init=str(init) if init else None,
+        max_minutes=max_minutes if max_minutes is not None else (15.0 if reviewed_path else 0.0),
+        seed=seed,
+        threads=threads,
+        device=device,
+    )
+    if reviewed_path:
+        _finetune_and_report(
+            obj,
+            review_doc,
+            coco,
+            images_dir,
+            out_dir,
+            options,
+            holdout,
+            synthetic_plates,
+            register if register is not None else True,
+            as_json,
+        )
         return
     train_coco = coco
     if pseudo_labels:
         from labpipe.pipeline import build_detector
 
         classical = build_detector(obj.settings, "classical")
-        labelled = read_coco_set(coco, category=None) if coco else []
+        labelled = read_coco_set(coco) if coco else []
         known = {e.file_name for e in labelled}
         todo = [p for p in image_files(images_dir) if p.name not in known]
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,29 +325,11 @@ def train_detector_command(
             um_per_px_fallback=obj.settings.um_per_px_fallback,
             progress=not as_json,
         )
-        entries = labelled + read_coco_set(pseudo_path, category=None)
+        entries = labelled + read_coco_set(pseudo_path)
         train_coco = out_dir.parent / f"{out_dir.name}.train.coco.json"
         write_coco_document(coco_document(entries, "labelled + pseudo-labels (classical)"), train_coco)
         if not as_json:
             click.echo(f"pseudo-labelled {len(todo)} images -> {pseudo_path}")
-    options = DetrTrainOptions(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        lr_backbone=lr_backbone,
-        weight_decay=weight_decay,
-        tile_size=tile_size,
-        tile_overlap=tile_overlap,
-        um_per_px=um_per_px or None,
-        tiles_per_image=tiles_per_image,
-        architecture=architecture,
-        num_queries=num_queries,
-        init=str(init) if init else None,
-        max_minutes=max_minutes,
-        seed=seed,
-        threads=threads,
-        device=device,
-    )
     assert train_coco is not None
     try:
         result = train_detector(
@@ -199,6 +346,8 @@ def train_detector_command(
         _fail(str(getattr(exc, "message", exc)))
         return
     summary = result_summary(result)
+    if register:
+        summary["registered"] = _register_detector(obj, out_dir)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -209,6 +358,69 @@ def train_detector_command(
         f"({summary['train_images']} training / {summary['val_images']} validation images, "
         f"{summary['seconds'] / 60:.1f} min)"
     )
+    if register:
+        click.echo(f"registered detector {summary['registered']}")
+
+
+def _finetune_and_report(
+    obj: Any,
+    review_doc: dict[str, Any] | None,
+    coco: Path | None,
+    images_dir: Path,
+    out_dir: Path,
+    options: Any,
+    holdout: int | None,
+    synthetic_plates: int,
+    register: bool,
+    as_json: bool,
+) -> None:
+    """The reviewed-plates path: split, fine-tune, before/after, register (see
+    :func:`labpipe.detect.finetune.finetune_on_plates`)."""
+    from labpipe.detect.finetune import finetune_on_plates, format_before_after
+    from labpipe.evaluation.real_table import default_data_dir
+
+    doc = review_doc if review_doc is not None else json.loads(Path(str(coco)).read_text())
+    if not as_json:
+        click.echo(
+            f"{len(doc.get('images', []))} reviewed plates; starting from "
+            f"{options.init or 'a new RT-DETR (EfficientNet-Lite0 backbone, offline ImageNet weights)'}"
+        )
+    cutouts = default_data_dir() / "carabidae-crops"
+    try:
+        result = finetune_on_plates(
+            obj.settings,
+            doc,
+            images_dir,
+            out_dir,
+            options,
+            holdout=holdout,
+            synthetic_plates=synthetic_plates,
+            synthetic_work=obj.settings.storage.root / "cache",
+            cutouts=cutouts if cutouts.is_dir() else None,
+            progress=not as_json,
+        )
+    except (ValueError, FileExistsError, LabpipeError) as exc:
+        _fail(str(getattr(exc, "message", exc)))
+        return
+    summary = result.as_dict()
+    if register:
+        summary["registered"] = _register_detector(obj, out_dir)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    t = result.training
+    click.echo(
+        f"wrote {out_dir}: {len(result.train_plates)} plates trained on, {len(result.held_out_plates)} held "
+        f"out ({', '.join(result.held_out_plates) or 'none: too few plates to score'}); best epoch "
+        f"{t['best_epoch']} of {len(t['history'])}, {result.seconds / 60:.1f} min"
+    )
+    if result.rows:
+        click.echo(format_before_after(result.rows))
+    if register:
+        click.echo(
+            f"registered detector {summary['registered']}\n"
+            f"make it the daemon's detector: labpipe models set-default '{summary['registered']}'"
+        )
 
 
 @click.command("detector")

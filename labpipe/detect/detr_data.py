@@ -28,6 +28,7 @@ from labpipe.detect.tiling import clip_boxes_to_tile
 __all__ = [
     "CocoImage",
     "TrainingTile",
+    "blank_regions",
     "coco_document",
     "load_work_image",
     "padding_colour",
@@ -42,20 +43,25 @@ SPECIMEN_CATEGORY = {"id": 1, "name": "specimen", "supercategory": "arthropod"}
 
 @dataclass
 class CocoImage:
-    """One image of a COCO set: its file, size, scale (when known) and specimen boxes."""
+    """One image of a COCO set: its file, size, scale (when known), specimen boxes and ignore regions."""
 
     file_name: str
     width: int
     height: int
     um_per_px: float | None
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    ignore: list[tuple[float, float, float, float]] = field(default_factory=list)
+    """Regions neither specimen nor background (``iscrowd`` or ``attributes.uncertain``): training
+    blanks them (:func:`blank_regions`) so the detector is taught neither way."""
 
 
 def read_coco_set(path: Path, category: str | None = "specimen") -> list[CocoImage]:
     """Every image of a COCO detection file with its boxes (images without boxes included).
 
-    ``category`` keeps the annotations of the category with that name; ``None`` (or a file
-    without such a category) keeps all: every object is a specimen to a one-class detector.
+    ``category`` keeps the annotations of the category with that name (a lab's export also holds
+    ``debris`` boxes, negatives that must not become specimens); ``None`` (or a file without such a
+    category) keeps all: every object is a specimen to a one-class detector. Annotations marked
+    ``iscrowd`` or ``attributes.uncertain`` go to :attr:`CocoImage.ignore`, whatever their category.
     """
     doc = json.loads(Path(path).read_text())
     wanted: set[int] | None = None
@@ -68,15 +74,15 @@ def read_coco_set(path: Path, category: str | None = "specimen") -> list[CocoIma
             str(img["file_name"]), int(img["width"]), int(img["height"]), float(scale) if scale else None
         )
     for ann in doc.get("annotations", []):
-        if wanted is not None and ann.get("category_id") not in wanted:
-            continue
-        if ann.get("iscrowd"):
-            continue
         image = images.get(ann["image_id"])
         if image is None:
             raise ValueError(f"{path}: annotation {ann.get('id')} points at unknown image {ann['image_id']}")
         x, y, w, h = (float(v) for v in ann["bbox"])
-        if w > 0 and h > 0:
+        if w <= 0 or h <= 0:
+            continue
+        if ann.get("iscrowd") or (ann.get("attributes") or {}).get("uncertain"):
+            image.ignore.append((x, y, w, h))
+        elif wanted is None or ann.get("category_id") in wanted:
             image.boxes.append((x, y, w, h))
     return list(images.values())
 
@@ -89,6 +95,17 @@ def coco_document(images: list[CocoImage], description: str = "labpipe detection
         if image.um_per_px:
             entry["um_per_px"] = image.um_per_px
         doc_images.append(entry)
+        for x, y, w, h in image.ignore:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": SPECIMEN_CATEGORY["id"],
+                    "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                    "area": round(w * h, 2),
+                    "iscrowd": 1,
+                }
+            )
         for x, y, w, h in image.boxes:
             annotations.append(
                 {
@@ -221,6 +238,27 @@ def padding_colour(image: np.ndarray) -> tuple[int, int, int]:
     """
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     return tuple(int(v) for v in border.mean(axis=0))  # type: ignore[return-value]
+
+
+def blank_regions(image: np.ndarray, boxes: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """A copy of ``image`` with the ``[x, y, w, h]`` ``boxes`` filled with ``colour`` (ignore
+    regions: a speck nobody could call is shown to the detector as neither insect nor background).
+
+    >>> img = np.zeros((4, 5, 3), np.uint8)
+    >>> out = blank_regions(img, np.array([[1.2, 0.0, 2.0, 2.4]]), (9, 9, 9))
+    >>> out[:, :, 0].tolist()
+    [[0, 9, 9, 9, 0], [0, 9, 9, 9, 0], [0, 9, 9, 9, 0], [0, 0, 0, 0, 0]]
+    >>> int(img.sum())
+    0
+    """
+    out = image.copy()
+    h, w = image.shape[:2]
+    for x, y, bw, bh in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        x0, y0 = max(0, int(np.floor(x))), max(0, int(np.floor(y)))
+        x1, y1 = min(w, int(np.ceil(x + bw))), min(h, int(np.ceil(y + bh)))
+        if x1 > x0 and y1 > y0:
+            out[y0:y1, x0:x1] = np.asarray(colour, dtype=np.uint8)
+    return out
 
 
 @dataclass

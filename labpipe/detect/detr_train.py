@@ -4,6 +4,9 @@
   replaced by a one-class ``specimen`` head when it has other classes), or builds a new small
   Conditional DETR whose EfficientNet-Lite0 backbone starts from the offline ImageNet weights
   (:func:`labpipe.detect.detr.build_detr`).
+- A lab's export (``labpipe export coco``) trains on its ``specimen`` boxes only: ``debris`` boxes
+  stay background (negatives), and ignore regions (``iscrowd``, ``attributes.uncertain``) are
+  blanked with the image's border colour, so they teach neither way.
 - Images are read once at the working scale (``um_per_px``, from each image's ``um_per_px`` in the
   COCO file or its resolution tags; images of unknown scale are used as they are) and training
   tiles are cut at random from them, with a random rescale, flips, quarter turns and a brightness /
@@ -55,8 +58,10 @@ from labpipe.detect.detr import (
 )
 from labpipe.detect.detr_data import (
     CocoImage,
+    blank_regions,
     coco_document,
     load_work_image,
+    padding_colour,
     random_tile,
     read_coco_set,
     write_coco_document,
@@ -100,7 +105,8 @@ class DetrTrainOptions:
     """Random tiles per image and epoch; 0: enough to cover the image once on average."""
     scale_jitter: tuple[float, float] = (0.75, 1.33)
     val_fraction: float = 0.1
-    """Share of the images held out for validation when no validation set is given."""
+    """Share of the images held out for validation when no validation set is given; 0: none (the
+    last checkpoint is kept: for a time budget too short to validate, e.g. a few large frames)."""
     architecture: str = "rt-detr"
     """A new model's architecture (:data:`labpipe.detect.detr.ARCHITECTURES`); ignored with ``init``."""
     num_queries: int = 100
@@ -158,6 +164,9 @@ def _load_set(
         fx = entry.width / image.shape[1]
         fy = entry.height / image.shape[0]
         boxes = np.asarray(entry.boxes, dtype=np.float64).reshape(-1, 4) / np.array([fx, fy, fx, fy])
+        if entry.ignore:
+            ignore = np.asarray(entry.ignore, dtype=np.float64).reshape(-1, 4) / np.array([fx, fy, fx, fy])
+            image = blank_regions(image, ignore, padding_colour(image))
         out.append(_WorkImage(entry.file_name, image, boxes))
     return out
 
@@ -316,16 +325,17 @@ def train_detector(
     rng = np.random.default_rng(options.seed)
     started = time.perf_counter()
 
-    entries = read_coco_set(Path(coco), category=None)
+    entries = read_coco_set(Path(coco))  # specimen boxes (a lab export's debris are negatives)
     if not entries:
         raise ValueError(f"{coco}: no images")
     if val_coco is not None:
-        val_entries = read_coco_set(Path(val_coco), category=None)
+        val_entries = read_coco_set(Path(val_coco))
         train_entries = entries
         val_dir = Path(val_images_dir or images_dir)
     else:
         order = rng.permutation(len(entries))
         n_val = max(1, round(len(entries) * options.val_fraction)) if len(entries) > 1 else 0
+        n_val = n_val if options.val_fraction > 0 else 0
         val_entries = [entries[i] for i in order[:n_val]]
         train_entries = [entries[i] for i in order[n_val:]] or entries
         val_dir = Path(images_dir)
@@ -428,7 +438,8 @@ def train_detector(
         if progress:
             tqdm.write(" ".join(f"{k}={v}" for k, v in row.items()))
         score = metrics.get("ap50", -1.0)
-        improved = not best or (score == score and score > best.get("ap50", -1.0))
+        # without validation images the latest checkpoint is kept
+        improved = not val_set or not best or (score == score and score > best.get("ap50", -1.0))
         if improved:
             best, best_epoch = dict(row), epoch
         info.training = _training_summary(
