@@ -34,9 +34,14 @@ run: install
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# Two pytest-xdist workers (the CI machine's two cores): many tests wait on daemons, leases and the
+# browser rather than compute. tests/conftest.py keeps the workers apart (own PostgreSQL databases,
+# own Redis database numbers, the Redis tests on one worker). `make test PYTEST_WORKERS=0` runs serially.
+PYTEST_WORKERS ?= 2
+
 test: install browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,11 @@
-"""Shared fixtures: the real data folder, service URLs, and a scratch storage root."""
+"""Shared fixtures: the real data folder, service URLs, and a scratch storage root.
+
+The suite runs in parallel under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``). Each
+PostgreSQL test makes its own database and each Redis test claims its own database number, so the
+workers share nothing; the tests that use Redis run on one worker (the ``redis`` group), because
+one of them restarts the Redis server. A file whose module fixtures are expensive (a trained model,
+a running daemon, a browser) names its own ``xdist_group`` so they are built once.
+"""
 
 from __future__ import annotations
 
@@ -74,19 +81,45 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+def _uses_redis(item: pytest.Item) -> bool:
+    """The test needs the shared Redis: the ``redis_db`` fixture, the ``redis`` mark, or a
+    ``kind`` parameter of ``distributed`` (a test that asks for the deployment by name)."""
+    callspec = getattr(item, "callspec", None)
+    return (
+        "redis_db" in getattr(item, "fixturenames", ())
+        or item.get_closest_marker("redis") is not None
+        or (callspec is not None and callspec.params.get("kind") == "distributed")
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist's ``loadgroup``, every Redis test runs on one worker (see the module docstring)."""
+    for item in items:
+        if _uses_redis(item):
+            item.add_marker(pytest.mark.xdist_group("redis"))
+
+
+REDIS_CLAIM_KEY = "labpipe-test-claim"
+"""Set (NX) in the database number a test run takes, so that no other worker or run takes it too."""
+
+
 @pytest.fixture
 def redis_db(redis_url: str) -> Iterator[str]:
-    """A Redis database number (1-15) that is empty now; our keys in it are removed afterwards."""
+    """A Redis database number (1-15) that was empty and is now claimed by this test (an atomic
+    SET NX of ``REDIS_CLAIM_KEY``, so two parallel workers never share one); our keys in it and
+    the claim are removed afterwards."""
     import redis
 
+    owner = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     chosen = None
     for n in random.sample(range(1, 16), 15):
         client = redis.Redis.from_url(f"{redis_url}/{n}")
-        if client.dbsize() == 0:
-            chosen = n
+        try:
+            if client.dbsize() == 0 and client.set(REDIS_CLAIM_KEY, owner, nx=True):
+                chosen = n
+                break
+        finally:
             client.close()
-            break
-        client.close()
     if chosen is None:
         pytest.skip("no empty Redis database number among 1-15")
     url = f"{redis_url}/{chosen}"
@@ -97,6 +130,8 @@ def redis_db(redis_url: str) -> Iterator[str]:
     for pattern in ("labpipe.*", "unacked*", "_kombu.binding*"):
         for key in client.scan_iter(match=pattern):
             client.delete(key)
+    if client.get(REDIS_CLAIM_KEY) == owner.encode():
+        client.delete(REDIS_CLAIM_KEY)
     client.close()
 
 

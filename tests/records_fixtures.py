@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from labpipe.config import Settings, load_settings
@@ -136,8 +138,6 @@ def open_lab_db(settings: Settings) -> sessionmaker[Session]:
 
 
 def get_model(session: Session, version: str = MODEL) -> Model:
-    from sqlalchemy import select
-
     row = session.scalar(select(Model).where(Model.version == version))
     if row is None:
         row = Model(
@@ -262,3 +262,82 @@ def web_login(client: Any, token: str, name: str = "R. Reviewer") -> str:
     assert response.status_code == 303, response.text
     nonce = response.cookies[SESSION_COOKIE].split(".")[2]
     return csrf_value(token, nonce)
+
+
+def bulk_lab(
+    settings: Settings, factory: sessionmaker[Session], n: int = 100_000, per_image: int = 2_000
+) -> None:
+    """``n`` specimens on ``n / per_image`` plates of 10 samples (B0-B9, plates dealt in turn), inserted
+    in bulk: one classification each (family random, p uniform, rejected below 0.5), and every 50th
+    specimen, from the first, verified as corrected to Apidae."""
+    families = ["Carabidae", "Staphylinidae", "Curculionidae", "Formicidae", "Apidae", "Chrysomelidae"]
+    rng = random.Random(1)
+    with factory() as session:
+        model = get_model(session)
+        session.execute(insert(Sample), [{"id": f"B{i}"} for i in range(10)])
+        n_images = n // per_image
+        session.execute(
+            insert(Image),
+            [
+                {
+                    "sample_id": f"B{i % 10}",
+                    "source_path": f"/nowhere/{i}.tif",
+                    "file_name": f"bulk-{i}.tif",
+                    "content_hash": f"{i:064x}",
+                    "size_bytes": 1,
+                    "status": "done",
+                    "width": 20000,
+                    "height": 20000,
+                    "n_specimens": per_image,
+                    "processed_at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+                }
+                for i in range(n_images)
+            ],
+        )
+        first_image = session.scalar(select(func.min(Image.id)).where(Image.file_name.like("bulk-%")))
+        specimens, classifications, verifications = [], [], []
+        base = (session.scalar(select(func.max(Specimen.id))) or 0) + 1
+        for i in range(n):
+            sid = base + i
+            specimens.append(
+                {
+                    "id": sid,
+                    "image_id": first_image + i // per_image,
+                    "index_in_image": i % per_image + 1,
+                    "x": rng.randrange(19_000),
+                    "y": rng.randrange(19_000),
+                    "w": 80,
+                    "h": 120,
+                    "score": 0.9,
+                    "detector_version": "d",
+                    "crop_path": "",
+                    "crop_size": 96,
+                }
+            )
+            p = rng.random()
+            family = rng.choice(families)
+            classifications.append(
+                {
+                    "specimen_id": sid,
+                    "model_id": model.id,
+                    "family": family,
+                    "probability": p,
+                    "rejected": p < 0.5,
+                    "reason": "low_confidence: bulk" if p < 0.5 else None,
+                    "top_k": [[family, p]],
+                }
+            )
+            if i % 50 == 0:
+                verifications.append(
+                    {
+                        "specimen_id": sid,
+                        "status": "corrected",
+                        "family": "Apidae",
+                        "verified_by": "bulk",
+                        "verified_at": dt.datetime(2024, 2, 1, tzinfo=dt.UTC),
+                    }
+                )
+        session.execute(insert(Specimen), specimens)
+        session.execute(insert(Classification), classifications)
+        session.execute(insert(Verification), verifications)
+        session.commit()

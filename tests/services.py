@@ -1,7 +1,9 @@
-"""The real services the integration tests use: starting Redis again after a test restarts it."""
+"""The real services the integration tests use: starting Redis again after a test restarts it, and
+a free local port for a daemon's web UI (parallel workers must not all take the default 8000)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 
@@ -30,3 +32,10 @@ def start_redis() -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("redis-server did not come back within 20 s")
         time.sleep(0.2)
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from services import redis_ping, start_redis
+from services import free_port, redis_ping, start_redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -113,6 +113,7 @@ class Daemon:
         self.inbox = root / "inbox"
         self.database_url = database_url
         self.settings = {**FAST, **settings, "database.url": database_url, "queue.broker_url": broker_url}
+        self.settings.setdefault("api.port", free_port())  # `serve` runs the web UI: not all on 8000
         self.logs = root.parent / f"{root.name}-logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}

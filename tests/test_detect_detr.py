@@ -29,6 +29,9 @@ from labpipe.detect.tiling import (
 )
 from labpipe.evaluation.detector import average_precision, coco_ap
 
+# one xdist worker runs this file: its tiny DETR model is built once
+pytestmark = pytest.mark.xdist_group("detect_detr")
+
 torch.set_num_threads(1)
 
 

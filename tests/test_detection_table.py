@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from labpipe.cli.main import cli
 
-pytestmark = [pytest.mark.shared, pytest.mark.slow]
+# one xdist worker runs this file: its real-image table is measured once
+pytestmark = [pytest.mark.shared, pytest.mark.slow, pytest.mark.xdist_group("detection_table")]
 
 
 @pytest.fixture(scope="module")

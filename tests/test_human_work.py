@@ -24,7 +24,7 @@ from labpipe.review import record_verification
 from labpipe.synth.plate import PlateSpec, write_plate
 
 SPEC = PlateSpec(
-    width=2400, height=2400, n_specimens=8, n_touching_pairs=0, n_debris=0, um_per_px=10.0, seed=11
+    width=1200, height=1200, n_specimens=8, n_touching_pairs=0, n_debris=0, um_per_px=10.0, seed=11
 )
 
 

@@ -452,6 +452,7 @@ def test_the_watcher_quarantines_a_stack_and_an_image_over_budget_with_their_rea
 
 @pytest.mark.slow
 @pytest.mark.postgres
+@pytest.mark.redis
 def test_a_distributed_daemon_refuses_an_image_over_budget_and_processes_the_rest(
     request: pytest.FixtureRequest, tmp_path: Path, issue_png: Path
 ) -> None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 from brokers import RecordingBroker
 from click.testing import CliRunner
+from services import free_port
 from sqlalchemy import update
 from test_daemon import (  # noqa: F401 (the fixtures are used by name)
     Daemon,
@@ -361,12 +361,6 @@ def test_the_dashboard_shows_stuck_plates_with_a_retry_button_that_queues_them(l
 # -- real daemons, killed ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _alive_in_group(pgid: int) -> set[int]:
     """Processes of process group ``pgid`` that are still running (zombies count as dead)."""
     alive = set()
@@ -402,7 +396,7 @@ def _wait(what: str, ready: Callable[[], bool], timeout: float, daemon: Daemon) 
 def test_a_second_serve_refuses_to_start_and_the_children_die_with_a_killed_serve(
     request: pytest.FixtureRequest,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     daemon: Daemon = request.getfixturevalue("embedded")(**{"api.port": port, "api.token": "t0ken"})
     first = daemon.start("serve")
     _wait("the API of the first serve", lambda: _answers(port), 90, daemon)

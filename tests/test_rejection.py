@@ -29,6 +29,9 @@ from labpipe.classify.rejection import (
 )
 from labpipe.cli.main import cli
 
+# one xdist worker runs this file: its tiny real sets are scored once
+pytestmark = pytest.mark.xdist_group("rejection")
+
 THREADS_ENV = {"LABPIPE_CLASSIFIER_THREADS": "1"}
 
 

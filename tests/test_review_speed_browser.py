@@ -33,7 +33,8 @@ from labpipe.imaging import open_image
 from labpipe.synth.plate import PlateSpec, write_plate
 from labpipe.web import create_web_app
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs this file: its chromium and served lab are started once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("review_speed_browser")]
 
 TOKEN = "speed-browser-token"
 LAPTOP = {"width": 1366, "height": 768}

@@ -41,6 +41,9 @@ from labpipe.db.models import Classification, Image, ImageStatus, Model, ModelKi
 from labpipe.errors import ConfigError
 from labpipe.reports.counts import count_families
 
+# one xdist worker runs this file: its model is trained once
+pytestmark = pytest.mark.xdist_group("train_classifier")
+
 THREADS_ENV = {"LABPIPE_CLASSIFIER_THREADS": "1"}
 
 

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,10 +32,12 @@ from typing import Any
 
 import pytest
 from browsers import SCREENSHOTS, chromium
+from services import free_port
 
 from labpipe.synth.plate import PlateSpec, write_plate
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs this file: its `labpipe serve` and chromium are started once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web_browser")]
 
 TOKEN = "browser-test-token"
 SAMPLE = "LL-WEB-1"
@@ -65,12 +66,6 @@ def browser() -> Iterator[Any]:
         yield launched
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Served:
     """A running ``labpipe serve --api``."""
@@ -93,7 +88,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """``labpipe serve --api`` on a free port: its own storage root, SQLite, embedded broker."""
     base = tmp_path_factory.mktemp("web-serve")
     root = base / "storage"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABPIPE_")}
     env["LABPIPE_STORAGE_ROOT"] = str(root)
     env["LABPIPE_API_HOST"] = "127.0.0.1"
