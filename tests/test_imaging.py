@@ -5,7 +5,6 @@ from __future__ import annotations
 import doctest
 import io
 import struct
-import time
 import tracemalloc
 import zlib
 from collections.abc import Iterator
@@ -308,17 +307,15 @@ def test_pillow_bomb_limit_is_not_what_the_user_sees(tmp_path: Path, monkeypatch
 # Files the watcher must not pass on
 
 
-def test_png_header_claiming_100000_square_is_refused_fast(tmp_path: Path) -> None:
+def test_png_header_claiming_100000_square_is_refused_from_its_header(tmp_path: Path) -> None:
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_bytes(100_000, 100_000))
     tracemalloc.start()
-    started = time.perf_counter()
     with pytest.raises(ImageTooLargeError, match=r"100000 x 100000") as info:
         open_image(path)
-    elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert elapsed < 0.5 and peak < 5_000_000
+    assert peak < 5_000_000  # refused from the header: a decode would need 30 GB
     assert str(path) in str(info.value) and "imaging.max_pixels" in str(info.value)
     with pytest.raises(ImageTooLargeError, match=r"max_decoded_pixels"):
         open_image(path, max_pixels=10**11)

@@ -17,7 +17,6 @@ import re
 import shutil
 import struct
 import sys
-import time
 import tracemalloc
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -237,13 +236,11 @@ def _budget(limit_mb: int, **kw: int) -> memory.MemoryBudget:
 
 def test_the_issue_png_is_refused_from_its_header_with_a_reason(issue_png: Path) -> None:
     tracemalloc.start()
-    started = time.perf_counter()
     with pytest.raises(ImageTooLargeError) as info:
         verify_readable(issue_png, memory_budget=_budget(2048))
-    elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert elapsed < 1.0 and peak < 5 * MB  # from the header: nothing decoded
+    assert peak < 5 * MB  # from the header: nothing decoded (a decode would need about 2 GB)
     message = info.value.message
     assert str(issue_png) in message and "needs about 2." in message and "budget of 2.0 GB" in message
     assert "[imaging] memory_budget_mb" in message and "tiled TIFF" in message
