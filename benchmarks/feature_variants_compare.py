@@ -248,6 +248,7 @@ def main() -> None:
         "--ood", action="store_true", help="Also the OOD folders (rules fitted on all 3 families)."
     )
     parser.add_argument("--ood-folders", nargs="*", default=list(OOD))
+    parser.add_argument("--ood-tag", help="File tag of the OOD features (e.g. v3-r0-s3: every 3rd crop).")
     parser.add_argument("--no-head", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -278,7 +279,7 @@ def main() -> None:
                 te = split == "test"
                 queries = {"test": q[te]}
                 for o in args.ood_folders:
-                    qo, _ = build(kind, load(args.variants, o, tag))
+                    qo, _ = build(kind, load(args.variants, o, args.ood_tag or tag))
                     queries[o] = qo
                 rej = {
                     n: float(
