@@ -139,8 +139,8 @@ class TrainOptions:
     its mirror image and a quarter turn (:data:`labpipe.classify.features.TTA_VIEWS`), by the head and
     by the out-of-distribution rule (whose bank then holds one such mean per training crop); the head
     also learns from the mirrored and turned views. Three forward passes per crop instead of one.
-    Off by default: see README, issue 14 (leave-one-family-out 0.52 -> 0.63 on the shared families,
-    not enough for the issue's 0.80, for three times the inference cost)."""
+    Off by default: see README, issue 14 (leave-one-family-out 0.50 -> 0.56 on the shared families,
+    far from the issue's 0.80, 0.949 of correct test calls kept, three times the inference cost)."""
     ood_keep: float = 0.95
     """Share of in-distribution crops (out-of-fold) the out-of-distribution rule keeps; 0: no rule.
     0.95: the loosest threshold that still keeps the issue's 95 % of in-distribution crops; every
