@@ -104,6 +104,9 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--tta", action="store_true", help="Train the classifier with --tta (mean of three orientations)."
+    )
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is missing: this evaluation needs the shared real images")
@@ -120,7 +123,16 @@ def main() -> None:
     t0 = time.perf_counter()
     trained = json.loads(
         labpipe(
-            *store, "train", "classifier", str(data), "--out", str(model), "--overwrite", *cache, "--json"
+            *store,
+            "train",
+            "classifier",
+            str(data),
+            "--out",
+            str(model),
+            "--overwrite",
+            *cache,
+            "--json",
+            *(["--tta"] if args.tta else []),
         )
     )
     train_seconds = time.perf_counter() - t0

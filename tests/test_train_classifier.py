@@ -550,3 +550,69 @@ def test_unknown_model_versions_are_refused_naming_the_registered_ones(tmp_path:
 def test_scan_refuses_a_folder_the_model_does_not_know(small_data: Path) -> None:
     with pytest.raises(ValueError, match="name no family of the model"):
         scan_family_folders(small_data, ["Carabidae", "Apidae"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-time augmentation over orientations (--tta)
+
+
+def test_dihedral_views_are_exact_quarter_turns_and_mirror_images() -> None:
+    from labpipe.classify.features import FeatureRecipe, dihedral, view_image
+
+    a = np.arange(6).reshape(2, 3)
+    assert dihedral(a, 0).tolist() == a.tolist()
+    assert dihedral(a, 4).tolist() == [[2, 1, 0], [5, 4, 3]]  # mirrored left-right
+    assert dihedral(a, 1).tolist() == [[2, 5], [1, 4], [0, 3]]  # a quarter turn counter-clockwise
+    assert len({dihedral(a, i).tobytes() + bytes(dihedral(a, i).shape) for i in range(8)}) == 8
+    with pytest.raises(ValueError, match="0 to 7"):
+        dihedral(a, 8)
+    square = np.random.default_rng(0).integers(0, 255, (5, 5, 3), dtype=np.uint8)
+    recipe = FeatureRecipe(backbone_sha256="0" * 64)
+    assert np.array_equal(view_image(square, -4, "k", recipe), square[:, ::-1])  # no randomness
+
+
+def test_a_tta_model_judges_the_mean_of_three_orientations_and_old_models_the_crop_alone(
+    trained: dict, small_data: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from labpipe.classify.features import dihedral
+    from labpipe.classify.imagenet_family import to_model_input
+    from labpipe.classify.training import TrainOptions, train_classifier
+
+    options = TrainOptions(name="tta", views=1, epochs=8, tta=True, threads=1)
+    result = train_classifier(small_data, tmp_path / "tta", options, progress=False)
+    assert result.config["tta"]["views"] == [0, -4, -1]
+    assert result.config["ood"]["fitted_on"] == 20  # one mean per train + validation crop
+    beetle = load_square(sorted((shared_data / "carabidae-crops").iterdir())[-1])  # not in training
+
+    def by_hand(clf: TrainedFamilyClassifier, views: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        squares = [beetle if v == 0 else dihedral(beetle, -v) for v in views]
+        with torch.inference_mode():
+            f = clf.net.backbone.forward_features(to_model_input(squares, 224)).double()
+            return clf.net.head(f.mean(0, keepdim=True).float()).double().numpy(), f[0].numpy()
+
+    new = load_classifier(str(tmp_path / "tta"), threads=1)
+    assert isinstance(new, TrainedFamilyClassifier) and new.tta_views == (0, -4, -1)
+    logits, _, pooled = new.scores_and_features([beetle])
+    expected, own = by_hand(new, (0, -4, -1))
+    assert logits == pytest.approx(expected, abs=1e-4)
+    assert pooled[0] == pytest.approx(own, abs=1e-4)  # a gate still sees the crop's own features
+    assert new.classify([beetle])[0].family == "Carabidae"
+    old = load_classifier(str(trained["out"]), threads=1)  # trained before --tta: unchanged
+    assert "tta" not in old.config and old.tta_views == (0,)
+    assert old.logits([beetle]) == pytest.approx(by_hand(old, (0,))[0], abs=1e-4)
+
+
+def test_a_model_whose_tta_block_names_no_orientation_is_refused(trained: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from labpipe.errors import ModelLoadError
+
+    copy = tmp_path / "bad"
+    shutil.copytree(trained["out"], copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["tta"] = {"views": [1, 2]}
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"tta\.views"):
+        load_classifier(str(copy), threads=1)

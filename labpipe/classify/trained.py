@@ -57,6 +57,7 @@ from labpipe.classify.efficientnet_lite import (
     default_weights_path,
     load_lite0_state_dict,
 )
+from labpipe.classify.features import dihedral
 from labpipe.classify.imagenet_family import _torch_threads, decide, file_sha256, to_model_input
 from labpipe.classify.ood import RULES
 from labpipe.classify.rejection import FittedRule, load_fitted_rule
@@ -233,6 +234,17 @@ def read_model_config(directory: Path) -> dict[str, Any]:
             and (rule != "knn" or isinstance(ood.get("k"), int)),
             directory,
             f"ood must name a rule of {RULES}, a finite threshold, its file (all but energy) and k (knn)",
+        )
+    tta = config.get("tta")
+    if tta is not None:
+        views = tta.get("views") if isinstance(tta, dict) else None
+        _require(
+            isinstance(views, list)
+            and len(views) >= 1
+            and views[0] == 0
+            and all(isinstance(v, int) and -7 <= v <= 0 for v in views),
+            directory,
+            "tta.views must list dihedral views (0 first, then -1 to -7)",
         )
     weights = config.get("weights")
     _require(
@@ -444,6 +456,10 @@ class TrainedFamilyClassifier:
         )
         """sha256 of the frozen ImageNet backbone (``None`` for a fine-tuned network): a gate on the
         same backbone reuses this classifier's features (:mod:`labpipe.classify.gate`)."""
+        tta = self.config.get("tta")
+        self.tta_views: tuple[int, ...] = tuple(int(v) for v in tta["views"]) if tta else (0,)
+        """Views whose mean features the head and the rule judge (``config.json`` ``tta``; a model
+        without it judges the crop alone). 0 is the crop, ``-i`` its dihedral transform ``i``."""
         self.ood: FittedRule | None = None
         """The out-of-distribution rule, when the model has one (:mod:`labpipe.classify.rejection`)."""
         self.ood_threshold = float("inf")
@@ -486,9 +502,16 @@ class TrainedFamilyClassifier:
         return out
 
     def _batches(self, crops: Sequence[np.ndarray]) -> Iterator[torch.Tensor]:
+        """Model inputs of ``batch_size`` crops at a time, each crop followed by its other views
+        (:attr:`tta_views`): ``(b * len(tta_views), 3, H, W)``."""
         squares = self._squares(crops)
         for start in range(0, len(squares), self.batch_size):
-            x = to_model_input(squares[start : start + self.batch_size], self.input_size, self.mean, self.std)
+            views = [
+                square if view == 0 else dihedral(square, -view)
+                for square in squares[start : start + self.batch_size]
+                for view in self.tta_views
+            ]
+            x = to_model_input(views, self.input_size, self.mean, self.std)
             yield x.contiguous(memory_format=torch.channels_last)
 
     def scores(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -508,14 +531,19 @@ class TrainedFamilyClassifier:
         pooled = np.empty((len(crops), self.net.backbone.num_features), dtype=np.float32)
         row = 0
         with _torch_threads(self.threads), torch.inference_mode():
+            v = len(self.tta_views)
             for x in self._batches(crops):
-                features = self.net.backbone.forward_features(x)
+                per_view = self.net.backbone.forward_features(x)
+                per_view = per_view.reshape(len(x) // v, v, per_view.shape[-1])
+                features = per_view.mean(dim=1) if v > 1 else per_view[:, 0]
+                b = len(features)
                 z = self.net.head(features).double().numpy()
-                logits[row : row + len(x)] = z
-                pooled[row : row + len(x)] = features.numpy()
+                logits[row : row + b] = z
+                # The crop's own features (view 0): what a gate on the same backbone learnt from.
+                pooled[row : row + b] = per_view[:, 0].numpy()
                 if self.ood is not None:
-                    distances[row : row + len(x)] = self.ood.score(features.double().numpy(), z)
-                row += len(x)
+                    distances[row : row + b] = self.ood.score(features.double().numpy(), z)
+                row += b
         return logits, distances, pooled
 
     def logits(self, crops: Sequence[np.ndarray]) -> np.ndarray:

@@ -93,6 +93,12 @@ def train() -> None:
 @click.option("--finetune-epochs", type=int, default=5, show_default=True)
 @click.option("--views", type=int, default=4, show_default=True, help="Augmented views per training image.")
 @click.option(
+    "--tta",
+    is_flag=True,
+    help="Judge every crop on the mean features of itself, its mirror image and a quarter turn "
+    "(head and out-of-distribution rule; 3 forward passes per crop).",
+)
+@click.option(
     "--hidden", type=int, default=256, show_default=True, help="Hidden units of the head (0: linear)."
 )
 @click.option("--dropout", type=float, default=0.5, show_default=True)
@@ -171,6 +177,7 @@ def train_classifier_command(
     epochs: int,
     finetune_epochs: int,
     views: int,
+    tta: bool,
     hidden: int,
     dropout: float,
     lr: float,
@@ -192,18 +199,19 @@ def train_classifier_command(
 ) -> None:
     """Train a family classifier on DATA_DIR (one folder per family) into the model folder --out.
 
-    Stratified 70/10/20 train/validation/test split (fixed --seed). A head of two fully connected
-    layers with dropout is trained on frozen EfficientNet-Lite0 features of the crops (padded to
-    squares as in production) and of --views augmented copies (rotation, flips, colour jitter),
-    cached so a second run is fast; --finetune then trains the whole network. Probabilities are
-    calibrated by temperature scaling, and the rejection threshold is the lowest one whose accepted
-    predictions are at least --target correct, both on validation or, when validation holds few
-    errors or fewer than --min-val-images images (warned about), on cross-fitted (out-of-fold)
-    logits of train + validation. Specimens whose backbone features lie far from every family
-    (--ood-rule; default: distance to the k-th nearest training crop, k chosen by
-    leave-one-family-out; the threshold keeps --ood-keep of out-of-fold in-distribution crops, no
-    out-of-distribution images needed) are rejected as out of distribution. The test split is
-    evaluated into metrics.json, confusion.csv/png and risk_coverage.png in --out.
+        Stratified 70/10/20 train/validation/test split (fixed --seed). A head of two fully connected
+        layers with dropout is trained on frozen EfficientNet-Lite0 features of the crops (padded to
+        squares as in production) and of --views augmented copies (rotation, flips, colour jitter),
+        cached so a second run is fast; --finetune then trains the whole network. Probabilities are
+        calibrated by temperature scaling, and the rejection threshold is the lowest one whose accepted
+        predictions are at least --target correct, both on validation or, when validation holds few
+        errors or fewer than --min-val-images images (warned about), on cross-fitted (out-of-fold)
+        logits of train + validation. Specimens whose backbone features lie far from every family
+        (--ood-rule; default: distance to the k-th nearest training crop, k chosen by
+        leave-one-family-out; the threshold keeps --ood-keep of out-of-fold in-distribution crops, no
+        out-of-distribution images needed) are rejected as out of distribution. --tta judges each crop
+    (training, evaluation and production alike) on the mean features of three orientations. The test split is
+        evaluated into metrics.json, confusion.csv/png and risk_coverage.png in --out.
     """
     from labpipe.classify.augment import AugmentSpec
     from labpipe.classify.training import TrainOptions, train_classifier
@@ -217,6 +225,7 @@ def train_classifier_command(
             epochs=epochs,
             lr=lr,
             views=views,
+            tta=tta,
             augment=AugmentSpec(),
             balance=balance,
             seed=seed,
