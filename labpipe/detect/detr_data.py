@@ -95,7 +95,8 @@ def coco_document(images: list[CocoImage], description: str = "labpipe detection
         if image.um_per_px:
             entry["um_per_px"] = image.um_per_px
         doc_images.append(entry)
-        for x, y, w, h in image.ignore:
+        for box, crowd in [(b, 1) for b in image.ignore] + [(b, 0) for b in image.boxes]:
+            x, y, w, h = box
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -103,18 +104,7 @@ def coco_document(images: list[CocoImage], description: str = "labpipe detection
                     "category_id": SPECIMEN_CATEGORY["id"],
                     "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
                     "area": round(w * h, 2),
-                    "iscrowd": 1,
-                }
-            )
-        for x, y, w, h in image.boxes:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": SPECIMEN_CATEGORY["id"],
-                    "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
-                    "area": round(w * h, 2),
-                    "iscrowd": 0,
+                    "iscrowd": crowd,  # 1: an ignore region (neither hit nor miss)
                 }
             )
     return {
