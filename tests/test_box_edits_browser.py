@@ -9,6 +9,8 @@ failure under ``CI=true``), as ``tests/test_web_browser.py``.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 from browsers import SCREENSHOTS, chromium, require_browser, serving
 from records_fixtures import built_lab
 from sqlalchemy import select
-from test_box_edits import TOKEN, plate_file
+from test_box_edits import TOKEN, active, plate_file
 
 from labpipe.db.models import Image, Specimen, Verification
 from labpipe.web import create_web_app
@@ -58,6 +60,7 @@ def test_draw_a_box_at_a_zoom_then_delete_and_undo_with_the_keyboard(served) -> 
         page.wait_for_load_state("domcontentloaded")
         assert f"/images/{image_id}" in page.url, page.url
         page.wait_for_load_state("load")
+        counted_before = _counted(page, url)
         page.keyboard.press("+")
         page.keyboard.press("+")  # 2.25 x
         page.keyboard.press("e")
@@ -121,3 +124,26 @@ def test_draw_a_box_at_a_zoom_then_delete_and_undo_with_the_keyboard(served) -> 
             assert (
                 len(session.scalars(select(Specimen).where(Specimen.detection_state == "drawn")).all()) == 1
             )
+        # the counts follow the edits: one specimen more than before (the drawn box; its delete
+        # and its split were undone); the plate marked boxes reviewed exports the edited box as COCO
+        assert _counted(page, url) == counted_before + 1
+        page.click("#boxes-reviewed-form button")
+        expect(page.locator("#boxes-reviewed")).to_contain_text("T. Technician")
+        doc = page.request.get(f"{url}/exports/coco.json?sample=S1&reviewed_only=true").json()
+        (plate,) = [i for i in doc["images"] if i["labpipe_image_id"] == image_id]
+        boxes = [
+            a["bbox"] for a in doc["annotations"] if a["image_id"] == plate["id"] and a["category_id"] == 1
+        ]
+        with factory() as session:
+            shown = active(session, image_id)
+        assert len(boxes) == len(shown)
+        assert any(
+            all(abs(a - b) <= 3 for a, b in zip(box, (1000, 1000, 120, 180), strict=True)) for box in boxes
+        )
+
+
+def _counted(page: Any, url: str) -> int:
+    """Sample S1's specimens in its counts export (every family row and the rejected row)."""
+    rows = list(csv.DictReader(io.StringIO(page.request.get(f"{url}/exports/counts.csv?sample=S1").text())))
+    assert rows, "S1 has counts"
+    return sum(int(r["count"]) for r in rows)
