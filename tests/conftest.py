@@ -92,11 +92,26 @@ def _uses_redis(item: pytest.Item) -> bool:
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under xdist's ``loadgroup``, every Redis test runs on one worker (see the module docstring)."""
     for item in items:
         if _uses_redis(item):
             item.add_marker(pytest.mark.xdist_group("redis"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse to run when xdist's groups are silently not in effect: then a test that restarts
+    Redis would run beside the other Redis tests and lose their queued tasks (pytest 9.2 stopped
+    xdist's grouping, pytest-dev/pytest-xdist#1386; pyproject pins pytest below it)."""
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup")):
+        return
+    lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if lost:
+        raise pytest.UsageError(
+            f"pytest-xdist's --dist loadgroup is not grouping tests (e.g. {lost[0]}): run the suite "
+            "serially (make test PYTEST_WORKERS=0) or use a pytest that xdist supports (see pyproject)"
+        )
 
 
 REDIS_CLAIM_KEY = "labpipe-test-claim"
