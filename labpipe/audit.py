@@ -23,11 +23,13 @@ from labpipe.samples import NotFoundError
 __all__ = [
     "AuditError",
     "AuditNotFoundError",
+    "box_snapshot",
     "edit_box",
     "events_for",
     "mark_boxes_reviewed",
     "record_event",
     "record_undo",
+    "restore_box",
     "specimen_snapshot",
     "undo",
 ]
@@ -71,7 +73,8 @@ def record_event(
     return event
 
 
-def _box(specimen: Specimen) -> dict[str, Any]:
+def box_snapshot(specimen: Specimen) -> dict[str, Any]:
+    """The specimen's box and who last edited it, as an audit event keeps it (JSON)."""
     return {
         "box": [specimen.x, specimen.y, specimen.w, specimen.h],
         "box_edited_by": specimen.box_edited_by,
@@ -79,11 +82,19 @@ def _box(specimen: Specimen) -> dict[str, Any]:
     }
 
 
+def restore_box(specimen: Specimen, snapshot: dict[str, Any]) -> None:
+    """Put back a box saved by :func:`box_snapshot` (an undo)."""
+    specimen.x, specimen.y, specimen.w, specimen.h = (int(v) for v in snapshot["box"])
+    specimen.box_edited_by = snapshot.get("box_edited_by")
+    edited_at = snapshot.get("box_edited_at")
+    specimen.box_edited_at = dt.datetime.fromisoformat(edited_at) if edited_at else None
+
+
 def specimen_snapshot(session: Session, specimen: Specimen) -> dict[str, Any]:
     """Everything a person attached to ``specimen``, as JSON (kept in the trail when it is dropped)."""
     links = session.scalars(select(BarcodeLink).where(BarcodeLink.specimen_id == specimen.id)).all()
     return {
-        **_box(specimen),
+        **box_snapshot(specimen),
         "index_in_image": specimen.index_in_image,
         "crop_path": specimen.crop_path,
         "verifications": [
@@ -130,7 +141,7 @@ def edit_box(
     who = " ".join(str(edited_by or "").split())
     if not who:
         raise AuditError("edited_by", "a box edit needs the name of the person", "log in with a name")
-    before = _box(specimen)
+    before = box_snapshot(specimen)
     now = utcnow()
     specimen.x, specimen.y, specimen.w, specimen.h = x, y, w, h
     specimen.box_edited_by, specimen.box_edited_at = who[:255], now
@@ -141,7 +152,7 @@ def edit_box(
         specimen_id=specimen.id,
         image_id=specimen.image_id,
         before=before,
-        after=_box(specimen),
+        after=box_snapshot(specimen),
         note=note,
         at=now,
     )
@@ -280,12 +291,9 @@ def undo(session: Session, event_id: int, *, undone_by: str) -> AuditEvent:
                 f"event {event_id}", f"the box was edited again (event {later})", "undo that first"
             )
         before = event.before or {}
-        current = _box(specimen)
-        specimen.x, specimen.y, specimen.w, specimen.h = (int(v) for v in before["box"])
-        specimen.box_edited_by = before.get("box_edited_by")
-        edited_at = before.get("box_edited_at")
-        specimen.box_edited_at = dt.datetime.fromisoformat(edited_at) if edited_at else None
-        after = _box(specimen)
+        current = box_snapshot(specimen)
+        restore_box(specimen, before)
+        after = box_snapshot(specimen)
     elif event.action == "verify":
         verification_id = (event.after or {}).get("verification_id")
         verification = session.get(Verification, verification_id) if verification_id else None

@@ -18,7 +18,6 @@ caller commits (and then calls :func:`remove_files` for crops no row points at a
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from labpipe.analysis import cut_square
-from labpipe.audit import AuditError, AuditNotFoundError, edit_box, record_event, record_undo
+from labpipe.audit import (
+    AuditError,
+    AuditNotFoundError,
+    box_snapshot,
+    edit_box,
+    record_event,
+    record_undo,
+    restore_box,
+)
 from labpipe.audit import undo as audit_undo
 from labpipe.classify.base import FamilyClassifier
 from labpipe.config import Settings
@@ -260,12 +267,7 @@ def split_box(
     if len(boxes) < 2:
         raise AuditError(str(list(boxes)), "a split needs two boxes or more")
     clean = [_check_box(specimen.image, b) for b in boxes]
-    before = {
-        "box": [specimen.x, specimen.y, specimen.w, specimen.h],
-        "box_edited_by": specimen.box_edited_by,
-        "box_edited_at": specimen.box_edited_at.isoformat() if specimen.box_edited_at else None,
-        "detection_state": specimen.detection_state,
-    }
+    before = {**box_snapshot(specimen), "detection_state": specimen.detection_state}
     now = utcnow()
     retracted = []
     for v in specimen.verifications:
@@ -336,10 +338,7 @@ def undo_edit(
             row = session.get(Specimen, sid)
             if row is not None:
                 files += _drop(session, row, settings)
-        specimen.x, specimen.y, specimen.w, specimen.h = (int(v) for v in before["box"])
-        specimen.box_edited_by = before.get("box_edited_by")
-        at = before.get("box_edited_at")
-        specimen.box_edited_at = dt.datetime.fromisoformat(at) if at else None
+        restore_box(specimen, before)
         for vid in before.get("retracted", []):
             v = session.get(Verification, vid)
             if v is not None:
