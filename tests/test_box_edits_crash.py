@@ -36,6 +36,7 @@ CHILD = textwrap.dedent(
     from fastapi.testclient import TestClient
     from sqlalchemy.orm import Session
     from records_fixtures import lab_settings, open_lab_db, web_login
+    from labpipe.box_edits import NEW_CROPS
     from labpipe.web import create_web_app
 
     settings = lab_settings({root!r}, **{{"api.token": {token!r}}})
@@ -45,7 +46,7 @@ CHILD = textwrap.dedent(
     commit = Session.commit
 
     def dying_commit(self):
-        if not self.info.get("labpipe.box_edits.new_crops"):  # not the edit's commit (a login's, say)
+        if not self.info.get(NEW_CROPS):  # not the edit's commit (a login's, say)
             return commit(self)
         if {when!r} == "after":
             commit(self)
