@@ -167,6 +167,91 @@ def moths(args: argparse.Namespace) -> None:
             _write(args.work / "moths.json", args, rows)
 
 
+def _base_gate_folders() -> tuple[list[Path], list[Path]]:
+    """General real crops of whole arthropods and of debris from ``../shared/data``, learnt beside
+    the lab's own reviews (``--base``)."""
+    specimens = [SHARED / "ants-bees" / "ants", SHARED / "ants-bees" / "bees", SHARED / "carabidae-crops",
+                 SHARED / "collembola" / "candidate_true"]  # fmt: skip
+    debris = [SHARED / "collembola" / "candidate_false", WELLS / "empty", WELLS / "fragments"]
+    return specimens, debris
+
+
+def moths_gate(args: argparse.Namespace) -> None:
+    """The loop with a lab gate instead of a DETR fine-tune: classical proposals, and a
+    specimen-or-not gate learnt from the N reviewed frames (``labpipe train gate --from-reviews``)."""
+    from labpipe.classify.gate import load_gate, train_gate
+    from labpipe.classify.gate_from_plates import gate_crops_from_plates
+    from labpipe.evaluation.detector import evaluate_images
+    from labpipe.evaluation.truth import read_coco_truth
+    from labpipe.pipeline import build_detector
+
+    settings = _settings()
+    coco = MOTHS / "boxes.coco.json"
+    doc = json.loads(coco.read_text())
+    truths = {int(i["id"]): t for i, t in zip(doc["images"], read_coco_truth(coco, MOTHS), strict=True)}
+    ids = sorted(i for i, t in truths.items() if not t.file_name.startswith("DSC_"))
+    classical = build_detector(settings, "classical")
+    overview = settings.imaging.overview_max_side
+    margin = settings.crops.margin
+    work = args.work / "moths-gate"
+    crops_of: dict[int, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for rotation, held in enumerate(ids[: args.rotations]):
+        others = [i for i in ids if i != held]
+        others = [others[i] for i in np.random.default_rng(args.seed + rotation).permutation(len(others))]
+        name = truths[held].file_name
+        print(
+            f"rotation {rotation}: held out {name}; reviewed in order {[truths[i].file_name for i in others]}"
+        )
+        base = {"rotation": rotation, "held_out": name}
+        report = evaluate_images([truths[held]], classical, overview, progress=False)
+        rows.append(
+            {**base, "n": 0, "detector": "classical", "train_seconds": 0, "reviewed": [], **_score(report)}
+        )
+        print(f"  N=0 classical: P {report.precision:.3f} R {report.recall:.3f}")
+        for n in args.n:
+            reviewed = others[:n]
+            t0 = time.perf_counter()
+            for i in reviewed:  # each frame's crops are cut once and reused by every gate
+                if i not in crops_of:
+                    crops_of[i] = gate_crops_from_plates(
+                        [truths[i]],
+                        classical,
+                        work / "crops",
+                        margin=margin,
+                        overview_max_side=overview,
+                        progress=False,
+                    )
+            gate_dir = work / f"r{rotation}-n{n}"
+            base_specimens, base_debris = _base_gate_folders() if args.base else ([], [])
+            train_gate(
+                base_specimens + [f for i in reviewed for f in crops_of[i].specimen_folders],
+                base_debris + [f for i in reviewed for f in crops_of[i].not_specimen_folders],
+                gate_dir,
+                cache_dir=work / "feature-cache",
+                progress=False,
+                overwrite=True,
+            )
+            seconds = time.perf_counter() - t0
+            gate = load_gate(gate_dir)
+            report = evaluate_images(
+                [truths[held]], classical, overview, progress=False, gate=gate, margin=margin
+            )
+            files = [truths[i].file_name for i in reviewed]
+            row = {
+                "n": n,
+                "detector": "classical + lab gate",
+                "train_seconds": round(seconds, 1),
+                "reviewed": files,
+            }
+            rows.append({**base, **_score(report), **row})
+            print(
+                f"  N={n}: P {report.precision:.3f} R {report.recall:.3f} "
+                f"(gate rejected {report.gate_rejected}; {seconds:.0f} s to learn)"
+            )
+            _write(args.work / "moths-gate.json", args, rows)
+
+
 def wells(args: argparse.Namespace) -> None:
     from labpipe.detect.detr_data import read_coco_set
     from labpipe.detect.detr_train import pseudo_label
@@ -281,13 +366,18 @@ def curve(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float],
 
 def table(args: argparse.Namespace) -> None:
     """The measured rows as Markdown tables (what the README shows)."""
-    for name in ("moths", "wells"):
+    for name in ("moths", "moths-gate", "wells"):
         path = args.work / f"{name}.json"
         if not path.is_file():
             continue
         data = json.loads(path.read_text())
-        held = "held-out frame" if name == "moths" else "held-out wells (40 single + 20 empty)"
-        print(f"\n{name}: fine-tune budget {data['settings']['minutes']} min per run\n")
+        held = "held-out wells (40 single + 20 empty)" if name == "wells" else "held-out frame"
+        budget = (
+            "a lab gate, no fine-tune"
+            if name == "moths-gate"
+            else f"fine-tune budget {data['settings']['minutes']} min per run"
+        )
+        print(f"\n{name}: {budget}\n")
         print(f"| rotation | {held} | N reviewed | detector | precision | recall | mean abs count error "
               "| right count | train s | s / image |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|---|")
@@ -297,6 +387,14 @@ def table(args: argparse.Namespace) -> None:
                   f"| {r['recall']} | {r['mean_abs_count_error']} | {r['right_count_share']} | "
                   f"{r['train_seconds']} | {r['seconds_per_image']} |")  # fmt: skip
         print()
+        for n in sorted({r["n"] for r in data["rows"]}):
+            rs = [r for r in data["rows"] if r["n"] == n]
+            tp, det, tru = (sum(r[k] for r in rs) for k in ("true_positives", "detections", "truth"))
+            if det and tru:
+                print(
+                    f"pooled N={n}: precision {tp / det:.3f} recall {tp / tru:.3f} "
+                    f"F1 {2 * tp / (det + tru):.3f}"
+                )
         for key in ("precision", "recall"):
             ns, means, spreads = curve(data["rows"], key)
             print(
@@ -342,18 +440,70 @@ def plot(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def pooled(rows: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float]]:
+    """Precision and recall per N, pooled over the rotations' held-out frames.
+
+    >>> pooled([{"n": 0, "true_positives": 8, "detections": 10, "truth": 9},
+    ...         {"n": 0, "true_positives": 1, "detections": 2, "truth": 3}])
+    ([0], [0.75], [0.75])
+    """
+    ns = sorted({int(r["n"]) for r in rows})
+    precision, recall = [], []
+    for n in ns:
+        rs = [r for r in rows if int(r["n"]) == n]
+        tp, det, tru = (sum(int(r[k]) for r in rs) for k in ("true_positives", "detections", "truth"))
+        precision.append(round(tp / det, 4) if det else float("nan"))
+        recall.append(round(tp / tru, 4) if tru else float("nan"))
+    return ns, precision, recall
+
+
+def plot_gate(args: argparse.Namespace) -> None:
+    """Pooled precision and recall of the classical detector behind a lab gate, against N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    runs = [(args.work, "lab reviews only", "o-")]
+    if args.base_work:
+        runs.append((args.base_work, "lab reviews + shared crops (--base)", "s--"))
+    for work, label, style in runs:
+        rows = json.loads((work / "moths-gate.json").read_text())["rows"]
+        ns, precision, recall = pooled(rows)
+        ax.plot(ns, recall, style, color="tab:blue", label=f"recall, {label}")
+        ax.plot(ns, precision, style, color="tab:orange", label=f"precision, {label}")
+    ax.axhline(0.95, color="grey", linestyle=":", label="goal 0.95")
+    ax.set_xlabel("reviewed light-trap frames N (0: classical alone)")
+    ax.set_xticks(ns)
+    ax.set_ylim(0.5, 1.0)
+    ax.set_title(
+        "Classical detector + a gate learnt from N reviewed frames\n(held-out frames, 4 rotations, pooled)"
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     global args_score_threshold
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_m = sub.add_parser("moths", help="the loop on the light-trap frames")
+    p_g = sub.add_parser("moths-gate", help="the loop on the light-trap frames with a lab gate (no DETR)")
     p_w = sub.add_parser("wells", help="the loop on single-specimen wells with count-checked pseudo-labels")
     p_t = sub.add_parser("time20", help="time a fine-tune on 20 small synthetic plates through the CLI")
     p_p = sub.add_parser("plot", help="draw the curves")
+    p_pg = sub.add_parser("plot-gate", help="draw the lab-gate curve (moths-gate)")
+    p_pg.add_argument("--work", type=Path, required=True)
+    p_pg.add_argument("--base-work", type=Path, help="a second moths-gate run, with --base")
+    p_pg.add_argument("--out", type=Path, default=Path("docs/gate-loop.png"))
     p_tab = sub.add_parser("table", help="print the measured rows as Markdown")
-    for p in (p_m, p_w, p_t, p_p, p_tab):
+    for p in (p_m, p_g, p_w, p_t, p_p, p_tab):
         p.add_argument("--work", type=Path, required=True)
-    for p, ns, minutes in ((p_m, [1, 2, 3], 3.0), (p_w, [2, 4, 8], 1.5)):
+    for p, ns, minutes in ((p_m, [1, 2, 3], 3.0), (p_g, [1, 2, 3], 0.0), (p_w, [2, 4, 8], 1.5)):
         p.add_argument("--n", type=int, nargs="+", default=ns)
         p.add_argument("--rotations", type=int, default=2)
         p.add_argument("--minutes", type=float, default=minutes, help="fine-tune budget per run")
@@ -362,11 +512,22 @@ def main() -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--score-threshold", type=float, default=0.5)
     p_m.add_argument("--tile-size", type=int, default=384)
+    p_g.add_argument(
+        "--base", action="store_true", help="learn the shared crops of whole arthropods and debris too"
+    )
     p_t.add_argument("--max-minutes", type=float, default=15.0)
     p_p.add_argument("--out", type=Path, default=Path("docs/detection-loop.png"))
     args = parser.parse_args()
     args_score_threshold = getattr(args, "score_threshold", 0.5)
-    {"moths": moths, "wells": wells, "time20": time20, "plot": plot, "table": table}[args.command](args)
+    {
+        "moths": moths,
+        "moths-gate": moths_gate,
+        "wells": wells,
+        "time20": time20,
+        "plot": plot,
+        "plot-gate": plot_gate,
+        "table": table,
+    }[args.command](args)
 
 
 if __name__ == "__main__":

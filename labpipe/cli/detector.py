@@ -452,6 +452,12 @@ def _finetune_and_report(
     type=click.Path(file_okay=False, path_type=Path),
     help="Write one PNG per image into this folder: the detections over the truth.",
 )
+@click.option(
+    "--gate",
+    "gate_dir",
+    help="Score what is counted behind this specimen-or-not gate (`labpipe train gate`): a detection "
+    "whose crop it rejects is left out. Default: none ('config' for [classifier] gate).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def eval_detector(
@@ -462,6 +468,7 @@ def eval_detector(
     score_threshold: float | None,
     frame: str,
     overlays: Path | None,
+    gate_dir: str | None,
     as_json: bool,
 ) -> None:
     """Precision, recall, F1 (IoU 0.5), AP50, AP50:95 and count error against COCO boxes.
@@ -470,6 +477,7 @@ def eval_detector(
     detector's own tiles). Detections on ignore regions are left out; those on debris are false
     positives, also counted apart. Results per image and pooled.
     """
+    from labpipe.classify.gate import load_gate
     from labpipe.evaluation.detector import evaluate_images
     from labpipe.evaluation.overlay import write_overlays
     from labpipe.evaluation.truth import read_coco_truth
@@ -477,6 +485,8 @@ def eval_detector(
     try:
         detector = detector_from_kind(obj, kind, score_threshold)
         truths = read_coco_truth(coco, images_dir, frame=frame)  # type: ignore[arg-type]
+        gate_spec = obj.settings.classifier.gate if gate_dir == "config" else gate_dir
+        gate = load_gate(gate_spec) if gate_spec else None
     except (LabpipeError, ValueError) as exc:
         _fail(str(getattr(exc, "message", exc)))
         return
@@ -490,6 +500,8 @@ def eval_detector(
         obj.settings.imaging.overview_max_side,
         um_per_px_fallback=obj.settings.um_per_px_fallback,
         progress=not as_json,
+        gate=gate,
+        margin=obj.settings.crops.margin,
     )
     written = write_overlays(report.images, overlays) if overlays else []
     d = report.as_dict()
@@ -499,7 +511,9 @@ def eval_detector(
         return
     click.echo(
         f"{d['detector']}: {d['images']} images, {d['truth']} specimens, {d['detections']} detections "
-        f"({d['ignored']} more on ignore regions)\n"
+        f"({d['ignored']} more on ignore regions"
+        + (f"; {d['gate_rejected']} rejected by the gate {gate.path}" if gate else "")
+        + ")\n"
         f"  precision {d['precision']}  recall {d['recall']}  F1 {d['f1']}  (IoU 0.5); "
         f"{d['debris_false_positives']} false positives on debris\n"
         f"  AP50 {d['ap50']}  AP50:95 {d['ap50_95']}\n"

@@ -276,7 +276,6 @@ def train_classifier_command(
     "--specimens",
     "specimens",
     multiple=True,
-    required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Folder of crops of whole arthropods; repeatable.",
 )
@@ -284,10 +283,33 @@ def train_classifier_command(
     "--debris",
     "debris",
     multiple=True,
-    required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Folder of crops that are not a whole arthropod (debris, fragments, empty background); repeatable.",
 )
+@click.option(
+    "--from-reviews",
+    is_flag=True,
+    help="Learn from the lab's plates marked 'boxes reviewed' (configured database, archive images): "
+    "the detector's boxes the review kept are specimens, those it removed are not.",
+)
+@click.option(
+    "--coco",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Learn from the reviewed plates of this COCO file (`labpipe export coco`), as --from-reviews.",
+)
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding the images named in --coco (default: the file's folder).",
+)
+@click.option(
+    "--holdout",
+    type=click.IntRange(0),
+    help="Reviewed plates kept out of training and scored with and without the gate (default: 20 %% "
+    "with --from-reviews, at least 1 of 2 or more; 0 with --coco).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Which plates are held out.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--keep",
@@ -304,6 +326,11 @@ def train_gate_command(
     obj: Any,
     specimens: tuple[Path, ...],
     debris: tuple[Path, ...],
+    from_reviews: bool,
+    coco: Path | None,
+    images_dir: Path | None,
+    holdout: int | None,
+    seed: int,
     out_dir: Path,
     keep: float,
     cache_dir: Path | None,
@@ -312,29 +339,73 @@ def train_gate_command(
     overwrite: bool,
     as_json: bool,
 ) -> None:
-    """Train the specimen-or-not gate into --out: whole arthropods (--specimens) against debris,
-    fragments and empty background (--debris), on frozen EfficientNet-Lite0 features.
+    """Train the specimen-or-not gate into --out, on frozen EfficientNet-Lite0 features: whole
+    arthropods against debris, fragments and empty background.
+
+    Learn it from folders of crops (--specimens, --debris), from the lab's reviewed plates
+    (--from-reviews, or --coco EXPORT), or both. On a reviewed plate the detector's boxes that
+    match a reviewed box are specimens and those away from every specimen are not: the gate learns
+    the lab's own false detections (grommets, scale cards, labels, dust). The crops it learnt from
+    are written under --out/crops for people to look through.
 
     The threshold keeps --keep of the whole specimens, scored out of fold (5 folds). Set
     `[classifier] gate = "<out>"` to put it in front of any classifier: crops it rejects are
-    rejected as not_a_specimen.
+    rejected as not_a_specimen and not counted.
     """
     from labpipe.classify.gate import train_gate
+    from labpipe.classify.gate_from_plates import train_gate_from_plates
 
     settings = obj.settings
     cache = None if no_cache else (cache_dir or settings.storage.root / "cache" / "features")
+    threads = settings.classifier.threads if threads is None else threads
+    if from_reviews and coco:
+        _fail("give --from-reviews or --coco, not both")
+        return
+    if not (from_reviews or coco) and not (specimens and debris):
+        _fail("give --specimens and --debris folders, or reviewed plates (--from-reviews, --coco EXPORT)")
+        return
     try:
-        config = train_gate(
-            list(specimens),
-            list(debris),
-            out_dir,
-            keep=keep,
-            cache_dir=cache,
-            threads=settings.classifier.threads if threads is None else threads,
-            progress=not as_json,
-            overwrite=overwrite,
-        )
-    except (ValueError, FileNotFoundError) as exc:
+        if from_reviews or coco:
+            from labpipe.cli.detector import _lab_reviews, detector_from_kind
+            from labpipe.detect.finetune import default_holdout
+
+            if from_reviews:
+                doc, images, _ = _lab_reviews(obj)
+                held = default_holdout(len(doc.get("images", []))) if holdout is None else holdout
+            else:
+                assert coco is not None
+                doc = json.loads(coco.read_text(encoding="utf-8"))
+                images = images_dir or coco.parent
+                held = holdout or 0
+            config = train_gate_from_plates(
+                doc,
+                images,
+                detector_from_kind(obj, None),
+                out_dir,
+                holdout=held,
+                seed=seed,
+                specimens=specimens,
+                debris=debris,
+                margin=settings.crops.margin,
+                overview_max_side=settings.imaging.overview_max_side,
+                keep=keep,
+                cache_dir=cache,
+                threads=threads,
+                progress=not as_json,
+                overwrite=overwrite,
+            )
+        else:
+            config = train_gate(
+                list(specimens),
+                list(debris),
+                out_dir,
+                keep=keep,
+                cache_dir=cache,
+                threads=threads,
+                progress=not as_json,
+                overwrite=overwrite,
+            )
+    except (ValueError, FileNotFoundError, json.JSONDecodeError) as exc:
         _fail(str(exc))
         return
     except LabpipeError as exc:
@@ -351,7 +422,27 @@ def train_gate_command(
     )
     for folder, row in oof["per_folder"].items():
         click.echo(f"  {row['kind']:8s} {folder}: rejected {row['rejected_out_of_fold']}")
-    click.echo(f"seconds {config['seconds']}")
+    reviews = config.get("reviews")
+    if reviews:
+        c = reviews["crops"]
+        click.echo(
+            f"from {len(reviews['train_plates'])} reviewed plates: {c['specimen']} specimen crops, "
+            f"{c['not_specimen']} not-specimen crops, {c['unclear']} unclear boxes left out "
+            f"(crops in {Path(out_dir) / 'crops'})"
+        )
+    held_out = config.get("held_out")
+    if held_out:
+        click.echo(f"held-out plates ({len(held_out['plates'])}), IoU 0.5:")
+        for name, row in (
+            ("detector", held_out["detector"]),
+            ("detector + gate", held_out["detector_and_gate"]),
+        ):
+            click.echo(
+                f"  {name:16s} precision {row['precision']}  recall {row['recall']}  "
+                f"mean |count error| {row['mean_abs_count_error']}  ({row['detections']} counted, "
+                f"{row['gate_rejected']} rejected by the gate)"
+            )
+    click.echo(f'seconds {config["seconds"]}; use it: [classifier] gate = "{out_dir}"')
 
 
 def _train_summary(result: Any) -> dict[str, Any]:

@@ -44,6 +44,7 @@ __all__ = [
     "coco_ap",
     "evaluate_detector",
     "evaluate_images",
+    "gate_keeps",
     "touching_pairs",
 ]
 
@@ -164,6 +165,8 @@ class ImageResult:
     """The truth in the displayed frame of the image (for overlays)."""
     found: list[bool] = field(default_factory=list)
     """Per specimen of the truth: matched by a detection."""
+    gate_rejected: int = 0
+    """Detections a specimen-or-not gate rejected (not counted, not in ``boxes``)."""
 
     @property
     def count_error(self) -> int:
@@ -204,6 +207,10 @@ class DetectorReport(DetectionScores):
     @property
     def ignored(self) -> int:
         return sum(r.ignored for r in self.images)
+
+    @property
+    def gate_rejected(self) -> int:
+        return sum(r.gate_rejected for r in self.images)
 
     @property
     def right_count_share(self) -> float:
@@ -259,6 +266,7 @@ class DetectorReport(DetectionScores):
             "true_positives": self.true_positives,
             "debris_false_positives": self.debris_false_positives,
             "ignored": self.ignored,
+            "gate_rejected": self.gate_rejected,
             "precision": num(self.precision),
             "recall": num(self.recall),
             "f1": num(self.f1),
@@ -279,6 +287,7 @@ class DetectorReport(DetectionScores):
                     "false_positives": r.false_positives,
                     "debris_false_positives": r.debris_false_positives,
                     "ignored": r.ignored,
+                    "gate_rejected": r.gate_rejected,
                     "count_error": r.count_error,
                     "seconds": round(r.seconds, 3),
                 }
@@ -314,6 +323,16 @@ def touching_pairs(truth: TruthImage) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
+def gate_keeps(gate: object, plate: object, boxes: Sequence[Sequence[int]], margin: float) -> np.ndarray:
+    """``(n,)`` booleans: the specimen-or-not ``gate`` keeps the crop of each full-resolution box of
+    ``plate``, cut as the pipeline cuts it (:func:`labpipe.analysis.cut_square`)."""
+    from labpipe.analysis import cut_square
+
+    crops = [cut_square(plate, tuple(int(v) for v in b), margin) for b in boxes]  # type: ignore[arg-type]
+    features = gate.features(crops)  # type: ignore[attr-defined]
+    return ~np.asarray(gate.rejects(features), dtype=bool)  # type: ignore[attr-defined]
+
+
 def evaluate_images(
     truths: Sequence[TruthImage],
     detector: object,
@@ -322,6 +341,8 @@ def evaluate_images(
     um_per_px_fallback: float | None = None,
     progress: bool = True,
     description: str = "detect",
+    gate: object | None = None,
+    margin: float = 0.4,
 ) -> DetectorReport:
     """Run ``detector`` on every image of ``truths`` and score it (see the module docstring).
 
@@ -329,6 +350,10 @@ def evaluate_images(
     full-resolution pixels of the displayed frame; the truth is turned into that frame first
     (:func:`~labpipe.evaluation.truth.to_displayed_frame`). Images known only by their count are
     scored by their count; AP and IoU matching use the images with boxes.
+
+    With ``gate`` (a :class:`~labpipe.classify.gate.SpecimenGate`), each detection's crop is cut as
+    the pipeline cuts it (``margin``) and a detection the gate rejects is not counted: the scores
+    are those of what the lab's counts hold.
     """
     from labpipe.analysis import detect_specimens
     from labpipe.imaging import open_image
@@ -342,6 +367,11 @@ def evaluate_images(
         with open_image(entry.path, um_per_px_fallback=entry.um_per_px or um_per_px_fallback) as plate:
             found, _ = detect_specimens(detector, plate, overview_max_side)  # type: ignore[arg-type]
             truth = to_displayed_frame(entry, plate.stored_size, plate.orientation)
+            gate_rejected = 0
+            if gate is not None and found:
+                kept = gate_keeps(gate, plate, [b for b, _ in found], margin)
+                gate_rejected = len(found) - int(kept.sum())
+                found = [f for f, k in zip(found, kept, strict=True) if k]
         seconds = time.perf_counter() - t0
         boxes = [tuple(float(v) for v in b) for b, _ in found]
         scores = [float(s) for _, s in found]
@@ -359,6 +389,7 @@ def evaluate_images(
                     boxes=boxes,  # type: ignore[arg-type]
                     scores=scores,
                     truth=truth,
+                    gate_rejected=gate_rejected,
                 )
             )
             continue
@@ -379,6 +410,7 @@ def evaluate_images(
                 status=m.status,
                 truth=truth,
                 found=[i in matched for i in range(m.n_truth)],
+                gate_rejected=gate_rejected,
             )
         )
         all_dets.append(([list(b) for b in boxes], scores))
