@@ -252,6 +252,74 @@ def moths_gate(args: argparse.Namespace) -> None:
             _write(args.work / "moths-gate.json", args, rows)
 
 
+def wells_gate(args: argparse.Namespace) -> None:
+    """Wells known only by their counts as the lab's review: a gate learnt from one half of the
+    single, empty and fragment wells (every box in an empty or fragment well is not a specimen; the
+    box of a single well with exactly one is one), scored on the other half, then the halves
+    swapped. The share of wells with the right count, with and without the gate."""
+    from labpipe.classify.gate import load_gate, train_gate
+    from labpipe.classify.gate_from_plates import gate_crops_from_plates
+    from labpipe.evaluation.detector import evaluate_images
+    from labpipe.evaluation.truth import counted_folder
+    from labpipe.pipeline import build_detector
+
+    settings = _settings()
+    classical = build_detector(settings, "classical")
+    overview, margin = settings.imaging.overview_max_side, settings.crops.margin
+    folders = {"single": 1, "empty": 0, "fragments": 0}
+    wells_of = {
+        name: counted_folder(WELLS / name, n, um_per_px=WELL_UM_PER_PX) for name, n in folders.items()
+    }
+    work = args.work / "wells-gate"
+    rows: list[dict[str, Any]] = []
+    for half in (0, 1):
+        learn = [t for name in folders for k, t in enumerate(wells_of[name]) if k % 2 == half]
+        t0 = time.perf_counter()
+        crops = gate_crops_from_plates(
+            learn, classical, work / f"crops-{half}", margin=margin, overview_max_side=overview
+        )
+        gate_dir = work / f"gate-{half}"
+        train_gate(
+            crops.specimen_folders,
+            crops.not_specimen_folders,
+            gate_dir,
+            cache_dir=work / "feature-cache",
+            progress=False,
+            overwrite=True,
+        )
+        seconds = time.perf_counter() - t0
+        gate = load_gate(gate_dir)
+        print(f"half {half}: learnt from {len(learn)} wells ({crops.counts}) in {seconds:.0f} s")
+        for name in folders:
+            held = [t for k, t in enumerate(wells_of[name]) if k % 2 != half]
+            for label, g in (("classical", None), ("classical + wells gate", gate)):
+                report = evaluate_images(held, classical, overview, progress=False, gate=g, margin=margin)
+                right = round(report.right_count_share * len(held))
+                rows.append({"half": half, "wells": name, "detector": label, "n_wells": len(held),
+                             "right_count": right, "gate_rejected": report.gate_rejected,
+                             "learn_seconds": round(seconds, 1)})  # fmt: skip
+                print(f"  {name:9s} {label:24s} right count {report.right_count_share:.3f}")
+        if args.light_trap:
+            from labpipe.evaluation.truth import read_coco_truth
+
+            frames = [
+                t
+                for t in read_coco_truth(MOTHS / "boxes.coco.json", MOTHS)
+                if not t.file_name.startswith("DSC_")
+            ]
+            for label, g in (("classical", None), ("classical + wells gate", gate)):
+                report = evaluate_images(frames, classical, overview, progress=False, gate=g, margin=margin)
+                rows.append({"half": half, "wells": "light-trap frames", "detector": label, **_score(report)})
+                print(f"  light-trap {label:24s} P {report.precision:.3f} R {report.recall:.3f}")
+        (args.work / "wells-gate.json").write_text(json.dumps({"rows": rows}, indent=2))
+    print("\npooled over both halves (wells with the right count):")
+    for name in folders:
+        for label in ("classical", "classical + wells gate"):
+            rs = [r for r in rows if r["wells"] == name and r["detector"] == label]
+            right, n = sum(r["right_count"] for r in rs), sum(r["n_wells"] for r in rs)
+            print(f"  {name:9s} {label:24s} {right}/{n} = {right / n:.3f}")
+
+
 def wells(args: argparse.Namespace) -> None:
     from labpipe.detect.detr_data import read_coco_set
     from labpipe.detect.detr_train import pseudo_label
@@ -493,6 +561,11 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_m = sub.add_parser("moths", help="the loop on the light-trap frames")
     p_g = sub.add_parser("moths-gate", help="the loop on the light-trap frames with a lab gate (no DETR)")
+    p_wg = sub.add_parser("wells-gate", help="a gate learnt from counted wells, scored on the other half")
+    p_wg.add_argument("--work", type=Path, required=True)
+    p_wg.add_argument(
+        "--light-trap", action="store_true", help="score each wells gate on the light-trap frames too"
+    )
     p_w = sub.add_parser("wells", help="the loop on single-specimen wells with count-checked pseudo-labels")
     p_t = sub.add_parser("time20", help="time a fine-tune on 20 small synthetic plates through the CLI")
     p_p = sub.add_parser("plot", help="draw the curves")
@@ -523,6 +596,7 @@ def main() -> None:
         "moths": moths,
         "moths-gate": moths_gate,
         "wells": wells,
+        "wells-gate": wells_gate,
         "time20": time20,
         "plot": plot,
         "plot-gate": plot_gate,

@@ -14,6 +14,7 @@ MODULES = [
     "labpipe.bench.fit",
     "labpipe.classify.calibration",
     "labpipe.classify.count_correction",
+    "labpipe.classify.gate_from_plates",
     "labpipe.classify.imagenet_family",
     "labpipe.classify.ood",
     "labpipe.classify.rejection",

@@ -199,3 +199,35 @@ def test_no_reviewed_plates_or_no_crops_at_all_is_a_clear_error(shared_data: Pat
         cli, ["--data-dir", str(tmp_path / "lab"), "train", "gate", "--out", str(tmp_path / "g")]
     )
     assert neither.exit_code != 0 and "--specimens and --debris" in neither.output
+
+
+def test_wells_known_by_their_counts_teach_a_gate(shared_data: Path, tmp_path: Path) -> None:
+    """Wells of one insect and wells of fragments, named as folders with their counts: every box
+    in a fragment well is a false one, the box of a single well with exactly one is a specimen."""
+    wells = shared_data / "bioscan-wells"
+    single = tmp_path / "single"
+    single.mkdir()
+    for path in sorted((wells / "single").iterdir())[:12]:
+        (single / path.name).symlink_to(path)
+    out = tmp_path / "wells-gate"
+    run = CliRunner().invoke(
+        cli,
+        ["--data-dir", str(tmp_path / "lab"), "train", "gate", "--counted", f"{single}=1",
+         "--counted", f"{wells / 'fragments'}=0", "--um-per-px", "8", "--out", str(out), "--threads", "1"],
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    config = json.loads((out / "gate.json").read_text())
+    assert config["reviews"]["counted_images"] == 12 + 30
+    per_plate = config["reviews"]["per_plate"]
+    fragment_wells = {p.name for p in (wells / "fragments").iterdir()}
+    assert all(row["specimen"] == 0 for name, row in per_plate.items() if name in fragment_wells)
+    assert sum(row["not_specimen"] for row in per_plate.values()) >= 5
+    # a single well's boxes are used only when there is exactly one
+    assert all(row["specimen"] in (0, 1) for name, row in per_plate.items() if name not in fragment_wells)
+    assert {p.name for p in (out / "crops").iterdir()} == {"specimen", "not_specimen"}
+
+    wrong = CliRunner().invoke(
+        cli,
+        ["--data-dir", str(tmp_path / "lab"), "train", "gate", "--counted", str(single), "--out", str(out)],
+    )
+    assert wrong.exit_code != 0 and "FOLDER=N" in wrong.output

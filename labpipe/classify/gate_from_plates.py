@@ -42,6 +42,7 @@ __all__ = [
     "SPECIMEN",
     "PlateCrops",
     "gate_crops_from_plates",
+    "label_by_count",
     "label_proposals",
     "train_gate_from_plates",
 ]
@@ -105,6 +106,22 @@ def label_proposals(
     return labels
 
 
+def label_by_count(n_proposals: int, expected: int) -> list[str | None]:
+    """What an image known only by its count says of its ``n_proposals`` boxes: with no specimen
+    in it (an empty well, a well of fragments) every box is :data:`NOT_SPECIMEN`; when the count
+    is right every box is taken as a :data:`SPECIMEN` (a count-checked pseudo-label); otherwise
+    nothing is known of any box (``None``).
+
+    >>> label_by_count(2, 0), label_by_count(1, 1), label_by_count(2, 1), label_by_count(0, 1)
+    (['not_specimen', 'not_specimen'], ['specimen'], [None, None], [])
+    """
+    if expected < 0 or n_proposals < 0:
+        raise ValueError(f"counts must be >= 0; given {n_proposals} boxes, {expected} expected")
+    if expected == 0:
+        return [NOT_SPECIMEN] * n_proposals
+    return [SPECIMEN if n_proposals == expected else None] * n_proposals
+
+
 @dataclass
 class PlateCrops:
     """The crop folders written from reviewed plates, and what went into them."""
@@ -136,13 +153,15 @@ def gate_crops_from_plates(
     max_side: int = 512,
     progress: bool = True,
 ) -> PlateCrops:
-    """Run ``detector`` on each reviewed plate of ``truths`` (:class:`~labpipe.evaluation.truth.TruthImage`),
-    label its proposals by the review (:func:`label_proposals`) and write the crops under
-    ``out_dir/specimen/<plate>/`` and ``out_dir/not_specimen/<plate>/`` (PNG, longer side at most
-    ``max_side``: the gate reads them at 224 px).
+    """Run ``detector`` on each image of ``truths`` (:class:`~labpipe.evaluation.truth.TruthImage`),
+    label its proposals and write the crops under ``out_dir/specimen/<group>/`` and
+    ``out_dir/not_specimen/<group>/`` (PNG, longer side at most ``max_side``: the gate reads them
+    at 224 px).
 
-    Reviewed specimen boxes add whole specimens and ``debris`` boxes add negatives. A plate with
-    no reviewed specimen box still gives negatives (every proposal on it was wrong).
+    A reviewed plate with boxes is labelled by the review (:func:`label_proposals`; its group is the
+    plate), and its specimen boxes add whole specimens and its ``debris`` boxes negatives. An image
+    known only by its count (a well of one insect, an empty well, a well of fragments) is labelled
+    by the count (:func:`label_by_count`; its group is its folder).
     """
     from PIL import Image
 
@@ -153,19 +172,28 @@ def gate_crops_from_plates(
     out_dir = Path(out_dir)
     result = PlateCrops()
     for truth in tqdm(truths, desc="gate crops", unit="plate", disable=not progress):
-        if not truth.has_boxes:
-            continue
+        # a plate with boxes gets folders of its own; images known by their count share their
+        # folder's (hundreds of wells would otherwise make hundreds of folders)
+        group = (
+            _slug(Path(truth.path).stem)
+            if truth.has_boxes
+            else _slug(Path(truth.path).parent.name) + "-counted"
+        )
         stem = _slug(Path(truth.path).stem)
         with open_image(truth.path, um_per_px_fallback=truth.um_per_px) as plate:
             found, _ = detect_specimens(detector, plate, overview_max_side)
-            shown = to_displayed_frame(truth, plate.stored_size, plate.orientation)
             proposals = [tuple(float(v) for v in b) for b, _ in found]
-            labels = label_proposals(proposals, shown.specimens, shown.ignore)
-            chosen: list[tuple[str, Box]] = [
-                (lab, box) for lab, box in zip(labels, proposals, strict=True) if lab is not None
-            ]
-            chosen += [(SPECIMEN, box) for box in shown.specimens]
-            chosen += [(NOT_SPECIMEN, box) for box in shown.debris]
+            chosen: list[tuple[str, Box]]
+            if truth.has_boxes:
+                shown = to_displayed_frame(truth, plate.stored_size, plate.orientation)
+                labels = label_proposals(proposals, shown.specimens, shown.ignore)
+                chosen = [(lab, box) for lab, box in zip(labels, proposals, strict=True) if lab is not None]
+                chosen += [(SPECIMEN, box) for box in shown.specimens]
+                chosen += [(NOT_SPECIMEN, box) for box in shown.debris]
+            else:
+                assert truth.expected_count is not None
+                labels = label_by_count(len(proposals), truth.expected_count)
+                chosen = [(lab, box) for lab, box in zip(labels, proposals, strict=True) if lab is not None]
             row = {SPECIMEN: 0, NOT_SPECIMEN: 0, "unclear": labels.count(None)}
             for k, (label, box) in enumerate(chosen):
                 x, y, w, h = (round(v) for v in box)
@@ -175,17 +203,17 @@ def gate_crops_from_plates(
                 image = Image.fromarray(np.ascontiguousarray(square))
                 if max(image.size) > max_side:
                     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-                folder = out_dir / label / stem
+                folder = out_dir / label / group
                 folder.mkdir(parents=True, exist_ok=True)
-                image.save(folder / f"{k:05d}.png")
+                image.save(folder / f"{stem}-{k:05d}.png")
                 row[label] += 1
         result.per_plate[truth.file_name] = row
         for label, folders in (
             (SPECIMEN, result.specimen_folders),
             (NOT_SPECIMEN, result.not_specimen_folders),
         ):
-            if row[label]:
-                folders.append(out_dir / label / stem)
+            if row[label] and out_dir / label / group not in folders:
+                folders.append(out_dir / label / group)
     return result
 
 
@@ -205,6 +233,7 @@ def train_gate_from_plates(
     seed: int = 0,
     specimens: Sequence[Path] = (),
     debris: Sequence[Path] = (),
+    counted: Sequence[Any] = (),
     margin: float = 0.4,
     overview_max_side: int = 4096,
     keep: float = 0.98,
@@ -214,7 +243,9 @@ def train_gate_from_plates(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a gate on the reviewed plates of the COCO document ``doc`` (``labpipe export coco``),
-    plus any folders of whole ``specimens`` and ``debris`` crops; write ``out_dir``.
+    plus any images known only by their count (``counted``: :class:`~labpipe.evaluation.truth.TruthImage`
+    with ``expected_count``, labelled by :func:`label_by_count`) and any folders of whole
+    ``specimens`` and ``debris`` crops; write ``out_dir``.
 
     ``holdout`` plates (seeded split) are kept out of training and scored twice, by ``detector``
     alone and behind the new gate, so the lab sees what the gate changes before it switches it on.
@@ -235,9 +266,9 @@ def train_gate_from_plates(
     if (out_dir / GATE_CONFIG).exists() and not overwrite:
         raise ConfigError(out_dir, "already holds a gate", "choose another --out, or pass --overwrite")
     ids = sorted(int(i["id"]) for i in doc.get("images", []))
-    if not ids:
+    if not ids and not counted:
         raise ConfigError(None, "no reviewed plates", "mark plates 'boxes reviewed' on the plate page first")
-    if holdout >= len(ids):
+    if holdout and holdout >= len(ids):
         raise ConfigError(
             None,
             f"--holdout {holdout} leaves none of the {len(ids)} plates to learn from",
@@ -252,7 +283,7 @@ def train_gate_from_plates(
     write_coco_document(train_doc, out_dir / "train.coco.json")
     train_truths = read_coco_truth(out_dir / "train.coco.json", images_dir)
     crops = gate_crops_from_plates(
-        train_truths,
+        [*train_truths, *counted],
         detector,
         crops_dir,
         margin=margin,
@@ -286,6 +317,7 @@ def train_gate_from_plates(
     config["reviews"] = {
         "detector": str(getattr(detector, "version", "")),
         "train_plates": [t.file_name for t in train_truths],
+        "counted_images": len(counted),
         "crops": crops.counts,
         "per_plate": crops.per_plate,
         "labels": "proposals matching a reviewed box (IoU >= 0.5) and the reviewed boxes: specimen; "

@@ -271,6 +271,27 @@ def train_classifier_command(
     click.echo(_format_train_summary(summary))
 
 
+def _counted_images(specs: tuple[str, ...], um_per_px: float | None) -> list[Any]:
+    """``--counted FOLDER=N`` -> the images of each folder, each known to hold N specimens."""
+    from labpipe.errors import ConfigError
+    from labpipe.evaluation.truth import counted_folder
+
+    images: list[Any] = []
+    for spec in specs:
+        folder, sep, count = spec.rpartition("=")
+        if not sep or not count.isdigit() or not Path(folder).is_dir():
+            raise ConfigError(
+                None,
+                f"--counted {spec!r} is not FOLDER=N with an existing folder and a whole number",
+                "write e.g. --counted wells/single=1 --counted wells/empty=0",
+            )
+        found = counted_folder(Path(folder), int(count), um_per_px=um_per_px)
+        if not found:
+            raise ConfigError(folder, "holds no images", "point --counted at a folder of images")
+        images += found
+    return images
+
+
 @train.command("gate")
 @click.option(
     "--specimens",
@@ -304,6 +325,20 @@ def train_classifier_command(
     help="Folder holding the images named in --coco (default: the file's folder).",
 )
 @click.option(
+    "--counted",
+    "counted_specs",
+    multiple=True,
+    metavar="FOLDER=N",
+    help="A folder of images that each hold N whole specimens (wells of one insect: =1; empty or "
+    "fragment wells: =0): every box in a =0 image is not a specimen, and the boxes of an image with "
+    "the right count are; repeatable.",
+)
+@click.option(
+    "--um-per-px",
+    type=float,
+    help="Scale of the --counted images that carry none (micrometres per pixel).",
+)
+@click.option(
     "--holdout",
     type=click.IntRange(0),
     help="Reviewed plates kept out of training and scored with and without the gate (default: 20 %% "
@@ -329,6 +364,8 @@ def train_gate_command(
     from_reviews: bool,
     coco: Path | None,
     images_dir: Path | None,
+    counted_specs: tuple[str, ...],
+    um_per_px: float | None,
     holdout: int | None,
     seed: int,
     out_dir: Path,
@@ -361,22 +398,26 @@ def train_gate_command(
     if from_reviews and coco:
         _fail("give --from-reviews or --coco, not both")
         return
-    if not (from_reviews or coco) and not (specimens and debris):
-        _fail("give --specimens and --debris folders, or reviewed plates (--from-reviews, --coco EXPORT)")
+    if not (from_reviews or coco or counted_specs) and not (specimens and debris):
+        _fail(
+            "give --specimens and --debris folders, reviewed plates (--from-reviews, --coco EXPORT) "
+            "or counted images (--counted FOLDER=N)"
+        )
         return
     try:
-        if from_reviews or coco:
+        counted = _counted_images(counted_specs, um_per_px)
+        if from_reviews or coco or counted:
             from labpipe.cli.detector import _lab_reviews, detector_from_kind
             from labpipe.detect.finetune import default_holdout
 
+            doc: dict[str, Any] = {"images": [], "annotations": []}
+            images, held = Path("."), holdout or 0
             if from_reviews:
                 doc, images, _ = _lab_reviews(obj)
                 held = default_holdout(len(doc.get("images", []))) if holdout is None else holdout
-            else:
-                assert coco is not None
+            elif coco is not None:
                 doc = json.loads(coco.read_text(encoding="utf-8"))
                 images = images_dir or coco.parent
-                held = holdout or 0
             config = train_gate_from_plates(
                 doc,
                 images,
@@ -386,6 +427,7 @@ def train_gate_command(
                 seed=seed,
                 specimens=specimens,
                 debris=debris,
+                counted=counted,
                 margin=settings.crops.margin,
                 overview_max_side=settings.imaging.overview_max_side,
                 keep=keep,
@@ -426,7 +468,8 @@ def train_gate_command(
     if reviews:
         c = reviews["crops"]
         click.echo(
-            f"from {len(reviews['train_plates'])} reviewed plates: {c['specimen']} specimen crops, "
+            f"from {len(reviews['train_plates'])} reviewed plates and {reviews['counted_images']} counted "
+            f"images: {c['specimen']} specimen crops, "
             f"{c['not_specimen']} not-specimen crops, {c['unclear']} unclear boxes left out "
             f"(crops in {Path(out_dir) / 'crops'})"
         )
