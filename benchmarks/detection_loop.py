@@ -167,6 +167,14 @@ def moths(args: argparse.Namespace) -> None:
             _write(args.work / "moths.json", args, rows)
 
 
+def _learn_gate(specimens: list[Path], debris: list[Path], gate_dir: Path, cache: Path) -> Any:
+    """Fit a gate on crop folders into ``gate_dir`` (replacing one there) and load it."""
+    from labpipe.classify.gate import load_gate, train_gate
+
+    train_gate(specimens, debris, gate_dir, cache_dir=cache, progress=False, overwrite=True)
+    return load_gate(gate_dir)
+
+
 def _base_gate_folders() -> tuple[list[Path], list[Path]]:
     """General real crops of whole arthropods and of debris from ``../shared/data``, learnt beside
     the lab's own reviews (``--base``)."""
@@ -179,7 +187,6 @@ def _base_gate_folders() -> tuple[list[Path], list[Path]]:
 def moths_gate(args: argparse.Namespace) -> None:
     """The loop with a lab gate instead of a DETR fine-tune: classical proposals, and a
     specimen-or-not gate learnt from the N reviewed frames (``labpipe train gate --from-reviews``)."""
-    from labpipe.classify.gate import load_gate, train_gate
     from labpipe.classify.gate_from_plates import gate_crops_from_plates
     from labpipe.evaluation.detector import evaluate_images
     from labpipe.evaluation.truth import read_coco_truth
@@ -224,16 +231,13 @@ def moths_gate(args: argparse.Namespace) -> None:
                     )
             gate_dir = work / f"r{rotation}-n{n}"
             base_specimens, base_debris = _base_gate_folders() if args.base else ([], [])
-            train_gate(
+            gate = _learn_gate(
                 base_specimens + [f for i in reviewed for f in crops_of[i].specimen_folders],
                 base_debris + [f for i in reviewed for f in crops_of[i].not_specimen_folders],
                 gate_dir,
-                cache_dir=work / "feature-cache",
-                progress=False,
-                overwrite=True,
+                work / "feature-cache",
             )
             seconds = time.perf_counter() - t0
-            gate = load_gate(gate_dir)
             report = evaluate_images(
                 [truths[held]], classical, overview, progress=False, gate=gate, margin=margin
             )
@@ -257,7 +261,6 @@ def wells_gate(args: argparse.Namespace) -> None:
     single, empty and fragment wells (every box in an empty or fragment well is not a specimen; the
     box of a single well with exactly one is one), scored on the other half, then the halves
     swapped. The share of wells with the right count, with and without the gate."""
-    from labpipe.classify.gate import load_gate, train_gate
     from labpipe.classify.gate_from_plates import gate_crops_from_plates
     from labpipe.evaluation.detector import evaluate_images
     from labpipe.evaluation.truth import counted_folder
@@ -279,16 +282,10 @@ def wells_gate(args: argparse.Namespace) -> None:
             learn, classical, work / f"crops-{half}", margin=margin, overview_max_side=overview
         )
         gate_dir = work / f"gate-{half}"
-        train_gate(
-            crops.specimen_folders,
-            crops.not_specimen_folders,
-            gate_dir,
-            cache_dir=work / "feature-cache",
-            progress=False,
-            overwrite=True,
+        gate = _learn_gate(
+            crops.specimen_folders, crops.not_specimen_folders, gate_dir, work / "feature-cache"
         )
         seconds = time.perf_counter() - t0
-        gate = load_gate(gate_dir)
         print(f"half {half}: learnt from {len(learn)} wells ({crops.counts}) in {seconds:.0f} s")
         for name in folders:
             held = [t for k, t in enumerate(wells_of[name]) if k % 2 != half]

@@ -16,16 +16,15 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from reviewed_lab import reviewed_lab
 from sqlalchemy import select
 
 from labpipe.cli.main import cli
-from labpipe.config import load_settings
 from labpipe.db.database import open_database
-from labpipe.db.models import Image, Model, Specimen
+from labpipe.db.models import Model
 from labpipe.detect.detr_data import CocoImage, coco_document, read_coco_set, write_coco_document
 from labpipe.detect.detr_train import _load_set
 from labpipe.detect.finetune import before_after_rows, default_holdout, split_document, split_plates
-from labpipe.review import record_verification
 
 FAST = ["--epochs", "1", "--batch-size", "1", "--tiles-per-image", "1", "--threads", "1", "--device", "cpu"]
 
@@ -51,37 +50,22 @@ def _tiny_model_dir(path: Path) -> Path:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Three reviewed plates (a box on the first judged not a specimen), one more to process, and a
     tiny DETR, in a lab under a fresh data folder."""
-    from labpipe.synth import PlateSpec, write_plate
-
     root = tmp_path_factory.mktemp("finetune")
-    plates = []
-    for seed in range(4):
-        spec = PlateSpec(
-            width=800, height=800, n_specimens=4, n_touching_pairs=0, n_debris=2, um_per_px=20.0, seed=seed
-        )
-        write_plate(spec, root / f"plate{seed}.tif")
-        plates.append(root / f"plate{seed}.tif")
-    data = root / "data"
-    base = ["--data-dir", str(data)]
-    run = CliRunner().invoke(cli, [*base, "process", *map(str, plates[:3]), "--sample", "FT-1", "--json"])
-    assert run.exit_code == 0, run.output
-    settings = load_settings(overrides={"storage.root": data}, environ={})
-    factory = open_database(settings.database_url)
-    with factory() as session:
-        ids = list(session.scalars(select(Image.id).order_by(Image.id)))
-        debris = session.scalars(select(Specimen).where(Specimen.image_id == ids[0])).first()
-        record_verification(session, debris.id, "not_specimen", verified_by="Tester")
-        debris_box = (debris.x, debris.y, debris.w, debris.h)
-        session.commit()
-    factory.kw["bind"].dispose()
-    for image_id in ids:
-        marked = CliRunner().invoke(cli, [*base, "images", "mark-reviewed", str(image_id), "--by", "Tester"])
-        assert marked.exit_code == 0, marked.output
+    made = reviewed_lab(
+        root,
+        n_plates=4,
+        n_processed=3,
+        size=800,
+        n_specimens=4,
+        n_debris=2,
+        judged_per_plate=[1],
+        sample="FT-1",
+    )
     return {
-        "base": base,
-        "settings": settings,
-        "plates": plates,
-        "debris_box": debris_box,
+        "base": made["base"],
+        "settings": made["settings"],
+        "plates": made["plates"],
+        "debris_box": made["judged_boxes"][0],
         "tiny": _tiny_model_dir(root / "tiny-detr"),
         "root": root,
     }

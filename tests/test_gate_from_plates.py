@@ -14,14 +14,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from reviewed_lab import reviewed_lab as make_reviewed_lab
 
 from labpipe.classify.gate_from_plates import NOT_SPECIMEN, SPECIMEN, label_proposals
 from labpipe.cli.main import cli
-from labpipe.config import load_settings
-from labpipe.db.database import open_database
-from labpipe.db.models import Image, Specimen
-from labpipe.review import record_verification
 
 
 def test_a_box_on_a_reviewed_specimen_is_a_specimen_and_one_far_from_all_is_not() -> None:
@@ -126,32 +122,18 @@ def test_a_gate_from_reviewed_frames_stops_counting_what_the_review_removed(
 def reviewed_lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Three small synthetic plates processed and marked "boxes reviewed"; on each, two boxes were
     judged not a specimen."""
-    from labpipe.synth import PlateSpec, write_plate
-
     root = tmp_path_factory.mktemp("gate-lab")
-    plates = []
-    for seed in range(3):
-        spec = PlateSpec(
-            width=900, height=900, n_specimens=6, n_touching_pairs=0, n_debris=0, um_per_px=20.0, seed=seed
-        )
-        write_plate(spec, root / f"plate{seed}.tif")
-        plates.append(root / f"plate{seed}.tif")
-    base = ["--data-dir", str(root / "data")]
-    run = CliRunner().invoke(cli, [*base, "process", *map(str, plates), "--sample", "G-1", "--json"])
-    assert run.exit_code == 0, run.output
-    settings = load_settings(overrides={"storage.root": root / "data"}, environ={})
-    factory = open_database(settings.database_url)
-    with factory() as session:
-        ids = list(session.scalars(select(Image.id).order_by(Image.id)))
-        for image_id in ids:
-            for specimen in session.scalars(select(Specimen).where(Specimen.image_id == image_id)).all()[:2]:
-                record_verification(session, specimen.id, "not_specimen", verified_by="Tester")
-        session.commit()
-    factory.kw["bind"].dispose()
-    for image_id in ids:
-        marked = CliRunner().invoke(cli, [*base, "images", "mark-reviewed", str(image_id), "--by", "Tester"])
-        assert marked.exit_code == 0, marked.output
-    return {"base": base, "root": root}
+    made = make_reviewed_lab(
+        root,
+        n_plates=3,
+        n_processed=3,
+        size=900,
+        n_specimens=6,
+        n_debris=0,
+        judged_per_plate=[2, 2, 2],
+        sample="G-1",
+    )
+    return {"base": made["base"], "root": root}
 
 
 def test_from_reviews_learns_from_the_labs_own_plates_and_holds_one_out(reviewed_lab: dict[str, Any]) -> None:
