@@ -181,8 +181,10 @@ def _register_detector(obj: Any, model_dir: Path) -> str:
 @click.option(
     "--max-minutes",
     type=float,
-    help="Stop training after this long (default: 15 on the reviewed-plates path, --from-reviews or "
-    "--holdout; else no limit; 0: no limit).",
+    help="Time budget in minutes (default: 15 on the reviewed-plates path, --from-reviews or "
+    "--holdout; else no limit; 0: no limit). Training stops early enough to validate its last epoch "
+    "within it; on the reviewed-plates path it bounds the whole command, the scoring before and after "
+    "training included.",
 )
 @click.option("--threads", type=int, default=0, show_default=True, help="Torch CPU threads (0: default).")
 @click.option(

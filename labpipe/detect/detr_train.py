@@ -122,7 +122,8 @@ class DetrTrainOptions:
     val_score_threshold: float = 0.5
     """Score threshold for validation precision/recall/F1 (AP uses every detection above 0.05)."""
     max_minutes: float = 0.0
-    """Stop (after validating) once training has run this long; 0: no limit."""
+    """Time budget: an epoch stops early enough for its validation (as long as the last one took)
+    to end within it; 0: no limit."""
     seed: int = 0
     threads: int = 0
     device: str = "auto"
@@ -381,6 +382,7 @@ def train_detector(
     best: dict[str, float] = {}
     best_epoch = 0
     stop = False
+    val_seconds = 0.0
     for epoch in range(1, options.epochs + 1):
         model.train()
         plan: list[int] = []
@@ -413,7 +415,8 @@ def train_detector(
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             bar.update(1)
-            if options.max_minutes and time.perf_counter() - started > options.max_minutes * 60:
+            # the budget holds the validation after the epoch too (as long as the last one took)
+            if options.max_minutes and time.perf_counter() - started + val_seconds > options.max_minutes * 60:
                 stop = True
                 break
         bar.close()
@@ -425,7 +428,9 @@ def train_detector(
                 group["lr"] *= 0.1
             dropped = True
         train_seconds = time.perf_counter() - t_epoch
+        t_val = time.perf_counter()
         metrics = _validate(detector, val_set, options.val_score_threshold) if val_set else {}
+        val_seconds = time.perf_counter() - t_val
         row = {
             "epoch": epoch,
             "steps": len(losses),

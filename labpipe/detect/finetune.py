@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "split_document",
     "split_plates",
     "synthetic_check_set",
+    "training_minutes",
 ]
 
 
@@ -61,6 +62,20 @@ def default_holdout(n_plates: int, fraction: float = 0.2) -> int:
     if n_plates < 2:
         return 0
     return min(n_plates - 1, max(1, round(n_plates * fraction)))
+
+
+def training_minutes(max_minutes: float, spent_seconds: float, reserve_seconds: float) -> float:
+    """What is left of a whole-command budget of ``max_minutes`` for training, after
+    ``spent_seconds`` already spent (reading, splitting, scoring before) and ``reserve_seconds``
+    kept for the scoring after; at least 6 seconds, so a spent budget still makes one step.
+    ``max_minutes`` 0 means no budget (0 is returned).
+
+    >>> training_minutes(15, 60, 120), training_minutes(1, 50, 30), training_minutes(0, 999, 999)
+    (12.0, 0.1, 0.0)
+    """
+    if max_minutes <= 0:
+        return 0.0
+    return round(max(0.1, max_minutes - (spent_seconds + reserve_seconds) / 60.0), 3)
 
 
 def split_plates(keys: Sequence[Any], holdout: int, seed: int = 0) -> tuple[list[Any], list[Any]]:
@@ -295,18 +310,28 @@ def finetune_on_plates(
         scored.append(
             (held_name, "classical", score(build_detector(settings, "classical"), held_truth, "classical"))
         )
+    t_scoring = time.perf_counter()
     if options.init:
         before = build_detector(settings, str(options.init))
         if held_truth:
             scored.append((held_name, "before", score(before, held_truth, "DETR before")))
         if synth_truth:
             scored.append((synth_name, "before", score(before, synth_truth, "DETR before, synthetic")))
+    scoring_seconds = time.perf_counter() - t_scoring
 
+    # --max-minutes bounds the whole command: training gets what the scoring before it left, less
+    # the time the scoring after it will take (as long as the starting DETR's own scoring took; for
+    # a new model, a fifth of the budget)
+    budget = float(options.max_minutes or 0.0)
+    reserve = scoring_seconds if options.init else 0.2 * budget * 60
+    train_options = replace(
+        options, max_minutes=training_minutes(budget, time.perf_counter() - started, reserve)
+    )
     result = train_detector(
         train_coco,
         images_dir,
         out_dir,
-        options,
+        train_options,
         val_coco=val_coco,
         val_images_dir=images_dir,
         progress=progress,
