@@ -73,7 +73,7 @@ from labpipe.detect.background import estimate_background, radial_profile
 from labpipe.detect.base import Detection
 from labpipe.detect.boxes import nms
 from labpipe.detect.dish import Dish, find_dish, resize_mask
-from labpipe.detect.extent import appendage_mask, enlarge, refine_box
+from labpipe.detect.extent import appendage_mask, enlarge, grow_thin_appendages, refine_box
 from labpipe.detect.segment import (
     assign_to_bodies,
     fill_small_holes,
@@ -419,9 +419,12 @@ class ClassicalDetector:
         self.paper_tolerance = 0.1
         self.crowding_ratio = 0.85
         self.refine = True
-        self.appendage_reach = 0.4  # beyond the work box, in box lengths
+        self.appendage_reach = 0.6  # beyond the work box, in box lengths
         self.k_appendage = 3.0
         self.appendage_fraction = 0.25
+        self.line_length = 25  # pixels of the image given; 0: no line filter for faint legs
+        self.k_line = 6.0
+        self.line_fraction = 0.08
         self.grey_peak_extra = 0.4  # more peak asked of a grey body on a light floor
         self.tint_reference = 0.1  # body_tint from which a body counts as coloured
         self.faint_ratio = 0.6  # a touching part this much fainter is a wing
@@ -481,6 +484,9 @@ class ClassicalDetector:
                     "appendage_reach",
                     "k_appendage",
                     "appendage_fraction",
+                    "line_length",
+                    "k_line",
+                    "line_fraction",
                     "faint_ratio",
                     "grey_peak_extra",
                     "tint_reference",
@@ -932,6 +938,27 @@ class ClassicalDetector:
         measured = estimate_background(work, paper, block=block, min_coverage=0.1)
         return np.where(crowded[..., None], measured, usual)
 
+    def _thin_appendages(
+        self,
+        strength: np.ndarray,
+        found: np.ndarray,
+        cell: np.ndarray,
+        paper: np.ndarray,
+        sigma: float,
+        peak: float,
+    ) -> np.ndarray:
+        return grow_thin_appendages(
+            strength,
+            found,
+            cell,
+            paper,
+            sigma,
+            length=self.line_length,
+            k_noise=self.k_line,
+            floor=self.line_fraction * peak,
+            max_growth=self.appendage_reach,
+        )
+
     def _refine(
         self,
         cand: Candidate,
@@ -981,7 +1008,10 @@ class ClassicalDetector:
         if core.any():
             body = core
         threshold = max(self.k_appendage * sigma, self.appendage_fraction * cand.peak)
-        box = refine_box(appendage_mask(s_full, body, cell, threshold), (fy0, fx0))
+        mask = appendage_mask(s_full, body, cell, threshold)
+        if self.line_length >= 3:
+            mask = self._thin_appendages(s_full, mask, cell, paper, sigma, cand.peak)
+        box = refine_box(mask, (fy0, fx0))
         if box is None:
             return cand
         return dataclasses.replace(cand, box=box)
