@@ -279,7 +279,12 @@ def wells_gate(args: argparse.Namespace) -> None:
         learn = [t for name in folders for k, t in enumerate(wells_of[name]) if k % 2 == half]
         t0 = time.perf_counter()
         crops = gate_crops_from_plates(
-            learn, classical, work / f"crops-{half}", margin=margin, overview_max_side=overview
+            learn,
+            classical,
+            work / f"crops-{half}",
+            margin=margin,
+            overview_max_side=overview,
+            progress=False,
         )
         gate_dir = work / f"gate-{half}"
         gate = _learn_gate(
