@@ -117,6 +117,27 @@ def test_a_gate_from_reviewed_frames_stops_counting_what_the_review_removed(
     assert gated["precision"] >= alone["precision"] + 0.1
     assert gated["true_positives"] >= alone["true_positives"] - 1
 
+    # the whole real table behind the gate says which gate, and what it left out
+    table_dir = tmp_path / "table"
+    table = CliRunner().invoke(
+        cli,
+        [
+            *base,
+            "eval",
+            "table",
+            "--quick",
+            "--no-synthetic",
+            "--out",
+            str(table_dir),
+            "--gate",
+            str(gate_dir),
+        ],
+    )
+    assert table.exit_code == 0, table.output
+    doc = json.loads((table_dir / "table.json").read_text())
+    assert doc["gate"] == str(gate_dir.resolve())
+    assert sum(s["gate_rejected"] for s in doc["sets"]) >= 5
+
 
 @pytest.fixture(scope="module")
 def reviewed_lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:

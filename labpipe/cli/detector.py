@@ -35,6 +35,14 @@ def detector_from_kind(obj: Any, kind: str | None, score_threshold: float | None
     return active_detector_for(settings, kind)
 
 
+def _gate_from_option(obj: Any, gate_dir: str | None) -> Any:
+    """``--gate``: a gate directory, ``config`` for ``[classifier] gate``, or none."""
+    from labpipe.classify.gate import load_gate
+
+    spec = obj.settings.classifier.gate if gate_dir == "config" else gate_dir
+    return load_gate(spec) if spec else None
+
+
 def _resolve_start_model(obj: Any, value: str) -> Path:
     """``--from``: a DETR model directory, or a registered detector version (or a unique prefix)."""
     if Path(value).expanduser().is_dir():
@@ -479,7 +487,6 @@ def eval_detector(
     detector's own tiles). Detections on ignore regions are left out; those on debris are false
     positives, also counted apart. Results per image and pooled.
     """
-    from labpipe.classify.gate import load_gate
     from labpipe.evaluation.detector import evaluate_images
     from labpipe.evaluation.overlay import write_overlays
     from labpipe.evaluation.truth import read_coco_truth
@@ -487,8 +494,7 @@ def eval_detector(
     try:
         detector = detector_from_kind(obj, kind, score_threshold)
         truths = read_coco_truth(coco, images_dir, frame=frame)  # type: ignore[arg-type]
-        gate_spec = obj.settings.classifier.gate if gate_dir == "config" else gate_dir
-        gate = load_gate(gate_spec) if gate_spec else None
+        gate = _gate_from_option(obj, gate_dir)
     except (LabpipeError, ValueError) as exc:
         _fail(str(getattr(exc, "message", exc)))
         return
@@ -556,6 +562,12 @@ def eval_detector(
 )
 @click.option("--quick", is_flag=True, help="A small subset (the one the tests check).")
 @click.option("--no-synthetic", is_flag=True, help="Real images only.")
+@click.option(
+    "--gate",
+    "gate_dir",
+    help="Score what is counted behind this specimen-or-not gate (`labpipe train gate`): detections "
+    "whose crop it rejects are left out. Default: none ('config' for [classifier] gate).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @click.pass_obj
 def eval_table(
@@ -567,6 +579,7 @@ def eval_table(
     work: Path | None,
     quick: bool,
     no_synthetic: bool,
+    gate_dir: str | None,
     as_json: bool,
 ) -> None:
     """The whole detection table: real scenes with boxes, wells, Inselect, synthetic plates.
@@ -579,6 +592,7 @@ def eval_table(
     data = data_dir or default_data_dir()
     try:
         detector = detector_from_kind(obj, kind, score_threshold)
+        gate = _gate_from_option(obj, gate_dir)
         sets = real_sets(data, quick=quick)
         if not no_synthetic:
             from labpipe.evaluation.synthetic_sets import synthetic_sets
@@ -593,6 +607,8 @@ def eval_table(
         out_dir,
         overview_max_side=obj.settings.imaging.overview_max_side,
         progress=not as_json,
+        gate=gate,
+        margin=obj.settings.crops.margin,
     )
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))

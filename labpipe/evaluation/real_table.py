@@ -149,13 +149,25 @@ def run_table(
     *,
     overview_max_side: int = 4096,
     progress: bool = True,
+    gate: object | None = None,
+    margin: float = 0.4,
 ) -> list[TableRow]:
-    """Evaluate ``detector`` on every set; write overlays and ``table.json`` into ``out_dir``."""
+    """Evaluate ``detector`` on every set; write overlays and ``table.json`` into ``out_dir``.
+    With ``gate``, what is scored is what the lab counts: detections the specimen-or-not gate
+    rejects (crops cut with ``margin``) are left out."""
     rows: list[TableRow] = []
     for s in sets:
         t0 = time.perf_counter()
         truths = s.load()
-        report = evaluate_images(truths, detector, overview_max_side, progress=progress, description=s.name)
+        report = evaluate_images(
+            truths,
+            detector,
+            overview_max_side,
+            progress=progress,
+            description=s.name,
+            gate=gate,
+            margin=margin,
+        )
         row = TableRow(s.name, s.group, report, time.perf_counter() - t0)
         if out_dir is not None:
             chosen = report.images if s.overlays == "all" else [r for r in report.images if not r.right_count]
@@ -163,7 +175,11 @@ def run_table(
         rows.append(row)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        doc = {"detector": str(getattr(detector, "version", "")), "sets": [r.as_dict() for r in rows]}
+        doc = {
+            "detector": str(getattr(detector, "version", "")),
+            "gate": getattr(gate, "path", None),
+            "sets": [r.as_dict() for r in rows],
+        }
         (Path(out_dir) / "table.json").write_text(json.dumps(doc, indent=1))
     return rows
 
