@@ -176,6 +176,18 @@ def test_from_reviews_learns_from_the_labs_own_plates_and_holds_one_out(reviewed
 
     again = CliRunner().invoke(cli, [*base, "train", "gate", "--from-reviews", "--out", str(out)])
     assert again.exit_code != 0 and "already holds a gate" in again.output
+    replaced = CliRunner().invoke(
+        cli, [*base, "train", "gate", "--from-reviews", "--out", str(out), "--overwrite"]
+    )
+    assert replaced.exit_code == 0, replaced.output
+
+    # a folder called crops that this command did not write is never replaced
+    theirs = root / "their-folder"
+    (theirs / "crops").mkdir(parents=True)
+    (theirs / "crops" / "my-beetle.png").write_bytes(b"a person's file")
+    refused = CliRunner().invoke(cli, [*base, "train", "gate", "--from-reviews", "--out", str(theirs)])
+    assert refused.exit_code != 0 and "not written by `labpipe train gate`" in refused.output
+    assert (theirs / "crops" / "my-beetle.png").read_bytes() == b"a person's file"
 
 
 def test_no_reviewed_plates_or_no_crops_at_all_is_a_clear_error(shared_data: Path, tmp_path: Path) -> None:
@@ -227,7 +239,7 @@ def test_wells_known_by_their_counts_teach_a_gate(shared_data: Path, tmp_path: P
     assert sum(row["not_specimen"] for row in per_plate.values()) >= 5
     # a single well's boxes are used only when there is exactly one
     assert all(row["specimen"] in (0, 1) for name, row in per_plate.items() if name not in fragment_wells)
-    assert {p.name for p in (out / "crops").iterdir()} == {"specimen", "not_specimen"}
+    assert {p.name for p in (out / "crops").iterdir() if p.is_dir()} == {"specimen", "not_specimen"}
 
     wrong = CliRunner().invoke(
         cli,

@@ -21,8 +21,10 @@ plate used).
 
 Set as ``[classifier] gate``, the gate rejects the kinds of false detection the lab has already
 corrected: they stay on the plate for review with the reason ``not_a_specimen`` and are never
-counted. ``labpipe train gate --from-reviews`` (or ``--coco EXPORT --images DIR``) runs
-:func:`gate_crops_from_plates`; ``labpipe eval detector --gate DIR`` scores what is counted.
+counted. Images known only by their count (``--counted FOLDER=N``: wells of one insect, empty or
+fragment wells) are labelled by the count (:func:`label_by_count`). ``labpipe train gate
+--from-reviews`` (or ``--coco EXPORT --images DIR``) runs :func:`train_gate_from_plates`;
+``labpipe eval detector|table --gate DIR`` scores what is counted.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ SPECIMEN = "specimen"
 NOT_SPECIMEN = "not_specimen"
 MIN_CROPS = 5
 """Fewest crops of either kind a gate is learnt from (its threshold is cross-fitted in 5 folds)."""
+CROPS_MARKER = ".labpipe-gate-crops"
+"""Marks ``OUT/crops`` as written by this module: only such a folder is ever replaced."""
 
 
 def label_proposals(
@@ -278,8 +282,15 @@ def train_gate_from_plates(
     train_doc, held_doc = split_document(doc, set(held))
     crops_dir = out_dir / "crops"
     if crops_dir.exists():
-        shutil.rmtree(crops_dir)  # written by an earlier run of this command (guarded by overwrite above)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        if not (crops_dir / CROPS_MARKER).is_file():
+            raise ConfigError(
+                crops_dir,
+                "exists and was not written by `labpipe train gate`; it is left as it is",
+                "choose another --out",
+            )
+        shutil.rmtree(crops_dir)  # an earlier run's crops (and --overwrite was given: checked above)
+    crops_dir.mkdir(parents=True)
+    (crops_dir / CROPS_MARKER).write_text("crops written by labpipe train gate; replaced by its next run\n")
     write_coco_document(train_doc, out_dir / "train.coco.json")
     train_truths = read_coco_truth(out_dir / "train.coco.json", images_dir)
     crops = gate_crops_from_plates(
@@ -321,8 +332,9 @@ def train_gate_from_plates(
         "crops": crops.counts,
         "per_plate": crops.per_plate,
         "labels": "proposals matching a reviewed box (IoU >= 0.5) and the reviewed boxes: specimen; "
-        "proposals away from every specimen (IoU < 0.25, under 0.3 of the box on an animal, not on an "
-        "ignore region) and debris boxes: not_specimen",
+        "proposals away from every specimen (IoU < 0.25, under 0.3 of the box on an animal, holding "
+        "no more than half of one, not on an ignore region) and debris boxes: not_specimen; counted "
+        "images: every box where the count is 0, the boxes where the count is right: specimen",
     }
     if held:
         write_coco_document(held_doc, out_dir / "held_out.coco.json")
