@@ -262,7 +262,7 @@ def wells_gate(args: argparse.Namespace) -> None:
     box of a single well with exactly one is one), scored on the other half, then the halves
     swapped. The share of wells with the right count, with and without the gate."""
     from labpipe.classify.gate_from_plates import gate_crops_from_plates
-    from labpipe.evaluation.detector import evaluate_images
+    from labpipe.evaluation.detector import evaluate_with_and_without_gate
     from labpipe.evaluation.truth import counted_folder
     from labpipe.pipeline import build_detector
 
@@ -294,8 +294,10 @@ def wells_gate(args: argparse.Namespace) -> None:
         print(f"half {half}: learnt from {len(learn)} wells ({crops.counts}) in {seconds:.0f} s")
         for name in folders:
             held = [t for k, t in enumerate(wells_of[name]) if k % 2 != half]
-            for label, g in (("classical", None), ("classical + wells gate", gate)):
-                report = evaluate_images(held, classical, overview, progress=False, gate=g, margin=margin)
+            reports = evaluate_with_and_without_gate(
+                held, classical, gate, overview, progress=False, margin=margin
+            )
+            for label, report in zip(("classical", "classical + wells gate"), reports, strict=True):
                 right = round(report.right_count_share * len(held))
                 rows.append({"half": half, "wells": name, "detector": label, "n_wells": len(held),
                              "right_count": right, "gate_rejected": report.gate_rejected,
@@ -309,8 +311,10 @@ def wells_gate(args: argparse.Namespace) -> None:
                 for t in read_coco_truth(MOTHS / "boxes.coco.json", MOTHS)
                 if not t.file_name.startswith("DSC_")
             ]
-            for label, g in (("classical", None), ("classical + wells gate", gate)):
-                report = evaluate_images(frames, classical, overview, progress=False, gate=g, margin=margin)
+            reports = evaluate_with_and_without_gate(
+                frames, classical, gate, overview, progress=False, margin=margin
+            )
+            for label, report in zip(("classical", "classical + wells gate"), reports, strict=True):
                 rows.append({"half": half, "wells": "light-trap frames", "detector": label, **_score(report)})
                 print(f"  light-trap {label:24s} P {report.precision:.3f} R {report.recall:.3f}")
         (args.work / "wells-gate.json").write_text(json.dumps({"rows": rows}, indent=2))

@@ -16,8 +16,13 @@ import pytest
 from click.testing import CliRunner
 from reviewed_lab import reviewed_lab as make_reviewed_lab
 
+from labpipe.classify.gate import load_gate
 from labpipe.classify.gate_from_plates import NOT_SPECIMEN, SPECIMEN, label_proposals
 from labpipe.cli.main import cli
+from labpipe.config import load_settings
+from labpipe.evaluation.detector import evaluate_with_and_without_gate
+from labpipe.evaluation.truth import read_coco_truth
+from labpipe.pipeline import build_detector
 
 
 def test_a_box_on_a_reviewed_specimen_is_a_specimen_and_one_far_from_all_is_not() -> None:
@@ -116,6 +121,16 @@ def test_a_gate_from_reviewed_frames_stops_counting_what_the_review_removed(
     assert alone["gate_rejected"] == 0 and gated["gate_rejected"] >= 5
     assert gated["precision"] >= alone["precision"] + 0.1
     assert gated["true_positives"] >= alone["true_positives"] - 1
+
+    # one detection pass scored both ways gives what the two runs gave
+    settings = load_settings(overrides={"storage.root": tmp_path / "lab"}, environ={})
+    both = evaluate_with_and_without_gate(
+        read_coco_truth(train_coco, images), build_detector(settings), load_gate(gate_dir), progress=False
+    )
+    for report, by_cli in zip(both, (alone, gated), strict=True):
+        d = report.as_dict()
+        for key in ("detections", "true_positives", "gate_rejected", "precision", "recall", "ap50"):
+            assert d[key] == by_cli[key], key
 
     # the whole real table behind the gate says which gate, and what it left out
     table_dir = tmp_path / "table"

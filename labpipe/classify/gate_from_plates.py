@@ -143,10 +143,6 @@ class PlateCrops:
         return total
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def gate_crops_from_plates(
     truths: Sequence[Any],
     detector: Any,
@@ -170,6 +166,7 @@ def gate_crops_from_plates(
     from PIL import Image
 
     from labpipe.analysis import cut_square, detect_specimens
+    from labpipe.crops.store import safe_component, save_crop
     from labpipe.evaluation.truth import to_displayed_frame
     from labpipe.imaging import open_image
 
@@ -178,38 +175,33 @@ def gate_crops_from_plates(
     for truth in tqdm(truths, desc="gate crops", unit="plate", disable=not progress):
         # a plate with boxes gets folders of its own; images known by their count share their
         # folder's (hundreds of wells would otherwise make hundreds of folders)
-        group = (
-            _slug(Path(truth.path).stem)
-            if truth.has_boxes
-            else _slug(Path(truth.path).parent.name) + "-counted"
-        )
-        stem = _slug(Path(truth.path).stem)
+        stem = safe_component(Path(truth.path).stem)
+        group = stem if truth.has_boxes else safe_component(Path(truth.path).parent.name) + "-counted"
         with open_image(truth.path, um_per_px_fallback=truth.um_per_px) as plate:
             found, _ = detect_specimens(detector, plate, overview_max_side)
             proposals = [tuple(float(v) for v in b) for b, _ in found]
-            chosen: list[tuple[str, Box]]
+            extra: list[tuple[str, Box]] = []
             if truth.has_boxes:
                 shown = to_displayed_frame(truth, plate.stored_size, plate.orientation)
                 labels = label_proposals(proposals, shown.specimens, shown.ignore)
-                chosen = [(lab, box) for lab, box in zip(labels, proposals, strict=True) if lab is not None]
-                chosen += [(SPECIMEN, box) for box in shown.specimens]
-                chosen += [(NOT_SPECIMEN, box) for box in shown.debris]
+                extra = [(SPECIMEN, box) for box in shown.specimens] + [
+                    (NOT_SPECIMEN, box) for box in shown.debris
+                ]
             else:
                 assert truth.expected_count is not None
                 labels = label_by_count(len(proposals), truth.expected_count)
-                chosen = [(lab, box) for lab, box in zip(labels, proposals, strict=True) if lab is not None]
+            chosen = [
+                (lab, box) for lab, box in zip(labels, proposals, strict=True) if lab is not None
+            ] + extra
             row = {SPECIMEN: 0, NOT_SPECIMEN: 0, "unclear": labels.count(None)}
             for k, (label, box) in enumerate(chosen):
                 x, y, w, h = (round(v) for v in box)
                 if w < 1 or h < 1:
                     continue
-                square = cut_square(plate, (x, y, w, h), margin)
-                image = Image.fromarray(np.ascontiguousarray(square))
+                image = Image.fromarray(np.ascontiguousarray(cut_square(plate, (x, y, w, h), margin)))
                 if max(image.size) > max_side:
                     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-                folder = out_dir / label / group
-                folder.mkdir(parents=True, exist_ok=True)
-                image.save(folder / f"{stem}-{k:05d}.png")
+                save_crop(np.asarray(image), out_dir / label / group / f"{stem}-{k:05d}.png")
                 row[label] += 1
         result.per_plate[truth.file_name] = row
         for label, folders in (
@@ -263,7 +255,7 @@ def train_gate_from_plates(
     from labpipe.detect.detr_data import write_coco_document
     from labpipe.detect.finetune import split_document, split_plates
     from labpipe.errors import ConfigError
-    from labpipe.evaluation.detector import evaluate_images
+    from labpipe.evaluation.detector import evaluate_with_and_without_gate
     from labpipe.evaluation.truth import read_coco_truth
 
     out_dir = Path(out_dir)
@@ -339,17 +331,13 @@ def train_gate_from_plates(
     if held:
         write_coco_document(held_doc, out_dir / "held_out.coco.json")
         held_truths = read_coco_truth(out_dir / "held_out.coco.json", images_dir)
-        gate = load_gate(out_dir)
-        alone = evaluate_images(
-            held_truths, detector, overview_max_side, progress=progress, description="held out"
-        )
-        gated = evaluate_images(
+        alone, gated = evaluate_with_and_without_gate(
             held_truths,
             detector,
+            load_gate(out_dir),
             overview_max_side,
             progress=progress,
-            description="held out, gated",
-            gate=gate,
+            description="held out",
             margin=margin,
         )
         config["held_out"] = {

@@ -26,7 +26,7 @@ References
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,7 @@ __all__ = [
     "coco_ap",
     "evaluate_detector",
     "evaluate_images",
+    "evaluate_with_and_without_gate",
     "gate_keeps",
     "touching_pairs",
 ]
@@ -333,6 +334,84 @@ def gate_keeps(gate: object, plate: object, boxes: Sequence[Sequence[int]], marg
     return ~np.asarray(gate.rejects(features), dtype=bool)  # type: ignore[attr-defined]
 
 
+def _detections(
+    truths: Sequence[TruthImage],
+    detector: object,
+    overview_max_side: int,
+    um_per_px_fallback: float | None,
+    progress: bool,
+    description: str,
+    gate: object | None,
+    margin: float,
+) -> Iterator[tuple[TruthImage, list, np.ndarray, float]]:
+    """Per image of ``truths``: its truth in the displayed frame, the detections (production path),
+    which of them ``gate`` keeps (all without one) and the seconds taken."""
+    from labpipe.analysis import detect_specimens
+    from labpipe.imaging import open_image
+
+    for entry in tqdm(truths, desc=description, disable=not progress, unit="img"):
+        t0 = time.perf_counter()
+        with open_image(entry.path, um_per_px_fallback=entry.um_per_px or um_per_px_fallback) as plate:
+            found, _ = detect_specimens(detector, plate, overview_max_side)  # type: ignore[arg-type]
+            truth = to_displayed_frame(entry, plate.stored_size, plate.orientation)
+            kept = np.ones(len(found), dtype=bool)
+            if gate is not None and found:
+                kept = gate_keeps(gate, plate, [b for b, _ in found], margin)
+        yield truth, found, kept, time.perf_counter() - t0
+
+
+def _scored_image(truth: TruthImage, found: list, seconds: float, gate_rejected: int) -> ImageResult:
+    """One image's detections scored against its truth (by IoU, or by its count)."""
+    boxes = [tuple(float(v) for v in b) for b, _ in found]
+    scores = [float(s) for _, s in found]
+    if not truth.has_boxes:
+        assert truth.expected_count is not None
+        return ImageResult(
+            truth.file_name,
+            truth.expected_count,
+            len(boxes),
+            min(len(boxes), truth.expected_count),
+            seconds,
+            false_positives=max(0, len(boxes) - truth.expected_count),
+            expected_count=truth.expected_count,
+            boxes=boxes,  # type: ignore[arg-type]
+            scores=scores,
+            truth=truth,
+            gate_rejected=gate_rejected,
+        )
+    m = match_with_ignore(boxes, scores, truth.specimens, truth.ignore, truth.debris, 0.5)
+    matched = {t for _, t, _ in m.matches}
+    return ImageResult(
+        truth.file_name,
+        m.n_truth,
+        m.n_counted,
+        m.true_positives,
+        seconds,
+        false_positives=m.false_positives,
+        debris_false_positives=m.debris_false_positives,
+        ignored=m.ignored,
+        boxes=boxes,  # type: ignore[arg-type]
+        scores=scores,
+        status=m.status,
+        truth=truth,
+        found=[i in matched for i in range(m.n_truth)],
+        gate_rejected=gate_rejected,
+    )
+
+
+def _report(detector: object, images: list[ImageResult]) -> DetectorReport:
+    """The pooled report of scored images; AP over the images with boxes."""
+    report = DetectorReport(str(getattr(detector, "version", type(detector).__name__)), images=images)
+    boxed = [r for r in images if r.truth is not None and r.truth.has_boxes]
+    if boxed:
+        report.ap50, report.ap50_95 = coco_ap(
+            [([list(b) for b in r.boxes], r.scores) for r in boxed],
+            [r.truth.specimens for r in boxed],  # type: ignore[union-attr]
+            [r.truth.ignore for r in boxed],  # type: ignore[union-attr]
+        )
+    return report
+
+
 def evaluate_images(
     truths: Sequence[TruthImage],
     detector: object,
@@ -355,70 +434,40 @@ def evaluate_images(
     the pipeline cuts it (``margin``) and a detection the gate rejects is not counted: the scores
     are those of what the lab's counts hold.
     """
-    from labpipe.analysis import detect_specimens
-    from labpipe.imaging import open_image
+    images = [
+        _scored_image(truth, [f for f, k in zip(found, kept, strict=True) if k], seconds, int((~kept).sum()))
+        for truth, found, kept, seconds in _detections(
+            truths, detector, overview_max_side, um_per_px_fallback, progress, description, gate, margin
+        )
+    ]
+    return _report(detector, images)
 
-    report = DetectorReport(str(getattr(detector, "version", type(detector).__name__)))
-    all_dets: list[tuple[list[list[float]], list[float]]] = []
-    all_truth: list[list[tuple[float, float, float, float]]] = []
-    all_ignore: list[list[tuple[float, float, float, float]]] = []
-    for entry in tqdm(truths, desc=description, disable=not progress, unit="img"):
-        t0 = time.perf_counter()
-        with open_image(entry.path, um_per_px_fallback=entry.um_per_px or um_per_px_fallback) as plate:
-            found, _ = detect_specimens(detector, plate, overview_max_side)  # type: ignore[arg-type]
-            truth = to_displayed_frame(entry, plate.stored_size, plate.orientation)
-            gate_rejected = 0
-            if gate is not None and found:
-                kept = gate_keeps(gate, plate, [b for b, _ in found], margin)
-                gate_rejected = len(found) - int(kept.sum())
-                found = [f for f, k in zip(found, kept, strict=True) if k]
-        seconds = time.perf_counter() - t0
-        boxes = [tuple(float(v) for v in b) for b, _ in found]
-        scores = [float(s) for _, s in found]
-        if not truth.has_boxes:
-            assert truth.expected_count is not None
-            report.images.append(
-                ImageResult(
-                    truth.file_name,
-                    truth.expected_count,
-                    len(boxes),
-                    min(len(boxes), truth.expected_count),
-                    seconds,
-                    false_positives=max(0, len(boxes) - truth.expected_count),
-                    expected_count=truth.expected_count,
-                    boxes=boxes,  # type: ignore[arg-type]
-                    scores=scores,
-                    truth=truth,
-                    gate_rejected=gate_rejected,
-                )
-            )
-            continue
-        m = match_with_ignore(boxes, scores, truth.specimens, truth.ignore, truth.debris, 0.5)
-        matched = {t for _, t, _ in m.matches}
-        report.images.append(
-            ImageResult(
-                truth.file_name,
-                m.n_truth,
-                m.n_counted,
-                m.true_positives,
-                seconds,
-                false_positives=m.false_positives,
-                debris_false_positives=m.debris_false_positives,
-                ignored=m.ignored,
-                boxes=boxes,  # type: ignore[arg-type]
-                scores=scores,
-                status=m.status,
-                truth=truth,
-                found=[i in matched for i in range(m.n_truth)],
-                gate_rejected=gate_rejected,
+
+def evaluate_with_and_without_gate(
+    truths: Sequence[TruthImage],
+    detector: object,
+    gate: object,
+    overview_max_side: int = 4096,
+    *,
+    um_per_px_fallback: float | None = None,
+    progress: bool = True,
+    description: str = "detect",
+    margin: float = 0.4,
+) -> tuple[DetectorReport, DetectorReport]:
+    """``(detector alone, detector behind gate)``: :func:`evaluate_images` both ways from one
+    detection pass per image (the seconds, gate included, are those of the pass)."""
+    alone: list[ImageResult] = []
+    gated: list[ImageResult] = []
+    for truth, found, kept, seconds in _detections(
+        truths, detector, overview_max_side, um_per_px_fallback, progress, description, gate, margin
+    ):
+        alone.append(_scored_image(truth, found, seconds, 0))
+        gated.append(
+            _scored_image(
+                truth, [f for f, k in zip(found, kept, strict=True) if k], seconds, int((~kept).sum())
             )
         )
-        all_dets.append(([list(b) for b in boxes], scores))
-        all_truth.append(truth.specimens)
-        all_ignore.append(truth.ignore)
-    if all_truth:
-        report.ap50, report.ap50_95 = coco_ap(all_dets, all_truth, all_ignore)
-    return report
+    return _report(detector, alone), _report(detector, gated)
 
 
 def evaluate_detector(
