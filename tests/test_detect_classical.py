@@ -374,6 +374,26 @@ def test_noise_is_measured_on_the_bright_side_so_crowding_does_not_inflate_it() 
     assert half_normal_noise(np.array([0.1, 0.2])) == 0.0
 
 
+def test_noise_is_measured_around_the_papers_own_level_when_the_background_is_off() -> None:
+    from labpipe.detect.significance import local_noise
+
+    # paper 4 % brighter than a background estimate pulled dark by specimens in its blocks,
+    # texture noise 0.01, and a third of the pixels dark specimens
+    rng = np.random.default_rng(3)
+    v = rng.normal(-0.04, 0.01, (96, 96)).astype(np.float32)
+    v[:, :32] = rng.uniform(0.2, 0.8, (96, 32))
+    everywhere = np.ones(v.shape, bool)
+    around_zero = local_noise(v, everywhere, 32)
+    around_paper = local_noise(v, everywhere, 32, paper_cut=0.1)
+    assert float(np.median(around_zero)) > 0.05  # the offset counted as noise: 5 x too high
+    assert float(np.median(around_paper)) == pytest.approx(0.01, rel=0.25)
+    # an unbiased background gives the same figure either way
+    u = rng.normal(0.0, 0.01, (96, 96)).astype(np.float32)
+    assert float(np.median(local_noise(u, everywhere, 32, paper_cut=0.1))) == pytest.approx(
+        float(np.median(local_noise(u, everywhere, 32))), rel=0.1
+    )
+
+
 def test_objects_grow_from_seeds_and_only_small_holes_are_filled() -> None:
     from labpipe.detect.significance import grow_from_seeds
 
@@ -710,9 +730,10 @@ def test_synthetic_plate_separated_specimens_are_found() -> None:
     apart = match_detections(boxes, separated, scores)
     false_positives = len(dets) - every.true_positives
     assert apart.recall >= 0.95
-    # classical-2: 40 of 40 found with 3 false positives, all pieces of procedural legs drawn
-    # detached from their body by a thin joint (classical-1: 0.95)
-    assert apart.true_positives / (apart.true_positives + false_positives) >= 0.9
+    # classical-2: 40 of 40 found with 5 false positives, all pieces of legs drawn detached from
+    # their body by a thin joint (3 before the noise was measured around the paper's own level,
+    # which found 6 more springtails of 26 on the table's mixed plate; classical-1: 0.95)
+    assert apart.true_positives / (apart.true_positives + false_positives) >= 0.88
     # touching pairs: at least one member of most pairs is found on its own box
     touching = [i for i, o in enumerate(specimens) if o.touching]
     found = sum(i in every.matched_truth for i in touching)

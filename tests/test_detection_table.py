@@ -38,9 +38,10 @@ def test_table_prints_every_set_and_writes_overlays(quick_table: tuple[dict, Pat
 
 def test_light_trap_frames_keep_their_recall_and_precision(quick_table: tuple[dict, Path, str]) -> None:
     """Two hand-boxed light-trap frames (30 sure specimens). classical-2 measured: recall 0.93,
-    precision 0.74 since faint legs are followed along their line (0.83 / 0.64 before; 6 of its
-    false positives are on debris: grommets, a scale card); classical-1: recall 0.67, precision
-    0.59."""
+    precision 0.72 (0.74 before the noise was measured around the paper's own level, which raised
+    precision on all four frames from 0.694 to 0.714); 0.83 / 0.64 before faint legs were followed
+    along their line. 6 of its false positives are on debris: grommets, a scale card. classical-1:
+    recall 0.67, precision 0.59."""
     frames = quick_table[0]["light-trap frames (boxes)"]
     assert frames["truth"] == 30
     assert frames["recall"] >= 0.9
@@ -48,20 +49,22 @@ def test_light_trap_frames_keep_their_recall_and_precision(quick_table: tuple[di
 
 
 def test_wells_keep_their_counts(quick_table: tuple[dict, Path, str]) -> None:
-    """10 single, 5 empty, 5 fragment wells at 8 um/px. Measured with classical-2: 0.6, 1.0 and
-    0.6 right (0.4, 0.8, 0.6 before the ring-by-ring well background, the wing and blurred-spot
-    rules of issue 11; classical-1: 0.6, 1.0, 0.8 on these 20; on all 330 wells see the README).
-    A weak spot: loose wings and legs lying apart get boxes of their own."""
+    """10 single, 5 empty, 5 fragment wells at 8 um/px. Measured with classical-2: 0.8, 1.0 and
+    0.6 right (single 0.6 before the noise was measured around the paper's own level; 0.4, 0.8,
+    0.6 before the ring-by-ring well background, the wing and blurred-spot rules of issue 11;
+    classical-1: 0.6, 1.0, 0.8 on these 20; on all 330 wells see the README). A weak spot: loose
+    wings and legs lying apart get boxes of their own."""
     sets = quick_table[0]
-    assert sets["wells: single (1 specimen)"]["right_count_share"] >= 0.6
+    assert sets["wells: single (1 specimen)"]["right_count_share"] >= 0.7
     assert sets["wells: empty (0)"]["right_count_share"] >= 1.0
     assert sets["wells: fragments (0 whole)"]["right_count_share"] >= 0.6
 
 
 def test_synthetic_plate_springtails_are_found(quick_table: tuple[dict, Path, str]) -> None:
     """A 3000 x 3000 plate of real carabid and springtail cut-outs and procedural beetles.
-    Measured: recall 0.875, precision 1.0, springtails 7 of 9 (classical-1 found few springtails)."""
+    Measured: recall 0.917, precision 1.0, springtails 8 of 9 since the noise is measured around
+    the paper's own level (0.875 and 7 of 9 before; classical-1 found few springtails)."""
     plate = quick_table[0]["synthetic: small mixed plate with springtails"]
-    assert plate["recall"] >= 0.85 and plate["precision"] >= 0.9
+    assert plate["recall"] >= 0.9 and plate["precision"] >= 0.9
     springtails = plate["recall_by_taxon"]["springtail"]
-    assert springtails["found"] >= 6, springtails
+    assert springtails["found"] >= 7, springtails

@@ -25,7 +25,9 @@ Pipeline (each step a pure function in :mod:`labpipe.detect.dish`, :mod:`~labpip
    flat-field division (:func:`~labpipe.detect.segment.foreground_strength`); seeds where the
    strength median-filtered over half the smallest specimen exceeds ``k_seed`` times a *local*
    noise map (and a floor for colour noise); objects grown from them to ``edge_fraction`` of each
-   seed's own peak (its visible edge, not its shadow); small holes (reflections) filled.
+   seed's own peak (its visible edge, not its shadow); small holes (reflections) filled. The noise
+   is measured around each block's own paper level, not around the background estimate, which
+   sits a few percent darker where specimens cover part of a block.
 6. Bodies (:func:`~labpipe.detect.segment.find_bodies`): an opening relative to each blob's own
    thickness keeps bodies and drops legs, antennae and fibres; parts of clearly different colours
    stay apart. Touching bodies are split by distance transform + watershed, guarded against
@@ -418,6 +420,7 @@ class ClassicalDetector:
         self.edge_evidence_factor = 3.0
         self.paper_tolerance = 0.1
         self.crowding_ratio = 0.85
+        self.noise_paper_cut: float | None = 0.1  # noise measured around the paper's level (local_noise)
         self.refine = True
         self.appendage_reach = 0.6  # beyond the work box, in box lengths
         self.k_appendage = 3.0
@@ -480,6 +483,7 @@ class ClassicalDetector:
                     "edge_evidence_factor",
                     "paper_tolerance",
                     "crowding_ratio",
+                    "noise_paper_cut",
                     "refine",
                     "appendage_reach",
                     "k_appendage",
@@ -680,7 +684,9 @@ class ClassicalDetector:
         signed = 1.0 - _channel_mean(work) / np.maximum(bg_lum, np.float32(1e-6))
         noise_block = max(8, round(self.noise_block_fraction * min_w))
         fine = ndi.gaussian_filter(strength, 1.0)
-        sigma_fine = local_noise(ndi.gaussian_filter(signed, 1.0), search, noise_block)
+        sigma_fine = local_noise(
+            ndi.gaussian_filter(signed, 1.0), search, noise_block, paper_cut=self.noise_paper_cut
+        )
         # The seed map is made where a 3 x 3 median spans half the smallest specimen (a median
         # filter's cost grows with its window's area; seeds are only located coarsely).
         q = max(1, round(self.median_fraction * min_w / 3))
@@ -691,6 +697,7 @@ class ClassicalDetector:
                 object_strength(downsample_mean(signed, q), median_size),
                 resize_mask(search, (-(-wh // q), -(-ww // q))),
                 max(8, noise_block // q),
+                paper_cut=self.noise_paper_cut,
             ),
             q,
             (wh, ww),
