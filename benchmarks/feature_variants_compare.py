@@ -22,7 +22,9 @@ Feature variants (``d224``: pooled 1280-d head features at 224 px; ``s``: pooled
 (bank holds the flip and quarter-turn views too), ``tta`` (features averaged over identity and
 horizontal flip, query and bank alike; ``tta3``: and a quarter turn), ``multi`` (head and
 stages, each block L2-normalised then concatenated with equal weight), ``multi+tta``, ``r320``
-(one view at 320 px).
+(one view at 320 px; ``r384``, ``r448`` likewise, from ``--views 1 --resolution N`` extractions),
+``tta3@320`` (three orientations at 320 px, averaged: ``--resolution-views 3``) and ``tta3+r320``
+(the three 224 px views and the 320 px one, averaged).
 
 Rules: ``knn`` (k = 1, Sun et al. 2022), ``trust`` (nearest distance to the predicted family over
 the nearest distance to any other family, Jiang et al. 2018, inverted so larger = more doubtful),
@@ -179,8 +181,14 @@ def build(kind: str, d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         blocks = [l2n(h[:, :1])] + [l2n(s[:, :1, a:b]) for a, b in ((0, 112), (112, 304), (304, 624))]
         m = np.concatenate(blocks, -1)
         return m[:, 0], m
-    if kind == "r320":
+    if kind[0] == "r" and kind[1:].isdigit():  # one view at a higher resolution (r320, r384, ...)
         return d["r"][:, 0], d["r"]
+    if kind.startswith("tta3@"):  # three orientations at a higher resolution, averaged
+        m = d["r"][:, :3].mean(1)
+        return m, m[:, None]
+    if kind == "tta3+r320":  # three orientations at 224 px and the identity at 320 px, averaged
+        m = np.concatenate([h[:, :3], d["r"][:, :1]], 1).mean(1)
+        return m, m[:, None]
     raise ValueError(kind)
 
 
@@ -259,7 +267,9 @@ def main() -> None:
     torch.set_num_threads(2)
     results = []
     for kind in args.kinds:
-        tag = "v1-r320" if kind == "r320" else "v3-r0"
+        tag = f"v1-{kind}" if kind[0] == "r" and kind[1:].isdigit() else "v3-r0"
+        tag = "v3-r320" if kind == "tta3+r320" else tag
+        tag = f"v3-r{kind[5:]}x3" if kind.startswith("tta3@") else tag
         parts = [load(args.variants, f, tag) for f in FAMILIES]
         y = np.concatenate([np.full(len(p["paths"]), i) for i, p in enumerate(parts)])
         built = [build(kind, p) for p in parts]

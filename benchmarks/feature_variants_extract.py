@@ -9,7 +9,8 @@ production) is passed through the frozen EfficientNet-Lite0 in these views:
 - identity, horizontal flip and a quarter turn at 224 px (3 of the 8 dihedral transforms: insects
   lie in any orientation, so averaging over them is test-time augmentation that changes nothing the
   family depends on);
-- the identity at 320 px (higher input resolution);
+- the identity at 320 px (higher input resolution), or with ``--resolution-views 3`` the same
+  three orientations at that resolution;
 - for the training families only, the 4 random augmentations the training command uses
   (``labpipe.classify.augment``, seed 0), so the baseline can be reproduced exactly.
 
@@ -56,6 +57,9 @@ def main() -> None:
     parser.add_argument(
         "--resolution", type=int, default=0, help="Side of one extra identity view (0: none)."
     )
+    parser.add_argument(
+        "--resolution-views", type=int, default=1, help="Dihedral views (1-3) at --resolution."
+    )
     parser.add_argument("--stride", type=int, default=1, help="Every n-th image of each folder only.")
     parser.add_argument("--augmented", action="store_true", help="Also the 4 training augmentations.")
     args = parser.parse_args()
@@ -100,8 +104,8 @@ def main() -> None:
             "d224s": np.empty((n, len(dihedral_views), 624), np.float32),
         }
         if args.resolution:
-            arrays["r"] = np.empty((n, 1, 1280), np.float32)
-            arrays["rs"] = np.empty((n, 1, 624), np.float32)
+            arrays["r"] = np.empty((n, args.resolution_views, 1280), np.float32)
+            arrays["rs"] = np.empty((n, args.resolution_views, 624), np.float32)
         if family and args.augmented:
             arrays["a224"] = np.empty((n, 4, 1280), np.float32)
             arrays["a224s"] = np.empty((n, 4, 624), np.float32)
@@ -111,7 +115,7 @@ def main() -> None:
             h, s = forward(views, 224)
             arrays["d224"][i], arrays["d224s"][i] = h, s
             if args.resolution:
-                h, s = forward(views[:1], args.resolution)
+                h, s = forward(views[: args.resolution_views], args.resolution)
                 arrays["r"][i], arrays["rs"][i] = h, s
             if family and args.augmented:
                 aug = [view_image(square, v, FeatureCache.key(path, v, recipe), recipe) for v in range(1, 5)]
@@ -120,6 +124,7 @@ def main() -> None:
         arrays["paths"] = np.array([str(p) for p in paths])
         args.out.mkdir(parents=True, exist_ok=True)
         tag = f"{name.replace(' ', '_')}-v{len(dihedral_views)}-r{args.resolution}"
+        tag += f"x{args.resolution_views}" if args.resolution and args.resolution_views > 1 else ""
         tag += ("-a" if args.augmented else "") + (f"-s{args.stride}" if args.stride > 1 else "")
         np.savez(args.out / f"{tag}.npz", **arrays)
 

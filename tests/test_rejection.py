@@ -277,3 +277,11 @@ def test_the_gate_rejects_debris_and_empty_wells_in_front_of_the_builtin_classif
     codes = [reason_code(r.reason) for r in clf.classify(held_out)]
     assert codes[:6].count(REJECT_NOT_A_SPECIMEN) >= 5, codes
     assert REJECT_NOT_A_SPECIMEN not in codes[6:], codes
+    # a family model trained at 320 px (the default) behind this 224 px gate: the gate computes its
+    # own features instead of reading the model's, and judges every crop exactly as it does alone
+    trained = load_classifier(str(_train(tiny, "knn")), threads=1, gate=str(tmp_path / "gate"))
+    assert trained.inner.input_size == 320 and trained.gate.input_size == 224
+    assert clf.gate.shares_features_with(clf.inner) and not trained.gate.shares_features_with(trained.inner)
+    alone = trained.gate.rejects(trained.gate.features(held_out, threads=1))
+    behind = [reason_code(r.reason) == REJECT_NOT_A_SPECIMEN for r in trained.classify(held_out)]
+    assert behind == alone.tolist()

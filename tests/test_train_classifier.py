@@ -255,7 +255,7 @@ def test_training_writes_a_self_describing_model_directory(trained: dict) -> Non
     config = json.loads((out / "config.json").read_text())
     assert config["format"] == "labpipe-classifier-v1" and config["architecture"] == "efficientnet_lite0"
     assert config["labels"] == ["Carabidae", "Formicidae"]
-    assert config["input_size"] == 224 and config["mean"] == [0.5] * 3 and config["pad_rule"] == "border_mean"
+    assert config["input_size"] == 320 and config["mean"] == [0.5] * 3 and config["pad_rule"] == "border_mean"
     assert config["weights"]["contains"] == "head" and len(config["weights"]["backbone"]["sha256"]) == 64
     assert config["split"]["counts"] == {f: {"train": 9, "val": 1, "test": 2} for f in config["labels"]}
     assert config["temperature"] > 0 and 0 <= config["threshold"] <= 1 and config["threshold_target"] == 0.95
@@ -589,11 +589,12 @@ def test_a_tta_model_judges_the_mean_of_three_orientations_and_old_models_the_cr
     def by_hand(clf: TrainedFamilyClassifier, views: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         squares = [beetle if v == 0 else dihedral(beetle, -v) for v in views]
         with torch.inference_mode():
-            f = clf.net.backbone.forward_features(to_model_input(squares, 224)).double()
+            f = clf.net.backbone.forward_features(to_model_input(squares, clf.input_size)).double()
             return clf.net.head(f.mean(0, keepdim=True).float()).double().numpy(), f[0].numpy()
 
     new = load_classifier(str(tmp_path / "tta"), threads=1)
     assert isinstance(new, TrainedFamilyClassifier) and new.tta_views == (0, -4, -1)
+    assert new.input_size == result.config["input_size"] == 320  # the backbone sees what training saw
     logits, _, pooled = new.scores_and_features([beetle])
     expected, own = by_hand(new, (0, -4, -1))
     assert logits == pytest.approx(expected, abs=1e-4)

@@ -76,6 +76,16 @@ class SpecimenGate:
     path: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     _backbone: Any = None
+    input_size: int = 224
+    """Side of the square the backbone saw when the gate learnt (``gate.json``)."""
+
+    def shares_features_with(self, classifier: Any) -> bool:
+        """True when ``classifier`` computes the very features this gate learnt from: the same frozen
+        backbone at the same input size (a classifier trained at 320 px does not feed a 224 px gate)."""
+        return (
+            getattr(classifier, "backbone_sha256", None) == self.backbone_sha256
+            and getattr(classifier, "input_size", None) == self.input_size
+        )
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """``(n,)`` logit of "not a specimen" (larger: less like a whole arthropod)."""
@@ -97,7 +107,7 @@ class SpecimenGate:
 
     def features(self, crops: Sequence[np.ndarray], *, batch_size: int = 16, threads: int = 0) -> np.ndarray:
         """Pooled ImageNet backbone features of square crops (non-square crops are padded)."""
-        from labpipe.classify.efficientnet_lite import INPUT_SIZE, MEAN, STD, load_efficientnet_lite0
+        from labpipe.classify.efficientnet_lite import MEAN, STD, load_efficientnet_lite0
         from labpipe.classify.imagenet_family import _torch_threads, to_model_input
         from labpipe.crops import pad_to_square
 
@@ -112,7 +122,7 @@ class SpecimenGate:
         out = np.empty((len(squares), 1280), dtype=np.float32)
         with _torch_threads(threads), torch.inference_mode():
             for start in range(0, len(squares), batch_size):
-                x = to_model_input(squares[start : start + batch_size], INPUT_SIZE, MEAN, STD)
+                x = to_model_input(squares[start : start + batch_size], self.input_size, MEAN, STD)
                 f = self._backbone.forward_features(x.contiguous(memory_format=torch.channels_last))
                 out[start : start + len(x)] = f.numpy()
         return out
@@ -273,6 +283,7 @@ def load_gate(directory: Path | str) -> SpecimenGate:
         backbone_sha256=expected,
         path=str(directory.resolve()),
         info={"keep": config.get("keep"), "out_of_fold": config.get("out_of_fold")},
+        input_size=int(config.get("input_size", 224)),
     )
 
 
@@ -283,8 +294,8 @@ class GatedClassifier:
     passed through), except that a crop the gate rejects comes back rejected with the reason
     ``not_a_specimen`` (its best family still named, for review), and :attr:`ood_rule` records the
     gate beside the inner classifier's own out-of-distribution rule. When the inner classifier
-    runs the same frozen backbone (``classify_with_features`` and an equal ``backbone_sha256``),
-    its features are reused instead of computed twice.
+    runs the same frozen backbone at the same input size (``classify_with_features``,
+    :meth:`SpecimenGate.shares_features_with`), its features are reused instead of computed twice.
     """
 
     def __init__(self, inner: Any, gate: SpecimenGate) -> None:
@@ -310,7 +321,7 @@ class GatedClassifier:
         if len(crops) == 0:
             return []
         shared = getattr(self.inner, "classify_with_features", None)
-        if shared is not None and getattr(self.inner, "backbone_sha256", None) == self.gate.backbone_sha256:
+        if shared is not None and self.gate.shares_features_with(self.inner):
             results, features = shared(crops)
         else:
             results = self.inner.classify(crops)

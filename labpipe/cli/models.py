@@ -93,6 +93,14 @@ def train() -> None:
 @click.option("--finetune-epochs", type=int, default=5, show_default=True)
 @click.option("--views", type=int, default=4, show_default=True, help="Augmented views per training image.")
 @click.option(
+    "--input-size",
+    type=click.IntRange(64, 1024),
+    default=320,
+    show_default=True,
+    help="Side in pixels of the square the backbone sees (224: ImageNet's, half the compute per "
+    "crop; 320 separates unseen families better and is better calibrated).",
+)
+@click.option(
     "--tta",
     is_flag=True,
     help="Judge every crop on the mean features of itself, its mirror image and a quarter turn "
@@ -177,6 +185,7 @@ def train_classifier_command(
     epochs: int,
     finetune_epochs: int,
     views: int,
+    input_size: int,
     tta: bool,
     hidden: int,
     dropout: float,
@@ -225,6 +234,7 @@ def train_classifier_command(
             epochs=epochs,
             lr=lr,
             views=views,
+            input_size=input_size,
             tta=tta,
             augment=AugmentSpec(),
             balance=balance,

@@ -385,7 +385,7 @@ def folder_scores(
     distances = np.zeros(len(paths), dtype=np.float64)
     gated = np.zeros(len(paths), dtype=bool)
     step = max(1, classifier.batch_size)
-    shared = gate is not None and classifier.backbone_sha256 == gate.backbone_sha256
+    shared = gate is not None and gate.shares_features_with(classifier)
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), step):
             chunk = paths[start : start + step]
