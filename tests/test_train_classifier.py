@@ -301,7 +301,13 @@ def test_a_specimen_unlike_every_trained_family_is_rejected_as_out_of_distributi
     config = json.loads((out / "config.json").read_text())
     assert config["ood"]["threshold"] > 0 and (out / config["ood"]["file"]).is_file()
     assert config["ood"]["rule"] == "knn" and config["ood"]["k"] == 10  # two families: no family to leave out
-    assert config["ood"]["keep"] == 0.95 and config["ood"]["fitted_on"] == 20 * 2  # train + val, 2 views
+    assert config["ood"]["fitted_on"] == 20 * 2  # train + val, 2 views
+    # the keep: the strictest candidate whose threshold keeps 95 % of the correct calls out of fold
+    chosen = config["ood"]["keep_selection"]
+    kept = {float(k): v for k, v in chosen["correct_kept"].items()}
+    keep = config["ood"]["keep"]
+    assert keep in kept and all(v < 0.95 for k, v in kept.items() if k < keep)
+    assert kept[keep] >= 0.95 if chosen["reached"] else keep == max(kept)
     clf = load_classifier(str(out), threads=1)
     wells = [load_square(p) for p in sorted((shared_data / "bioscan-wells" / "single").iterdir())[:10]]
     beetles = [load_square(p) for p in sorted((shared_data / "carabidae-crops").iterdir())[-10:]]
@@ -617,3 +623,13 @@ def test_a_model_whose_tta_block_names_no_orientation_is_refused(trained: dict, 
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"tta\.views"):
         load_classifier(str(copy), threads=1)
+
+
+@pytest.mark.parametrize(("given", "said"), [("1.5", "not a share in [0, 1]"), ("most", "neither 'auto'")])
+def test_a_keep_that_is_no_share_is_refused_before_training(given: str, said: str, tmp_path: Path) -> None:
+    (tmp_path / "A").mkdir()
+    result = CliRunner().invoke(
+        cli, ["train", "classifier", str(tmp_path), "--out", str(tmp_path / "m"), "--ood-keep", given]
+    )
+    assert result.exit_code == 2 and "--ood-keep" in result.output and said in result.output
+    assert not (tmp_path / "m").exists()

@@ -26,7 +26,7 @@ cross-fitting stand in for them:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,7 @@ __all__ = [
     "leave_one_family_out",
     "out_of_fold_scores",
     "stratified_folds",
+    "strictest_keep",
 ]
 
 KNN_KS = (1, 5, 10, 20, 50)
@@ -260,6 +261,30 @@ def leave_one_family_out(
     if head_fitter is not None:
         result["outcomes"] = outcomes
     return result
+
+
+def strictest_keep(correct_kept: Mapping[float, float], target: float) -> tuple[float, bool]:
+    """The smallest share of in-distribution crops to keep (the strictest threshold, which rejects
+    most of an unknown family) whose threshold still keeps at least ``target`` of the correctly
+    classified crops, all measured out of fold on the training families; ``(keep, True)``. When no
+    candidate reaches ``target``, the loosest one and ``False``.
+
+    The threshold keeps a share of *all* crops; the correctly classified ones lie nearer their
+    family than the errors, so more of them are kept than that share.
+
+    Examples
+    --------
+    >>> strictest_keep({0.85: 0.93, 0.9: 0.96, 0.95: 0.98}, 0.95)
+    (0.9, True)
+    >>> strictest_keep({0.9: 0.91, 0.95: 0.94}, 0.95)
+    (0.95, False)
+    """
+    if not correct_kept:
+        raise ValueError("no candidate keep to choose from")
+    for keep in sorted(correct_kept):
+        if correct_kept[keep] >= target:
+            return float(keep), True
+    return float(max(correct_kept)), False
 
 
 def choose_knn_k(

@@ -26,6 +26,17 @@ def _fail(exc: LabpipeError | str) -> None:
     sys.exit(2)
 
 
+def _share(text: str, option: str) -> float:
+    """A share in [0, 1] given on the command line, or a usage error naming ``option``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither 'auto' nor a number", param_hint=option) from None
+    if not 0.0 <= value <= 1.0:
+        raise click.BadParameter(f"{value} is not a share in [0, 1]", param_hint=option)
+    return value
+
+
 def _dispose(factory: Any) -> None:
     bind = factory.kw.get("bind")
     if bind is not None:
@@ -127,10 +138,11 @@ def train() -> None:
 )
 @click.option(
     "--ood-keep",
-    type=float,
-    default=0.95,
+    default="auto",
     show_default=True,
-    help="Share of in-distribution crops (cross-fitted) the out-of-distribution rule keeps (0: no rule).",
+    help="Share of in-distribution crops (cross-fitted) the out-of-distribution rule keeps (0: no "
+    "rule); 'auto': the strictest of 0.85-0.95 that still keeps 95 %% of the correctly classified "
+    "crops out of fold.",
 )
 @click.option(
     "--ood-rule",
@@ -192,7 +204,7 @@ def train_classifier_command(
     lr: float,
     balance: str,
     target: float,
-    ood_keep: float,
+    ood_keep: str,
     ood_rule: str,
     knn_k: int,
     outliers: tuple[Path, ...],
@@ -240,7 +252,7 @@ def train_classifier_command(
             balance=balance,
             seed=seed,
             target=target,
-            ood_keep=ood_keep,
+            ood_keep=None if ood_keep == "auto" else _share(ood_keep, "--ood-keep"),
             ood_rule=ood_rule,
             knn_k=knn_k,
             outliers=tuple(str(p) for p in outliers),
@@ -548,6 +560,10 @@ def _format_ood_lines(ood: dict[str, Any] | None, fit: dict[str, Any] | None) ->
             f"threshold {ood['threshold']:.4g}, "
             f"keeps {ood['keep']} of out-of-fold in-distribution crops"
         )
+        chosen = ood.get("keep_selection") or {}
+        if "correct_kept" in chosen:
+            kept = chosen["correct_kept"].get(str(ood["keep"]))
+            line += f" (chosen: the strictest keeping {kept} of the correct calls out of fold)"
         lofo = ood.get("leave_one_family_out")
         if lofo:
             line += f"; left-out family rejected {lofo['mean_rejected']} on average ({lofo['rejected']})"
