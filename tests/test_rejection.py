@@ -81,6 +81,13 @@ def test_out_of_fold_knn_scores_are_not_the_in_sample_zeros() -> None:
     assert np.allclose(fitted.score(x), 0.0, atol=1e-3)  # every training crop is its own nearest neighbour
     oof = out_of_fold_scores("knn", x, y, 2, k=1)
     assert (oof > 0).all()  # a threshold from these keeps what it says on new crops
+    # leave-one-out: each crop is scored exactly as the rule fitted on all the others scores it
+    views = np.stack([x, x + rng.normal(0, 0.05, x.shape)], axis=1)  # two views per crop
+    loo = out_of_fold_scores("knn", views, y, 2, k=3)
+    for i in (0, 7, len(y) - 1):
+        others = np.delete(np.arange(len(y)), i)
+        alone = fit_rule("knn", views[others], y[others], 2, k=3).score(views[i : i + 1, 0])
+        assert loo[i] == pytest.approx(alone[0], rel=2e-3)  # the stored bank is float32
 
 
 def test_leave_one_family_out_rejects_a_far_family_and_chooses_k_without_ood_data() -> None:
