@@ -163,6 +163,17 @@ def load(variants: Path, name: str, tag: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def file_tag(kind: str) -> str:
+    """The extraction (``feature_variants_extract.py`` file tag) that holds a variant's arrays."""
+    if kind[0] == "r" and kind[1:].isdigit():  # --views 1 --resolution N
+        return f"v1-{kind}"
+    if kind.startswith("tta3@"):  # --views 3 --resolution N --resolution-views 3
+        return f"v3-r{kind[5:]}x3"
+    if kind == "tta3+r320":  # --views 3 --resolution 320
+        return "v3-r320"
+    return "v3-r0"
+
+
 def build(kind: str, d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(query (n, dim), bank (n, v, dim)) of one feature variant from one folder's arrays."""
     h, s = d["d224"], d["d224s"]
@@ -267,10 +278,7 @@ def main() -> None:
     torch.set_num_threads(2)
     results = []
     for kind in args.kinds:
-        tag = f"v1-{kind}" if kind[0] == "r" and kind[1:].isdigit() else "v3-r0"
-        tag = "v3-r320" if kind == "tta3+r320" else tag
-        tag = f"v3-r{kind[5:]}x3" if kind.startswith("tta3@") else tag
-        parts = [load(args.variants, f, tag) for f in FAMILIES]
+        parts = [load(args.variants, f, file_tag(kind)) for f in FAMILIES]
         y = np.concatenate([np.full(len(p["paths"]), i) for i, p in enumerate(parts)])
         built = [build(kind, p) for p in parts]
         q = np.concatenate([b[0] for b in built])
@@ -289,7 +297,7 @@ def main() -> None:
                 te = split == "test"
                 queries = {"test": q[te]}
                 for o in args.ood_folders:
-                    qo, _ = build(kind, load(args.variants, o, args.ood_tag or tag))
+                    qo, _ = build(kind, load(args.variants, o, args.ood_tag or file_tag(kind)))
                     queries[o] = qo
                 rej = {
                     n: float(

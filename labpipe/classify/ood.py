@@ -34,6 +34,7 @@ __all__ = [
     "OOD_FILE",
     "FeatureGaussians",
     "fit_feature_gaussians",
+    "kth_nearest_distance",
     "ledoit_wolf_covariance",
     "load_feature_gaussians",
     "mahalanobis_distance",
@@ -228,10 +229,20 @@ def knn_distance(features: npt.ArrayLike, bank: npt.ArrayLike, k: int) -> np.nda
     k = max(1, min(int(k), len(b)))
     out = np.empty(len(x))
     for start in range(0, len(x), 512):  # bounded memory: 512 x m similarities at a time
-        sim = x[start : start + 512] @ b.T
-        kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1]
-        out[start : start + 512] = np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, None))
+        out[start : start + 512] = kth_nearest_distance(x[start : start + 512] @ b.T, k)
     return out
+
+
+def kth_nearest_distance(similarity: np.ndarray, k: int) -> np.ndarray:
+    """``(n,)`` Euclidean distance to the ``k``-th most similar column of each row of ``similarity``
+    (cosine similarities of unit vectors: ``|a - b| = sqrt(2 - 2 a.b)``); columns set to ``-inf``
+    are never neighbours.
+
+    >>> kth_nearest_distance(np.array([[1.0, 0.0, -np.inf]]), 2).round(4).tolist()
+    [1.4142]
+    """
+    kth = -np.partition(-np.asarray(similarity, dtype=np.float64), k - 1, axis=1)[:, k - 1]
+    return np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, None))
 
 
 def energy_score(logits: npt.ArrayLike, temperature: float = 1.0) -> np.ndarray:

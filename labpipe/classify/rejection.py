@@ -41,6 +41,7 @@ from labpipe.classify.ood import (
     fit_feature_gaussians,
     fit_outlier_logistic,
     knn_distance,
+    kth_nearest_distance,
     l2_normalise,
     mahalanobis_distance,
     select_distance_threshold,
@@ -237,9 +238,8 @@ def leave_one_out_knn(x: np.ndarray, k: int) -> np.ndarray:
     for start in range(0, n, 512):  # bounded memory: 512 x (n * v) similarities at a time
         rows = np.arange(start, min(n, start + 512))
         sim = query[rows] @ bank.T
-        sim[rows[:, None] == owner[None, :]] = -np.inf
-        kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1]
-        out[rows] = np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, None))
+        sim[rows[:, None] == owner[None, :]] = -np.inf  # an image is not its own neighbour
+        out[rows] = kth_nearest_distance(sim, k)
     return out
 
 

@@ -68,7 +68,7 @@ from labpipe.classify.dataset import (
     split_counts,
     stratified_split,
 )
-from labpipe.classify.efficientnet_lite import INPUT_SIZE, MEAN, STD, load_efficientnet_lite0
+from labpipe.classify.efficientnet_lite import MEAN, STD, load_efficientnet_lite0
 from labpipe.classify.features import TTA_VIEWS, FeatureCache, FeatureRecipe, extract_features, tta_mean
 from labpipe.classify.imagenet_family import _torch_threads, to_model_input
 from labpipe.classify.ood import OOD_FILE, RULES, energy_score, select_distance_threshold
@@ -447,15 +447,16 @@ def _logits(head: FamilyHead, features: np.ndarray) -> np.ndarray:
 
 
 def _net_logits(
-    net: FamilyNet, paths: list[Path], batch_size: int, progress: bool, desc: str, size: int = INPUT_SIZE
+    net: FamilyNet, paths: list[Path], batch_size: int, progress: bool, desc: str, size: int
 ) -> np.ndarray:
     return _net_features_and_logits(net, paths, batch_size, progress, desc, size)[1]
 
 
 def _net_features_and_logits(
-    net: FamilyNet, paths: list[Path], batch_size: int, progress: bool, desc: str, size: int = INPUT_SIZE
+    net: FamilyNet, paths: list[Path], batch_size: int, progress: bool, desc: str, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled backbone features ``(N, D)`` and logits ``(N, K)`` of unaugmented crops, in one pass."""
+    """Pooled backbone features ``(N, D)`` and logits ``(N, K)`` of unaugmented crops seen at
+    ``size`` px, in one pass."""
     net.eval()
     feats, logits = [], []
     with torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
@@ -795,6 +796,8 @@ def train_classifier(
                 assert pool_q is not None
                 pool_x = pool_q[:, None, :]
 
+            scores_by_k: dict[int | None, np.ndarray] = {}
+
             def rule_at(keep: float) -> tuple[dict[str, Any], dict[str, Any] | None, np.ndarray]:
                 """The rule's settings and out-of-fold scores when it is to keep ``keep``."""
                 kwargs: dict[str, Any] = {}
@@ -825,16 +828,19 @@ def train_classifier(
                             data_dir, "the energy rule needs cross-fitted logits", "use more images"
                         )
                     return kwargs, k_choice, energy_score(oof_logits)
-                scores = out_of_fold_scores(
-                    rule,
-                    pool_x,
-                    pool_y,
-                    n_classes,
-                    n_folds=options.crossfit_folds,
-                    seed=options.seed,
-                    **kwargs,
-                )
-                return kwargs, k_choice, scores
+                # only k depends on the keep: other settings score alike for every candidate keep
+                key = kwargs.get("k")
+                if key not in scores_by_k:
+                    scores_by_k[key] = out_of_fold_scores(
+                        rule,
+                        pool_x,
+                        pool_y,
+                        n_classes,
+                        n_folds=options.crossfit_folds,
+                        seed=options.seed,
+                        **kwargs,
+                    )
+                return kwargs, k_choice, scores_by_k[key]
 
             keep_choice: dict[str, Any] | None = None
             if options.ood_keep is not None:
