@@ -3,6 +3,7 @@ and a rendered synthetic plate."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from labpipe.detect.classical import (
 from labpipe.detect.dish import find_circle, find_dish, fit_circle, resize_mask
 from labpipe.detect.segment import (
     assign_to_bodies,
+    colour_distinct_parts,
     fill_small_holes,
     find_bodies,
     foreground_strength,
@@ -431,6 +433,41 @@ def test_legs_of_a_large_beetle_are_not_bodies() -> None:
     bodies = find_bodies(blob, min_length=20, min_radius=2)
     assert bodies.max() == 1
     assert bodies[80, 100] and not bodies[25, 56]
+
+
+def test_a_pale_springtail_against_a_beetle_is_a_body_and_a_thick_leg_is_not() -> None:
+    shape = (160, 220)
+    beetle = _ellipse(shape, 80, 100, 55, 35)
+    springtail = _ellipse(shape, 80, 170, 18, 5)  # 10 px wide, thinner than the beetle's opening
+    leg = _line(shape, 30, 60, 5, 30, 9)  # as thick as the springtail, in the beetle's cuticle
+    blob = beetle | springtail | leg | _line(shape, 60, 70, 30, 60, 4)
+    colour = np.ones((*shape, 3)) * np.array([0.85, 0.82, 0.75])  # paper
+    colour[beetle | leg] = (0.12, 0.10, 0.08)
+    colour[springtail & ~beetle] = (0.55, 0.62, 0.70)  # bluish grey
+    # the leg's edges blend with the paper, as a thin dark part does at any resolution
+    edges = leg & ~ndi.binary_erosion(leg, iterations=2)
+    colour[edges] = (0.5, 0.48, 0.42)
+    bodies = find_bodies(blob, min_length=20, min_radius=3, colour=colour)
+    assert bodies.max() == 1 and bodies[80, 100] and not bodies[80, 175]  # lost into the beetle
+    extra = colour_distinct_parts(blob, bodies, colour, min_radius=3, min_length=14, colour_distance=0.45)
+    assert extra.max() == 1
+    assert extra[80, 175] and not extra[15, 45]
+    # the same springtail in the beetle's own colour is a thick leg stump, not an animal
+    alike = colour.copy()
+    alike[springtail & ~beetle] = (0.12, 0.10, 0.08)
+    assert (
+        colour_distinct_parts(blob, bodies, alike, min_radius=3, min_length=14, colour_distance=0.45).max()
+        == 0
+    )
+
+
+def test_a_small_animal_of_its_own_colour_never_joins_a_body_as_a_wing() -> None:
+    body = _cand(1, (100, 100, 40, 20), 0.6)
+    springtail = dataclasses.replace(_cand(2, (138, 104, 16, 8), 0.25), distinct=True)
+    out = join_faint_parts([body, springtail], {(1, 2)}, faint_ratio=0.6)
+    assert sorted(c.box for c in out) == [(100, 100, 40, 20), (138, 104, 16, 8)]
+    wing = _cand(3, (138, 104, 16, 8), 0.25)  # the same part, not set apart by its colour
+    assert len(join_faint_parts([body, wing], {(1, 3)}, faint_ratio=0.6)) == 1
 
 
 def test_a_head_cut_off_by_the_opening_rejoins_its_body_when_in_line() -> None:

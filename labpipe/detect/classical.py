@@ -30,9 +30,12 @@ Pipeline (each step a pure function in :mod:`labpipe.detect.dish`, :mod:`~labpip
    sits a few percent darker where specimens cover part of a block.
 6. Bodies (:func:`~labpipe.detect.segment.find_bodies`): an opening relative to each blob's own
    thickness keeps bodies and drops legs, antennae and fibres; parts of clearly different colours
-   stay apart. Touching bodies are split by distance transform + watershed, guarded against
-   cutting one specimen in pieces (:func:`~labpipe.detect.segment.split_touching`); legs and
-   antennae go back to the body they grow from (:func:`~labpipe.detect.segment.assign_to_bodies`).
+   stay apart, and a small animal that the opening took for a larger one's leg is given back when
+   its cuticle's colour is unlike that body's (:func:`~labpipe.detect.segment.colour_distinct_parts`;
+   it never joins that body as a wing). Touching bodies are split by distance transform +
+   watershed, guarded against cutting one specimen in pieces
+   (:func:`~labpipe.detect.segment.split_touching`); legs and antennae go back to the body they
+   grow from (:func:`~labpipe.detect.segment.assign_to_bodies`).
 7. Score (:func:`detection_score`): the weakest of a size-aware contrast (more asked of a body at
    the searched region's border), a peak contrast (more asked of a grey body on a light floor:
    :func:`grey_peak`), thickness, solidity, elongation and focus (:func:`focus_ratio`: a blurred
@@ -78,6 +81,7 @@ from labpipe.detect.dish import Dish, find_dish, resize_mask
 from labpipe.detect.extent import appendage_mask, enlarge, grow_thin_appendages, refine_box
 from labpipe.detect.segment import (
     assign_to_bodies,
+    colour_distinct_parts,
     fill_small_holes,
     find_bodies,
     foreground_strength,
@@ -278,6 +282,9 @@ class Candidate:
     """Mean colour of the body (work image, 0-1; inverted in a pale-animal pass)."""
     sharpness: float = 0.0
     """Steepest edges over the peak strength, per work pixel (:func:`edge_sharpness`)."""
+    distinct: bool = False
+    """True when the body is a small animal of its own colour found against a larger one
+    (:func:`~labpipe.detect.segment.colour_distinct_parts`); it never joins that one as a wing."""
     tint: float = 0.0
     """How coloured the body is against its background: the spread of its mean per-channel ratio
     to the background (:func:`body_tint`); 0 for a grey, neutral darkening."""
@@ -431,6 +438,7 @@ class ClassicalDetector:
         self.grey_peak_extra = 0.4  # more peak asked of a grey body on a light floor
         self.tint_reference = 0.1  # body_tint from which a body counts as coloured
         self.faint_ratio = 0.6  # a touching part this much fainter is a wing
+        self.distinct_colour = 0.45  # a small part this unlike the body it touches is another animal
         self.min_sharpness = 0.12  # in focus: edges at most about 8 work pixels wide ...
         self.min_focus = 8.0  # ... or the body at least this many edge widths across
         self.version: str = self._version()
@@ -492,6 +500,7 @@ class ClassicalDetector:
                     "k_line",
                     "line_fraction",
                     "faint_ratio",
+                    "distinct_colour",
                     "grey_peak_extra",
                     "tint_reference",
                     "min_sharpness",
@@ -803,119 +812,154 @@ class ClassicalDetector:
             )
             if parts.max() == 0:
                 continue
-            bodies = np.zeros(comp.shape, dtype=np.int32)
-            split_of: dict[int, bool] = {}
-            nb = 0
-            for j, psl in enumerate(ndi.find_objects(parts), start=1):
-                if psl is None:
-                    continue
-                part = parts[psl] == j
-                if self.split_touching and _solidity(part) < self.split_solidity:
-                    sub = split_touching(
-                        part,
-                        min_distance=max(2, round(0.25 * min_w)),
-                        neck_ratio=self.neck_ratio,
-                        thin_ratio=self.thin_ratio,
-                        min_solidity=self.split_solidity,
-                        min_region_area=round((min_w / 2) ** 2),
-                    )
-                else:
-                    sub = part.astype(np.int32)
-                k = int(sub.max())
-                view = bodies[psl]
-                view[sub > 0] = sub[sub > 0] + nb
-                for q in range(nb + 1, nb + k + 1):
-                    split_of[q] = k > 1
-                nb += k
-            owners = assign_to_bodies(comp, bodies)
-            s_fine, s_coarse = maps.fine[sl], maps.coarse[sl]
-            slope = np.hypot(*np.gradient(s_fine))
-            seeds, seed_threshold = maps.seeds[sl], maps.seed_threshold[sl]
-            inner = ndi.binary_erosion(maps.search[sl], iterations=2, border_value=1)
-            body_slices = ndi.find_objects(bodies, max_label=nb)
-            owner_slices = ndi.find_objects(owners, max_label=nb)
-            for q, (bsl, osl) in enumerate(zip(body_slices, owner_slices, strict=True), start=1):
-                if bsl is None or osl is None:
-                    continue
-                bmask = bodies[bsl] == q
-                blen = max(bsl[0].stop - bsl[0].start, bsl[1].stop - bsl[1].start)
-                olen = max(osl[0].stop - osl[0].start, osl[1].stop - osl[1].start)
-                if olen < min_w or blen > longest:
-                    continue
-                by, bx = np.nonzero(bmask)
-                bd = ndi.distance_transform_edt(np.pad(bmask, 1))
-                thickness = 2.0 * float(bd.max()) / min_w
-                if by.size >= 3:
-                    ev = np.sort(np.linalg.eigvalsh(np.cov(np.stack([by, bx]).astype(np.float64))))
-                    elongation = float(np.sqrt(max(ev[1], 1e-9) / max(ev[0], 1e-9)))
-                else:
-                    elongation = 1.0
-                solidity = _solidity(bmask)
-                seeded = bmask & seeds[bsl]
-                if seeded.any():
-                    contrast = float(np.median(s_coarse[bsl][seeded] / seed_threshold[bsl][seeded]))
-                    seed_area = float(seeded.sum())
-                else:
-                    contrast, seed_area = 0.0, 0.0
-                strength_body = s_fine[bsl][bmask]
-                pct = np.percentile(strength_body, [50.0, 75.0, 90.0])
-                peak = float(pct[2])
-                evid = evidence(contrast, seed_area, unit_area)
-                edge = bool((bmask & ~inner[bsl]).any())
-                # where the body touches the searched region's border (the dish rim, the frame),
-                # the background is extrapolated from partly covered blocks: ask for more
-                judged = evid / self.edge_evidence_factor if edge else evid
-                body_colour = tuple(float(v) for v in colour[bsl][bmask].mean(axis=0))
-                tint = 0.0
-                if maps.background is not None:
-                    tint = body_tint(body_colour, maps.background[sl][bsl][bmask].mean(axis=0))
-                sharpness = edge_sharpness(slope[osl], owners[osl] == q, peak)
-                score = detection_score(
-                    judged,
-                    peak,
-                    thickness,
-                    solidity,
-                    elongation,
-                    focus=focus_ratio(
-                        sharpness,
-                        float(np.sqrt(by.size)),
-                        min_sharpness=self.min_sharpness,
-                        min_focus=self.min_focus,
-                    ),
-                    min_evidence=self.min_evidence,
-                    min_peak=grey_peak(
-                        self.min_peak, tint, extra=maps.grey_peak_extra, tint_reference=self.tint_reference
-                    ),
-                    min_thickness=self.thickness_floor,
-                    min_solidity=self.min_solidity,
-                    max_elongation=self.max_elongation,
+            n_found = int(parts.max())
+            if self.distinct_colour > 0:
+                extra = colour_distinct_parts(
+                    comp,
+                    parts,
+                    colour,
+                    min_radius=radius,
+                    min_length=self.body_length_fraction * min_w,
+                    colour_distance=self.distinct_colour,
                 )
-                y0, x0 = sl[0].start, sl[1].start
-                region = owners[osl] == q
-                view = body_labels[y0 + osl[0].start : y0 + osl[0].stop, x0 + osl[1].start : x0 + osl[1].stop]
-                view[region] = len(out) + 1
-                out.append(
-                    Candidate(
-                        box=_slice_box(osl, y0, x0, factor, shape),
-                        body_box=_slice_box(bsl, y0, x0, factor, shape),
-                        body_area=float(by.size * factor * factor),
-                        length_ratio=float(blen / min_w),
-                        solidity=solidity,
-                        contrast=contrast,
-                        score=score,
-                        split=split_of.get(q, False),
-                        thickness=thickness,
-                        elongation=elongation,
-                        edge=edge,
-                        strength_percentiles=(float(pct[0]), float(pct[1]), float(pct[2])),
-                        evidence=evid,
-                        peak=peak,
-                        number=len(out) + 1,
-                        colour=body_colour,
-                        tint=tint,
-                        sharpness=sharpness,
+                parts = np.where(extra > 0, extra + n_found, parts).astype(np.int32)
+            # A part set apart by its colour that then scores too low to be kept is no animal: it
+            # is given back to the body it touches (its pixels there are that body's leg).
+            for _attempt in range(2):
+                bodies = np.zeros(comp.shape, dtype=np.int32)
+                distinct_of: dict[int, bool] = {}
+                source_of: dict[int, int] = {}
+                pending: list[tuple[tuple[slice, slice], np.ndarray, int, Candidate]] = []
+                split_of: dict[int, bool] = {}
+                nb = 0
+                for j, psl in enumerate(ndi.find_objects(parts), start=1):
+                    if psl is None:
+                        continue
+                    part = parts[psl] == j
+                    if self.split_touching and _solidity(part) < self.split_solidity:
+                        sub = split_touching(
+                            part,
+                            min_distance=max(2, round(0.25 * min_w)),
+                            neck_ratio=self.neck_ratio,
+                            thin_ratio=self.thin_ratio,
+                            min_solidity=self.split_solidity,
+                            min_region_area=round((min_w / 2) ** 2),
+                        )
+                    else:
+                        sub = part.astype(np.int32)
+                    k = int(sub.max())
+                    view = bodies[psl]
+                    view[sub > 0] = sub[sub > 0] + nb
+                    for q in range(nb + 1, nb + k + 1):
+                        split_of[q] = k > 1
+                        distinct_of[q] = j > n_found
+                        source_of[q] = j
+                    nb += k
+                owners = assign_to_bodies(comp, bodies)
+                s_fine, s_coarse = maps.fine[sl], maps.coarse[sl]
+                slope = np.hypot(*np.gradient(s_fine))
+                seeds, seed_threshold = maps.seeds[sl], maps.seed_threshold[sl]
+                inner = ndi.binary_erosion(maps.search[sl], iterations=2, border_value=1)
+                body_slices = ndi.find_objects(bodies, max_label=nb)
+                owner_slices = ndi.find_objects(owners, max_label=nb)
+                for q, (bsl, osl) in enumerate(zip(body_slices, owner_slices, strict=True), start=1):
+                    if bsl is None or osl is None:
+                        continue
+                    bmask = bodies[bsl] == q
+                    blen = max(bsl[0].stop - bsl[0].start, bsl[1].stop - bsl[1].start)
+                    olen = max(osl[0].stop - osl[0].start, osl[1].stop - osl[1].start)
+                    if olen < min_w or blen > longest:
+                        continue
+                    by, bx = np.nonzero(bmask)
+                    bd = ndi.distance_transform_edt(np.pad(bmask, 1))
+                    thickness = 2.0 * float(bd.max()) / min_w
+                    if by.size >= 3:
+                        ev = np.sort(np.linalg.eigvalsh(np.cov(np.stack([by, bx]).astype(np.float64))))
+                        elongation = float(np.sqrt(max(ev[1], 1e-9) / max(ev[0], 1e-9)))
+                    else:
+                        elongation = 1.0
+                    solidity = _solidity(bmask)
+                    seeded = bmask & seeds[bsl]
+                    if seeded.any():
+                        contrast = float(np.median(s_coarse[bsl][seeded] / seed_threshold[bsl][seeded]))
+                        seed_area = float(seeded.sum())
+                    else:
+                        contrast, seed_area = 0.0, 0.0
+                    strength_body = s_fine[bsl][bmask]
+                    pct = np.percentile(strength_body, [50.0, 75.0, 90.0])
+                    peak = float(pct[2])
+                    evid = evidence(contrast, seed_area, unit_area)
+                    edge = bool((bmask & ~inner[bsl]).any())
+                    # where the body touches the searched region's border (the dish rim, the frame),
+                    # the background is extrapolated from partly covered blocks: ask for more
+                    judged = evid / self.edge_evidence_factor if edge else evid
+                    body_colour = tuple(float(v) for v in colour[bsl][bmask].mean(axis=0))
+                    tint = 0.0
+                    if maps.background is not None:
+                        tint = body_tint(body_colour, maps.background[sl][bsl][bmask].mean(axis=0))
+                    sharpness = edge_sharpness(slope[osl], owners[osl] == q, peak)
+                    score = detection_score(
+                        judged,
+                        peak,
+                        thickness,
+                        solidity,
+                        elongation,
+                        focus=focus_ratio(
+                            sharpness,
+                            float(np.sqrt(by.size)),
+                            min_sharpness=self.min_sharpness,
+                            min_focus=self.min_focus,
+                        ),
+                        min_evidence=self.min_evidence,
+                        min_peak=grey_peak(
+                            self.min_peak,
+                            tint,
+                            extra=maps.grey_peak_extra,
+                            tint_reference=self.tint_reference,
+                        ),
+                        min_thickness=self.thickness_floor,
+                        min_solidity=self.min_solidity,
+                        max_elongation=self.max_elongation,
                     )
-                )
+                    y0, x0 = sl[0].start, sl[1].start
+                    pending.append(
+                        (
+                            (
+                                slice(y0 + osl[0].start, y0 + osl[0].stop),
+                                slice(x0 + osl[1].start, x0 + osl[1].stop),
+                            ),
+                            owners[osl] == q,
+                            source_of[q],
+                            Candidate(
+                                box=_slice_box(osl, y0, x0, factor, shape),
+                                body_box=_slice_box(bsl, y0, x0, factor, shape),
+                                body_area=float(by.size * factor * factor),
+                                length_ratio=float(blen / min_w),
+                                solidity=solidity,
+                                contrast=contrast,
+                                score=score,
+                                split=split_of.get(q, False),
+                                distinct=distinct_of.get(q, False),
+                                thickness=thickness,
+                                elongation=elongation,
+                                edge=edge,
+                                strength_percentiles=(float(pct[0]), float(pct[1]), float(pct[2])),
+                                evidence=evid,
+                                peak=peak,
+                                number=0,
+                                colour=body_colour,
+                                tint=tint,
+                                sharpness=sharpness,
+                            ),
+                        )
+                    )
+                weak = {src for _, _, src, c in pending if c.distinct and c.score < self.score_threshold}
+                if not weak or _attempt == 1:
+                    break
+                parts = np.where(np.isin(parts, sorted(weak)), 0, parts).astype(np.int32)
+            for where, region, _, cand in pending:
+                body_labels[where][region] = len(out) + 1
+                out.append(dataclasses.replace(cand, number=len(out) + 1))
         return out
 
     def _background(self, work: np.ndarray, search: np.ndarray, block: int, min_w: float) -> np.ndarray:
@@ -1239,7 +1283,7 @@ def join_faint_parts(
         hosts = [
             host_of[n]
             for n in neighbours.get(c.number, ())
-            if n in host_of and c.peak <= faint_ratio * out[host_of[n]].peak
+            if n in host_of and c.peak <= faint_ratio * out[host_of[n]].peak and not c.distinct
         ]
         if not hosts:
             host_of[c.number] = len(out)

@@ -10,7 +10,9 @@ Pure functions on arrays:
 * :func:`open_mask` -- exact Euclidean opening by a disc, through the distance transform [4]_:
   what survives is the specimens' *bodies*; legs, antennae and fibres thinner than the disc do not.
 * :func:`find_bodies` -- an opening relative to each blob's own thickness, so legs and antennae
-  of specimens of any size are not taken for bodies.
+  of specimens of any size are not taken for bodies; :func:`colour_distinct_parts` -- what that
+  opening removed, thick enough for a body and unlike every body in colour, is a small animal
+  touching a large one (a springtail against a beetle).
 * :func:`split_touching` -- distance transform + markers + watershed [5]_ [6]_, with guards
   against cutting one specimen in pieces: merging regions joined by a wide neck [7]_ or lying in
   line along one body's axis.
@@ -43,6 +45,7 @@ from skimage.segmentation import expand_labels, watershed
 
 __all__ = [
     "assign_to_bodies",
+    "colour_distinct_parts",
     "fill_small_holes",
     "find_bodies",
     "foreground_strength",
@@ -247,7 +250,8 @@ def find_bodies(
     shorter than ``min_length`` are dropped (debris, leg joints).
 
     A small specimen touching a much larger one and thinner than that radius is lost into the
-    larger one's appendages: the price of never taking a severed thick leg for a specimen. Parts
+    larger one's appendages: the price of never taking a severed thick leg for a specimen.
+    :func:`colour_distinct_parts` gives it back when its colour sets it apart. Parts
     the opening cut apart at a narrow waist (a head, a pronotum) are re-united when they lie in line
     along the larger part's axis; small parts right next to a larger body but not in line with it
     are the thick bases of its legs and are no bodies.
@@ -311,6 +315,86 @@ def find_bodies(
         means = _mean_colours(out, n, colour) if colour is not None else None
         out = _tidy_bodies(out, comp, r1, stump_fraction, means, colour_distance)
     return out
+
+
+def colour_distinct_parts(
+    component: np.ndarray,
+    bodies: np.ndarray,
+    colour: np.ndarray,
+    *,
+    min_radius: float,
+    min_length: float,
+    colour_distance: float,
+) -> np.ndarray:
+    """Small animals touching a large one: parts of ``component`` outside its ``bodies`` that are
+    thick and long enough to be a body and whose colour is unlike every body they touch.
+
+    :func:`find_bodies` opens a blob by a disc relative to its own thickness, so a springtail
+    lying against a beetle is opened away with the beetle's legs. What the opening removed
+    (``component`` outside ``bodies``) is opened again at the smallest specimen's scale
+    (``min_radius``): legs and antennae thinner than that vanish, and each part left that is at
+    least ``min_length`` long is a body of its own when its mean colour differs from that of each
+    body it touches by more than ``colour_distance`` (Euclidean, the image's units). A limb has
+    its body's cuticle; another animal has its own.
+
+    Returns
+    -------
+    (H, W) int32 labels of the new bodies (1..m; 0 elsewhere).
+
+    Examples
+    --------
+    A pale disc against a dark ellipse is a body of its own; the same disc in the ellipse's
+    colour is not (a thick leg).
+
+    >>> yy, xx = np.mgrid[:60, :100]
+    >>> big = (yy - 30) ** 2 / 25**2 + (xx - 40) ** 2 / 35**2 < 1
+    >>> small = (yy - 30) ** 2 + (xx - 82) ** 2 < 8**2
+    >>> comp = big | small
+    >>> bodies = (big & ((yy - 30) ** 2 / 22**2 + (xx - 40) ** 2 / 32**2 < 1)).astype(np.int32)
+    >>> colour = np.where(small[..., None] & ~big[..., None], 0.8, 0.1) * np.ones(3)
+    >>> kw = dict(min_radius=3, min_length=8, colour_distance=0.45)
+    >>> int(colour_distinct_parts(comp, bodies, colour, **kw).max())
+    1
+    >>> int(colour_distinct_parts(comp, bodies, np.full(colour.shape, 0.1), **kw).max())
+    0
+    """
+    comp = np.asarray(component, dtype=bool)
+    body = np.asarray(bodies) > 0
+    out = np.zeros(comp.shape, dtype=np.int32)
+    if not body.any():
+        return out
+    rest = open_mask(comp & ~body, min_radius)
+    parts, k = ndi.label(rest)
+    if k == 0:
+        return out
+    n = int(np.asarray(bodies).max())
+    body_means = [_core_colour(np.asarray(bodies) == t, colour) for t in range(n + 1)]
+    m = 0
+    for j, sl in enumerate(ndi.find_objects(parts), start=1):
+        if sl is None:
+            continue
+        part = parts == j
+        if _extent(part) < min_length:
+            continue
+        touched = np.arange(1, n + 1)
+        mean = _core_colour(part, colour)
+        if all(float(np.linalg.norm(mean - body_means[t])) > colour_distance for t in touched):
+            m += 1
+            out[part] = m
+    return out
+
+
+def _core_colour(region: np.ndarray, colour: np.ndarray, share: float = 0.25) -> np.ndarray:
+    """Mean colour of the darkest ``share`` of ``region``'s pixels (by channel mean): a thin part's
+    own cuticle, not its edges blended with the paper."""
+    c = np.asarray(colour, dtype=np.float64)
+    if c.ndim == 2:
+        c = c[..., None]
+    px = c[np.asarray(region, dtype=bool)]
+    if px.size == 0:
+        return np.zeros(c.shape[-1])
+    lum = px.mean(axis=1)
+    return px[lum <= np.quantile(lum, share)].mean(axis=0)
 
 
 def _mean_colours(labels: np.ndarray, n: int, colour: np.ndarray) -> np.ndarray:
