@@ -29,6 +29,7 @@ from labpipe.detect.classical import (
     edge_sharpness,
     grey_peak,
     join_faint_parts,
+    mirror_for_pale,
     to_float_rgb,
     touching_regions,
 )
@@ -796,6 +797,24 @@ def test_pale_springtail_on_a_dark_dish_is_found_with_a_tight_box() -> None:
     assert result.polarity == "both"
     assert len(result.detections) == 1
     assert box_iou(result.detections[0].as_xywh(), _box_of(body)) > 0.85
+
+
+def test_a_dim_pale_animal_on_a_dark_bottom_counts_by_its_brightness_ratio() -> None:
+    """A springtail 1.8 times brighter than a dark bottom is as plain as a dark animal 1.8 times
+    darker than paper (0.45 of contrast); inverting the image made it 22 % and lost it."""
+    img = _dark_bottom()
+    body = _ellipse(img.shape[:2], 120, 120, 30, 10, angle=0.5)
+    _paint(img, body, (86, 95, 92))
+    found = ClassicalDetector().detect(img, None)
+    assert len(found) == 1 and box_iou(found[0].as_xywh(), _box_of(body)) > 0.85
+    inverted = ClassicalDetector()
+    inverted.pale_contrast = "inverted"
+    assert inverted.detect(img, None) == []
+    bottom, animal = np.float32(0.2), np.float32(0.36)
+    dark_paper, dark_animal = mirror_for_pale(np.array([bottom, animal]), 0.16)
+    assert 1 - dark_animal / dark_paper == pytest.approx(1 - bottom / animal, rel=1e-5)
+    with pytest.raises(ValueError, match="level"):
+        mirror_for_pale(np.array([0.5]), 0.0)
 
 
 def test_pale_and_dark_animals_on_one_dark_bottom_are_both_found() -> None:

@@ -14,8 +14,10 @@ Pipeline (each step a pure function in :mod:`labpipe.detect.dish`, :mod:`~labpip
    a dark surround, else a well-supported large circle (a well wall), else the whole image minus a
    thin border (logged at debug level). The rim and its inner shade are excluded.
 3. Polarity (:func:`~labpipe.detect.significance.choose_polarity`): on light paper only darkening
-   and colour count (anything brighter is glare); on a dark bottom a second pass on the inverted
-   image finds pale animals, and the two passes' boxes are merged (non-maximum suppression).
+   and colour count (anything brighter is glare); on a dark bottom a second pass finds pale
+   animals on the image mirrored by ratio (:func:`mirror_for_pale`: an animal k times brighter
+   than the bottom becomes k times darker than it), and the two passes' boxes are merged
+   (non-maximum suppression).
 4. Background (:meth:`ClassicalDetector._background`): block medians around a quadratic lighting
    trend (:func:`~labpipe.detect.background.estimate_background`); where specimens cover most of
    the paper, the paper measured between them. In a well (its wall found as a circle) the
@@ -185,6 +187,33 @@ def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return total.astype(np.float32) / np.float32(factor * factor)
 
 
+def mirror_for_pale(image: np.ndarray, level: float) -> np.ndarray:
+    """A pale animal on a dark bottom turned into a dark one on a light floor, contrast for contrast.
+
+    Light is multiplicative (illumination times reflectance), so flat-field division measures an
+    animal by its ratio to the background. An animal ``k`` times brighter than the bottom must come
+    out ``k`` times darker than it, as a dark animal on paper would: ``level / image`` (per
+    channel) does that, where ``1 - image`` does not (a springtail 2.2 times brighter than a bottom
+    at 0.2 became only 30 % darker than the inverted bottom, below the peak a dark animal needs).
+    ``level`` sets where the bottom lands (``b * (1 - b)`` puts a bottom at ``b`` where inversion
+    would, leaving room above it for its noise); values are clipped to [0, 1] (anything darker
+    than ``level`` is no pale animal).
+
+    Examples
+    --------
+    >>> bottom, springtail = np.float32(0.2), np.float32(0.44)
+    >>> m = mirror_for_pale(np.array([bottom, springtail]), 0.16)
+    >>> round(float(1 - m[1] / m[0]), 3)  # as dark as a dark animal with ratio 0.2 / 0.44
+    0.545
+    >>> round(float(1 - (1 - springtail) / (1 - bottom)), 3)  # what inversion gave
+    0.3
+    """
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"level must be in (0, 1]; given {level}")
+    x = np.asarray(image, dtype=np.float32)
+    return np.clip(np.float32(level) / np.maximum(x, np.float32(1e-3)), 0.0, 1.0).astype(np.float32)
+
+
 def _gate(ratio: float) -> float:
     """``r**2 / (1 + r**2)``: 0 at 0, 0.5 at 1, towards 1 above (a logistic in ``log r``)."""
     r2 = max(float(ratio), 0.0) ** 2
@@ -279,7 +308,7 @@ class Candidate:
     number: int = 0
     """1-based index among the candidates of one image (its label in the regions image)."""
     colour: tuple[float, ...] = ()
-    """Mean colour of the body (work image, 0-1; inverted in a pale-animal pass)."""
+    """Mean colour of the body (work image, 0-1; mirrored in a pale-animal pass)."""
     sharpness: float = 0.0
     """Steepest edges over the peak strength, per work pixel (:func:`edge_sharpness`)."""
     distinct: bool = False
@@ -438,6 +467,7 @@ class ClassicalDetector:
         self.grey_peak_extra = 0.4  # more peak asked of a grey body on a light floor
         self.tint_reference = 0.1  # body_tint from which a body counts as coloured
         self.faint_ratio = 0.6  # a touching part this much fainter is a wing
+        self.pale_contrast = "ratio"  # pale animals on a dark bottom: "ratio" (mirror_for_pale) or "inverted"
         self.distinct_colour = 0.45  # a small part this unlike the body it touches is another animal
         self.min_sharpness = 0.12  # in focus: edges at most about 8 work pixels wide ...
         self.min_focus = 8.0  # ... or the body at least this many edge widths across
@@ -501,6 +531,7 @@ class ClassicalDetector:
                     "line_fraction",
                     "faint_ratio",
                     "distinct_colour",
+                    "pale_contrast",
                     "grey_peak_extra",
                     "tint_reference",
                     "min_sharpness",
@@ -588,6 +619,12 @@ class ClassicalDetector:
         if dish.method == "hough-circle" and dish.center is not None and self.radial_background:
             center = ((dish.center[0] + 0.5) * small_f - 0.5, (dish.center[1] + 0.5) * small_f - 0.5)
         passes = {"dark": ["dark"], "light": ["light"], "both": ["dark", "light"]}[polarity]
+        pale_level = 0.0
+        if "light" in passes:
+            lum = _channel_mean(work)
+            inside = lum[search] if search.any() else lum.ravel()
+            bottom = float(np.median(inside[:: max(1, inside.size // 250_000)]))
+            pale_level = float(np.clip(bottom * (1.0 - bottom), 0.01, 0.25))
         results: list[_Pass] = []
         for direction in passes:
             area = search
@@ -609,6 +646,7 @@ class ClassicalDetector:
                     polarity,
                     longest,
                     center,
+                    pale_level,
                 )
             )
         t = time.perf_counter()
@@ -650,13 +688,14 @@ class ClassicalDetector:
         polarity: str = "dark",
         longest: float = float("inf"),
         center: tuple[float, float] | None = None,
+        pale_level: float = 0.25,
     ) -> _Pass:
         """One polarity: background, significance, objects, scores and extents. With ``center``
         (a well's), the background is the rings' profile (:func:`radial_profile`) times the usual
         estimate made on the image divided by it."""
         wh, ww = work.shape[:2]
         if direction == "light":
-            work = np.float32(1.0) - work  # pale animals on a dark bottom: the same rules, inverted
+            work = self._pale(work, pale_level)  # pale animals on a dark bottom: the same rules
         t = time.perf_counter()
         # Blocks of a quarter of the largest specimen, but at least 8 across the image's short side.
         block = max(4, min(round(max_w / 4), round(min(wh, ww) / 8)))
@@ -739,7 +778,7 @@ class ClassicalDetector:
         t = time.perf_counter()
         kept = [c for c in candidates if c.score >= self.score_threshold]
         if self.refine and kept:
-            kept = [self._refine(c, rgb, bg, regions, search, factor, direction) for c in kept]
+            kept = [self._refine(c, rgb, bg, regions, search, factor, direction, pale_level) for c in kept]
         if self.faint_ratio > 0 and len(kept) > 1:
             kept = join_faint_parts(kept, touching_regions(regions), faint_ratio=self.faint_ratio)
         kept = absorb_fragments(kept, colour_distance=self.colour_distance)
@@ -1010,6 +1049,13 @@ class ClassicalDetector:
             max_growth=self.appendage_reach,
         )
 
+    def _pale(self, image: np.ndarray, level: float) -> np.ndarray:
+        """The image of a light pass: pale animals turned dark (:func:`mirror_for_pale`, or the
+        plain inversion ``1 - image`` of classical-2 before it)."""
+        if self.pale_contrast == "inverted":
+            return np.float32(1.0) - image
+        return mirror_for_pale(image, level)
+
     def _refine(
         self,
         cand: Candidate,
@@ -1019,6 +1065,7 @@ class ClassicalDetector:
         search: np.ndarray,
         factor: int,
         polarity: str,
+        pale_level: float = 0.25,
     ) -> Candidate:
         """The candidate's box set again on the input array: its body's region plus the thin legs
         and antennae connected to it (:mod:`labpipe.detect.extent`)."""
@@ -1044,7 +1091,7 @@ class ClassicalDetector:
         shape = (fy1 - fy0, fx1 - fx0)
         sub = to_float_rgb(rgb[fy0:fy1, fx0:fx1])
         if polarity == "light":
-            sub = np.float32(1.0) - sub
+            sub = self._pale(sub, pale_level)
         bg_full = enlarge(bg[ry0:ry1, rx0:rx1], factor, shape)
         s_full = foreground_strength(sub, bg_full, chroma_weight=self.chroma_weight)
         body = enlarge(mine, factor, shape)
