@@ -258,8 +258,8 @@ def estimate_background(
         local = np.where(np.isnan(local), 1.0, local)
         with np.errstate(invalid="ignore", divide="ignore"):  # cells outside the dish are NaN
             ratio = detr / local
-        lum = ratio.mean(axis=-1)
-        chroma = np.sqrt(((ratio - lum[..., None]) ** 2).sum(axis=-1))
+            lum = ratio.mean(axis=-1)
+            chroma = np.sqrt(((ratio - lum[..., None]) ** 2).sum(axis=-1))
         # A specimen larger than the window is its own neighbourhood: far below the trend, too.
         trend_lum = detr.mean(axis=-1)
         with np.errstate(invalid="ignore"):
