@@ -30,6 +30,7 @@ from labpipe.detect.classical import (
     grey_peak,
     join_faint_parts,
     mirror_for_pale,
+    printed_marks,
     to_float_rgb,
     touching_regions,
 )
@@ -827,6 +828,40 @@ def test_pale_and_dark_animals_on_one_dark_bottom_are_both_found() -> None:
     assert len(boxes) == 2
     assert max(box_iou(b, _box_of(pale)) for b in boxes) > 0.8
     assert max(box_iou(b, _box_of(dark)) for b in boxes) > 0.8
+
+
+def test_a_chequered_scale_card_is_not_counted_but_the_beetles_beside_it_are() -> None:
+    """Printed squares are identical copies in rows; five beetles of one size in a row are not
+    (their bodies are not all the same: sizes differ by more than a tenth)."""
+    img = _paper(240, 400)
+    card = np.zeros(img.shape[:2], bool)
+    for k in range(8):  # two rows of a checkerboard: 14 px squares, 28 px pitch
+        x0, y0 = 40 + 28 * k, 40 + 14 * (k % 2)
+        card[y0 : y0 + 14, x0 : x0 + 14] = True
+    _paint(img, card, (70, 66, 72))
+    beetles = [_ellipse(img.shape[:2], 170, 60 + 70 * k, 12 + 3 * k, 9 + 2 * k) for k in range(5)]
+    for b in beetles:
+        _paint(img, b, (40, 30, 22))
+    found = _boxes(ClassicalDetector().detect(img, None))
+    assert len(found) == 5
+    for b in beetles:
+        assert max(box_iou(f, _box_of(b)) for f in found) > 0.7
+    counting_marks = ClassicalDetector()
+    counting_marks.printed_marks_min = 0
+    assert len(counting_marks.detect(img, None)) == 13
+
+
+def test_printed_marks_need_identical_copies_in_a_row() -> None:
+    square = dataclasses.replace(_cand(1, (100, 100, 26, 26), 0.6), solidity=0.98, colour=(0.33, 0.32, 0.36))
+    row = [dataclasses.replace(square, box=(100 + 42 * k, 100, 26, 26), number=k + 1) for k in range(4)]
+    assert printed_marks(row) == {0, 1, 2, 3}
+    assert printed_marks(row[:3]) == set()  # three are not enough
+    tinted = [dataclasses.replace(c, colour=(0.33 + 0.1 * k, 0.32, 0.36)) for k, c in enumerate(row)]
+    assert printed_marks(tinted) == set()  # marks of one card share one ink
+    ragged = [dataclasses.replace(c, solidity=0.8) for c in row]
+    assert printed_marks(ragged) == set()  # printed marks are convex
+    far = [dataclasses.replace(c, box=(100 + 420 * k, 100, 26, 26)) for k, c in enumerate(row)]
+    assert printed_marks(far) == set()  # scattered over the plate, not one card
 
 
 def test_glare_brighter_than_white_paper_is_not_an_animal() -> None:

@@ -468,6 +468,7 @@ class ClassicalDetector:
         self.tint_reference = 0.1  # body_tint from which a body counts as coloured
         self.faint_ratio = 0.6  # a touching part this much fainter is a wing
         self.pale_contrast = "ratio"  # pale animals on a dark bottom: "ratio" (mirror_for_pale) or "inverted"
+        self.printed_marks_min = 4  # this many identical marks in a row are printed, not animals (0: off)
         self.distinct_colour = 0.45  # a small part this unlike the body it touches is another animal
         self.min_sharpness = 0.12  # in focus: edges at most about 8 work pixels wide ...
         self.min_focus = 8.0  # ... or the body at least this many edge widths across
@@ -531,6 +532,7 @@ class ClassicalDetector:
                     "line_fraction",
                     "faint_ratio",
                     "distinct_colour",
+                    "printed_marks_min",
                     "pale_contrast",
                     "grey_peak_extra",
                     "tint_reference",
@@ -654,6 +656,11 @@ class ClassicalDetector:
         # the same animal found by both polarity passes is kept once, at its better score
         found = [c for r in results for c in r.kept]
         kept = [found[i] for i in nms([c.box for c in found], [c.score for c in found], 0.5)] if found else []
+        if self.printed_marks_min > 0 and len(kept) >= self.printed_marks_min:
+            marks = printed_marks(kept, min_count=self.printed_marks_min)
+            if marks:
+                log.debug("left out %d printed marks (a scale card, a ruler)", len(marks))
+                kept = [c for i, c in enumerate(kept) if i not in marks]
         detections = [Detection(*c.box, score=c.score) for c in kept]
         detections.sort(key=lambda d: -d.score)
         timings["merge"] = time.perf_counter() - t
@@ -1265,6 +1272,86 @@ def edge_sharpness(slope: np.ndarray, region: np.ndarray, peak: float) -> float:
     if not m.any() or peak <= 0:
         return 0.0
     return float(np.percentile(g[m], 90)) / float(peak)
+
+
+def printed_marks(
+    kept: list[Candidate],
+    *,
+    min_count: int = 4,
+    size_tolerance: float = 0.1,
+    colour_tolerance: float = 0.05,
+    min_solidity: float = 0.95,
+    reach: float = 8.0,
+) -> set[int]:
+    """Indices of ``kept`` that are printed marks: the squares of a scale card, a ruler's ticks.
+
+    Marks printed on a card are identical copies set in rows; no two animals of a sample are. A
+    group is made of candidates that are convex (solidity at least ``min_solidity``), of the same
+    box size and body area (within ``size_tolerance``) and colour (within ``colour_tolerance``),
+    each within ``reach`` box sizes of another member; it is printed when it has at least
+    ``min_count`` members lying in one row (their centres at most one box size from a common
+    line; a chequered card's two rows of squares count as one).
+
+    Examples
+    --------
+    >>> square = Candidate((100, 100, 26, 26), (100, 100, 26, 26), 590.0, 1.0, 0.98, 5.0, 0.8, False,
+    ...                    colour=(0.33, 0.32, 0.36))
+    >>> card = [dataclasses.replace(square, box=(100 + 42 * k, 100 + 20 * (k % 2), 26, 26)) for k in range(5)]
+    >>> sorted(printed_marks(card))
+    [0, 1, 2, 3, 4]
+    >>> beetles = [dataclasses.replace(c, body_area=590.0 * (1 + 0.3 * k)) for k, c in enumerate(card)]
+    >>> printed_marks(beetles)  # sizes differ: animals
+    set()
+    >>> scattered = [dataclasses.replace(c, box=(100 + 42 * k, 100 + 60 * k * k, 26, 26))
+    ...              for k, c in enumerate(card)]
+    >>> printed_marks(scattered)  # not in a row
+    set()
+    """
+    n = len(kept)
+    if n < min_count:
+        return set()
+    box = np.array([c.box for c in kept], dtype=np.float64).reshape(n, 4)
+    size = np.maximum(box[:, 2], box[:, 3])
+    centre = box[:, :2] + box[:, 2:] / 2.0
+    area = np.array([c.body_area for c in kept], dtype=np.float64)
+    solid = np.array([c.solidity >= min_solidity for c in kept])
+    colours = [np.asarray(c.colour, dtype=np.float64) for c in kept]
+
+    def alike(i: int, j: int) -> bool:
+        return (
+            bool(np.all(np.abs(box[i, 2:] - box[j, 2:]) <= size_tolerance * box[i, 2:]))
+            and abs(area[i] - area[j]) <= size_tolerance * area[i]
+            and colours[i].shape == colours[j].shape
+            and float(np.linalg.norm(colours[i] - colours[j])) <= colour_tolerance
+            and float(np.hypot(*(centre[i] - centre[j]))) <= reach * size[i]
+        )
+
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    idx = np.flatnonzero(solid)
+    for a_pos, i in enumerate(idx):
+        for j in idx[a_pos + 1 :]:
+            if find(int(i)) != find(int(j)) and alike(int(i), int(j)):
+                parent[find(int(j))] = find(int(i))
+    groups: dict[int, list[int]] = {}
+    for i in idx:
+        groups.setdefault(find(int(i)), []).append(int(i))
+    marks: set[int] = set()
+    for members in groups.values():
+        if len(members) < min_count:
+            continue
+        pts = centre[members]
+        d = pts - pts.mean(axis=0)
+        _, _, vt = np.linalg.svd(d, full_matrices=False)
+        across = np.abs(d @ vt[1])
+        if float(across.max()) <= float(np.median(size[members])):
+            marks.update(members)
+    return marks
 
 
 def touching_regions(regions: np.ndarray) -> set[tuple[int, int]]:
