@@ -73,6 +73,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 from skimage.morphology import convex_hull_image
 
 from labpipe.config import DetectorConfig
@@ -869,144 +871,170 @@ class ClassicalDetector:
                     colour_distance=self.distinct_colour,
                 )
                 parts = np.where(extra > 0, extra + n_found, parts).astype(np.int32)
+            s_fine = maps.fine[sl]
+            local = (
+                np.hypot(*np.gradient(s_fine)),
+                ndi.binary_erosion(maps.search[sl], iterations=2, border_value=1),
+            )
             # A part set apart by its colour that then scores too low to be kept is no animal: it
             # is given back to the body it touches (its pixels there are that body's leg).
-            for _attempt in range(2):
-                bodies = np.zeros(comp.shape, dtype=np.int32)
-                distinct_of: dict[int, bool] = {}
-                source_of: dict[int, int] = {}
-                pending: list[tuple[tuple[slice, slice], np.ndarray, int, Candidate]] = []
-                split_of: dict[int, bool] = {}
-                nb = 0
-                for j, psl in enumerate(ndi.find_objects(parts), start=1):
-                    if psl is None:
-                        continue
-                    part = parts[psl] == j
-                    if self.split_touching and _solidity(part) < self.split_solidity:
-                        sub = split_touching(
-                            part,
-                            min_distance=max(2, round(0.25 * min_w)),
-                            neck_ratio=self.neck_ratio,
-                            thin_ratio=self.thin_ratio,
-                            min_solidity=self.split_solidity,
-                            min_region_area=round((min_w / 2) ** 2),
-                        )
-                    else:
-                        sub = part.astype(np.int32)
-                    k = int(sub.max())
-                    view = bodies[psl]
-                    view[sub > 0] = sub[sub > 0] + nb
-                    for q in range(nb + 1, nb + k + 1):
-                        split_of[q] = k > 1
-                        distinct_of[q] = j > n_found
-                        source_of[q] = j
-                    nb += k
-                owners = assign_to_bodies(comp, bodies)
-                s_fine, s_coarse = maps.fine[sl], maps.coarse[sl]
-                slope = np.hypot(*np.gradient(s_fine))
-                seeds, seed_threshold = maps.seeds[sl], maps.seed_threshold[sl]
-                inner = ndi.binary_erosion(maps.search[sl], iterations=2, border_value=1)
-                body_slices = ndi.find_objects(bodies, max_label=nb)
-                owner_slices = ndi.find_objects(owners, max_label=nb)
-                for q, (bsl, osl) in enumerate(zip(body_slices, owner_slices, strict=True), start=1):
-                    if bsl is None or osl is None:
-                        continue
-                    bmask = bodies[bsl] == q
-                    blen = max(bsl[0].stop - bsl[0].start, bsl[1].stop - bsl[1].start)
-                    olen = max(osl[0].stop - osl[0].start, osl[1].stop - osl[1].start)
-                    if olen < min_w or blen > longest:
-                        continue
-                    by, bx = np.nonzero(bmask)
-                    bd = ndi.distance_transform_edt(np.pad(bmask, 1))
-                    thickness = 2.0 * float(bd.max()) / min_w
-                    if by.size >= 3:
-                        ev = np.sort(np.linalg.eigvalsh(np.cov(np.stack([by, bx]).astype(np.float64))))
-                        elongation = float(np.sqrt(max(ev[1], 1e-9) / max(ev[0], 1e-9)))
-                    else:
-                        elongation = 1.0
-                    solidity = _solidity(bmask)
-                    seeded = bmask & seeds[bsl]
-                    if seeded.any():
-                        contrast = float(np.median(s_coarse[bsl][seeded] / seed_threshold[bsl][seeded]))
-                        seed_area = float(seeded.sum())
-                    else:
-                        contrast, seed_area = 0.0, 0.0
-                    strength_body = s_fine[bsl][bmask]
-                    pct = np.percentile(strength_body, [50.0, 75.0, 90.0])
-                    peak = float(pct[2])
-                    evid = evidence(contrast, seed_area, unit_area)
-                    edge = bool((bmask & ~inner[bsl]).any())
-                    # where the body touches the searched region's border (the dish rim, the frame),
-                    # the background is extrapolated from partly covered blocks: ask for more
-                    judged = evid / self.edge_evidence_factor if edge else evid
-                    body_colour = tuple(float(v) for v in colour[bsl][bmask].mean(axis=0))
-                    tint = 0.0
-                    if maps.background is not None:
-                        tint = body_tint(body_colour, maps.background[sl][bsl][bmask].mean(axis=0))
-                    sharpness = edge_sharpness(slope[osl], owners[osl] == q, peak)
-                    score = detection_score(
-                        judged,
-                        peak,
-                        thickness,
-                        solidity,
-                        elongation,
-                        focus=focus_ratio(
-                            sharpness,
-                            float(np.sqrt(by.size)),
-                            min_sharpness=self.min_sharpness,
-                            min_focus=self.min_focus,
-                        ),
-                        min_evidence=self.min_evidence,
-                        min_peak=grey_peak(
-                            self.min_peak,
-                            tint,
-                            extra=maps.grey_peak_extra,
-                            tint_reference=self.tint_reference,
-                        ),
-                        min_thickness=self.thickness_floor,
-                        min_solidity=self.min_solidity,
-                        max_elongation=self.max_elongation,
-                    )
-                    y0, x0 = sl[0].start, sl[1].start
-                    pending.append(
-                        (
-                            (
-                                slice(y0 + osl[0].start, y0 + osl[0].stop),
-                                slice(x0 + osl[1].start, x0 + osl[1].stop),
-                            ),
-                            owners[osl] == q,
-                            source_of[q],
-                            Candidate(
-                                box=_slice_box(osl, y0, x0, factor, shape),
-                                body_box=_slice_box(bsl, y0, x0, factor, shape),
-                                body_area=float(by.size * factor * factor),
-                                length_ratio=float(blen / min_w),
-                                solidity=solidity,
-                                contrast=contrast,
-                                score=score,
-                                split=split_of.get(q, False),
-                                distinct=distinct_of.get(q, False),
-                                thickness=thickness,
-                                elongation=elongation,
-                                edge=edge,
-                                strength_percentiles=(float(pct[0]), float(pct[1]), float(pct[2])),
-                                evidence=evid,
-                                peak=peak,
-                                number=0,
-                                colour=body_colour,
-                                tint=tint,
-                                sharpness=sharpness,
-                            ),
-                        )
-                    )
-                weak = {src for _, _, src, c in pending if c.distinct and c.score < self.score_threshold}
-                if not weak or _attempt == 1:
-                    break
+            pending = self._score_parts(comp, parts, n_found, sl, local, maps, min_w, factor, shape, longest)
+            weak = {src for _, _, src, c in pending if c.distinct and c.score < self.score_threshold}
+            if weak:
                 parts = np.where(np.isin(parts, sorted(weak)), 0, parts).astype(np.int32)
+                pending = self._score_parts(
+                    comp, parts, n_found, sl, local, maps, min_w, factor, shape, longest
+                )
             for where, region, _, cand in pending:
                 body_labels[where][region] = len(out) + 1
                 out.append(dataclasses.replace(cand, number=len(out) + 1))
         return out
+
+    def _score_parts(
+        self,
+        comp: np.ndarray,
+        parts: np.ndarray,
+        n_found: int,
+        sl: tuple[slice, slice],
+        local: tuple[np.ndarray, np.ndarray],
+        maps: _Maps,
+        min_w: float,
+        factor: int,
+        shape: tuple[int, int],
+        longest: float,
+    ) -> list[tuple[tuple[slice, slice], np.ndarray, int, Candidate]]:
+        """The scored candidates of one component ``comp`` (at ``sl``) whose bodies are ``parts``
+        (labels above ``n_found`` are :func:`~labpipe.detect.segment.colour_distinct_parts`),
+        split where touching: per candidate, its region (image slices and mask), the part it came
+        from and the candidate (``number`` still 0). ``local``: the component's slope of the fine
+        strength and the searched region's interior."""
+        unit_area = min_w**2
+        colour = maps.work[sl]
+        bodies = np.zeros(comp.shape, dtype=np.int32)
+        source_of: dict[int, int] = {}
+        pending: list[tuple[tuple[slice, slice], np.ndarray, int, Candidate]] = []
+        split_of: dict[int, bool] = {}
+        nb = 0
+        for j, psl in enumerate(ndi.find_objects(parts), start=1):
+            if psl is None:
+                continue
+            part = parts[psl] == j
+            if self.split_touching and _solidity(part) < self.split_solidity:
+                sub = split_touching(
+                    part,
+                    min_distance=max(2, round(0.25 * min_w)),
+                    neck_ratio=self.neck_ratio,
+                    thin_ratio=self.thin_ratio,
+                    min_solidity=self.split_solidity,
+                    min_region_area=round((min_w / 2) ** 2),
+                )
+            else:
+                sub = part.astype(np.int32)
+            k = int(sub.max())
+            view = bodies[psl]
+            view[sub > 0] = sub[sub > 0] + nb
+            for q in range(nb + 1, nb + k + 1):
+                split_of[q] = k > 1
+                source_of[q] = j
+            nb += k
+        owners = assign_to_bodies(comp, bodies)
+        s_fine, s_coarse = maps.fine[sl], maps.coarse[sl]
+        slope, inner = local
+        seeds, seed_threshold = maps.seeds[sl], maps.seed_threshold[sl]
+        body_slices = ndi.find_objects(bodies, max_label=nb)
+        owner_slices = ndi.find_objects(owners, max_label=nb)
+        for q, (bsl, osl) in enumerate(zip(body_slices, owner_slices, strict=True), start=1):
+            if bsl is None or osl is None:
+                continue
+            bmask = bodies[bsl] == q
+            blen = max(bsl[0].stop - bsl[0].start, bsl[1].stop - bsl[1].start)
+            olen = max(osl[0].stop - osl[0].start, osl[1].stop - osl[1].start)
+            if olen < min_w or blen > longest:
+                continue
+            by, bx = np.nonzero(bmask)
+            bd = ndi.distance_transform_edt(np.pad(bmask, 1))
+            thickness = 2.0 * float(bd.max()) / min_w
+            if by.size >= 3:
+                ev = np.sort(np.linalg.eigvalsh(np.cov(np.stack([by, bx]).astype(np.float64))))
+                elongation = float(np.sqrt(max(ev[1], 1e-9) / max(ev[0], 1e-9)))
+            else:
+                elongation = 1.0
+            solidity = _solidity(bmask)
+            seeded = bmask & seeds[bsl]
+            if seeded.any():
+                contrast = float(np.median(s_coarse[bsl][seeded] / seed_threshold[bsl][seeded]))
+                seed_area = float(seeded.sum())
+            else:
+                contrast, seed_area = 0.0, 0.0
+            strength_body = s_fine[bsl][bmask]
+            pct = np.percentile(strength_body, [50.0, 75.0, 90.0])
+            peak = float(pct[2])
+            evid = evidence(contrast, seed_area, unit_area)
+            edge = bool((bmask & ~inner[bsl]).any())
+            # where the body touches the searched region's border (the dish rim, the frame),
+            # the background is extrapolated from partly covered blocks: ask for more
+            judged = evid / self.edge_evidence_factor if edge else evid
+            body_colour = tuple(float(v) for v in colour[bsl][bmask].mean(axis=0))
+            tint = 0.0
+            if maps.background is not None:
+                tint = body_tint(body_colour, maps.background[sl][bsl][bmask].mean(axis=0))
+            sharpness = edge_sharpness(slope[osl], owners[osl] == q, peak)
+            score = detection_score(
+                judged,
+                peak,
+                thickness,
+                solidity,
+                elongation,
+                focus=focus_ratio(
+                    sharpness,
+                    float(np.sqrt(by.size)),
+                    min_sharpness=self.min_sharpness,
+                    min_focus=self.min_focus,
+                ),
+                min_evidence=self.min_evidence,
+                min_peak=grey_peak(
+                    self.min_peak,
+                    tint,
+                    extra=maps.grey_peak_extra,
+                    tint_reference=self.tint_reference,
+                ),
+                min_thickness=self.thickness_floor,
+                min_solidity=self.min_solidity,
+                max_elongation=self.max_elongation,
+            )
+            y0, x0 = sl[0].start, sl[1].start
+            pending.append(
+                (
+                    (
+                        slice(y0 + osl[0].start, y0 + osl[0].stop),
+                        slice(x0 + osl[1].start, x0 + osl[1].stop),
+                    ),
+                    owners[osl] == q,
+                    source_of[q],
+                    Candidate(
+                        box=_slice_box(osl, y0, x0, factor, shape),
+                        body_box=_slice_box(bsl, y0, x0, factor, shape),
+                        body_area=float(by.size * factor * factor),
+                        length_ratio=float(blen / min_w),
+                        solidity=solidity,
+                        contrast=contrast,
+                        score=score,
+                        split=split_of.get(q, False),
+                        distinct=source_of[q] > n_found,
+                        thickness=thickness,
+                        elongation=elongation,
+                        edge=edge,
+                        strength_percentiles=(float(pct[0]), float(pct[1]), float(pct[2])),
+                        evidence=evid,
+                        peak=peak,
+                        number=0,
+                        colour=body_colour,
+                        tint=tint,
+                        sharpness=sharpness,
+                    ),
+                )
+            )
+        return pending
 
     def _background(self, work: np.ndarray, search: np.ndarray, block: int, min_w: float) -> np.ndarray:
         """The paper's colour per pixel, robust to crowding (light paper: nothing but glare is
@@ -1314,33 +1342,23 @@ def printed_marks(
     size = np.maximum(box[:, 2], box[:, 3])
     centre = box[:, :2] + box[:, 2:] / 2.0
     area = np.array([c.body_area for c in kept], dtype=np.float64)
-    solid = np.array([c.solidity >= min_solidity for c in kept])
-    colours = [np.asarray(c.colour, dtype=np.float64) for c in kept]
-
-    def alike(i: int, j: int) -> bool:
-        return (
-            bool(np.all(np.abs(box[i, 2:] - box[j, 2:]) <= size_tolerance * box[i, 2:]))
-            and abs(area[i] - area[j]) <= size_tolerance * area[i]
-            and colours[i].shape == colours[j].shape
-            and float(np.linalg.norm(colours[i] - colours[j])) <= colour_tolerance
-            and float(np.hypot(*(centre[i] - centre[j]))) <= reach * size[i]
+    solid = [i for i, c in enumerate(kept) if c.solidity >= min_solidity]
+    groups: dict[tuple[int, int], list[int]] = {}
+    # marks of one card share one ink: colours of different lengths are never alike
+    for length in {len(kept[i].colour) for i in solid}:
+        idx = np.array([i for i in solid if len(kept[i].colour) == length], dtype=np.intp)
+        colour = np.array([kept[i].colour for i in idx], dtype=np.float64).reshape(idx.size, length)
+        b, a, c, z = box[idx, 2:], area[idx], centre[idx], size[idx]
+        # alike[i, j], with i's box, area and size as the reference
+        alike = (
+            np.all(np.abs(b[:, None, :] - b[None, :, :]) <= size_tolerance * b[:, None, :], axis=-1)
+            & (np.abs(a[:, None] - a[None, :]) <= size_tolerance * a[:, None])
+            & (np.linalg.norm(colour[:, None, :] - colour[None, :, :], axis=-1) <= colour_tolerance)
+            & (np.hypot(*(c[:, None, :] - c[None, :, :]).transpose(2, 0, 1)) <= reach * z[:, None])
         )
-
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    idx = np.flatnonzero(solid)
-    for a_pos, i in enumerate(idx):
-        for j in idx[a_pos + 1 :]:
-            if find(int(i)) != find(int(j)) and alike(int(i), int(j)):
-                parent[find(int(j))] = find(int(i))
-    groups: dict[int, list[int]] = {}
-    for i in idx:
-        groups.setdefault(find(int(i)), []).append(int(i))
+        _, group = connected_components(csr_matrix(np.triu(alike, k=1)), directed=False)
+        for g, i in zip(group.tolist(), idx.tolist(), strict=True):
+            groups.setdefault((length, g), []).append(i)
     marks: set[int] = set()
     for members in groups.values():
         if len(members) < min_count:

@@ -327,15 +327,16 @@ def colour_distinct_parts(
     colour_distance: float,
 ) -> np.ndarray:
     """Small animals touching a large one: parts of ``component`` outside its ``bodies`` that are
-    thick and long enough to be a body and whose colour is unlike every body they touch.
+    thick and long enough to be a body and whose colour is unlike every body of the blob.
 
     :func:`find_bodies` opens a blob by a disc relative to its own thickness, so a springtail
     lying against a beetle is opened away with the beetle's legs. What the opening removed
     (``component`` outside ``bodies``) is opened again at the smallest specimen's scale
     (``min_radius``): legs and antennae thinner than that vanish, and each part left that is at
-    least ``min_length`` long is a body of its own when its mean colour differs from that of each
-    body it touches by more than ``colour_distance`` (Euclidean, the image's units). A limb has
-    its body's cuticle; another animal has its own.
+    least ``min_length`` long is a body of its own when its colour differs from that of every
+    body of the blob by more than ``colour_distance`` (Euclidean, the image's units; each colour
+    the mean of the darkest quarter of the pixels, so that a thin part's edges blended with the
+    paper do not count). A limb has its body's cuticle; another animal has its own.
 
     Returns
     -------
@@ -367,20 +368,20 @@ def colour_distinct_parts(
     parts, k = ndi.label(rest)
     if k == 0:
         return out
-    n = int(np.asarray(bodies).max())
-    body_means = [_core_colour(np.asarray(bodies) == t, colour) for t in range(n + 1)]
+    labels = np.asarray(bodies)
+    body_colours = [_core_colour(labels == t, colour) for t in range(1, int(labels.max()) + 1)]
+    c = np.asarray(colour)
     m = 0
     for j, sl in enumerate(ndi.find_objects(parts), start=1):
         if sl is None:
             continue
-        part = parts == j
+        part = parts[sl] == j
         if _extent(part) < min_length:
             continue
-        touched = np.arange(1, n + 1)
-        mean = _core_colour(part, colour)
-        if all(float(np.linalg.norm(mean - body_means[t])) > colour_distance for t in touched):
+        own = _core_colour(part, c[sl])
+        if all(float(np.linalg.norm(own - other)) > colour_distance for other in body_colours):
             m += 1
-            out[part] = m
+            out[sl][part] = m
     return out
 
 
