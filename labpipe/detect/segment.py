@@ -413,6 +413,38 @@ def _mean_colours(labels: np.ndarray, n: int, colour: np.ndarray) -> np.ndarray:
     )
 
 
+class _DisjointSets:
+    """Union-find over the labels 0..n; each set is represented by its smallest member (so
+    that groups keep the order of their first label).
+
+    Examples
+    --------
+    >>> g = _DisjointSets(4)
+    >>> g.union(3, 1); g.union(4, 3)
+    >>> g.roots().tolist(), g.find(4) == g.find(1), g.find(2) == g.find(1)
+    ([0, 1, 2, 1, 1], True, False)
+    """
+
+    def __init__(self, n: int) -> None:
+        self._parent = list(range(n + 1))
+
+    def find(self, i: int) -> int:
+        parent = self._parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]  # path halving
+            i = parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self._parent[max(ra, rb)] = min(ra, rb)
+
+    def roots(self) -> np.ndarray:
+        """Each label's representative, as an int array indexed by label."""
+        return np.asarray([self.find(i) for i in range(len(self._parent))], dtype=np.intp)
+
+
 def _tidy_bodies(
     bodies: np.ndarray,
     comp: np.ndarray,
@@ -439,25 +471,19 @@ def _tidy_bodies(
     if not contacts:
         return bodies
     mom = _moments(bodies, n)
-    parent = list(range(n + 1))
+    groups = _DisjointSets(n)
     stump = np.zeros(n + 1, dtype=bool)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
     for (a, b), (_, y, x) in sorted(contacts.items(), key=lambda kv: -kv[1][0]):
         big, small = (a, b) if mom[a, 0] >= mom[b, 0] else (b, a)
-        if find(a) == find(b):
+        if groups.find(a) == groups.find(b):
             continue
         if means is not None and float(np.linalg.norm(means[a] - means[b])) > colour_distance:
             continue
         if _in_line(mom, big, small, (y, x), 1.2):
-            parent[find(small)] = find(big)
+            groups.union(small, big)
         elif mom[small, 0] < small_fraction * mom[big, 0]:
             stump[small] = True
-    roots = np.asarray([find(i) for i in range(n + 1)])
+    roots = groups.roots()
     if len(np.unique(roots[1:])) == n and not stump.any():
         return bodies
     out = np.zeros_like(bodies)
@@ -661,14 +687,7 @@ def _merge_regions(
 ) -> np.ndarray:
     """Union adjacent watershed regions by the rules of :func:`split_touching`, until none applies."""
     n = int(labels.max())
-    parent = list(range(n + 1))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    groups = _DisjointSets(n)
     # Everything a decision needs is measured once on the watershed regions; a union's moments are
     # sums of its members', its peak their maximum, its saddle with a neighbour the widest of its
     # members' saddles.
@@ -677,7 +696,7 @@ def _merge_regions(
     np.maximum.at(peak0, labels.ravel(), dist.ravel())
     saddles0 = _adjacent_saddles(labels, dist)
     while True:
-        roots = np.asarray([find(i) for i in range(n + 1)], dtype=np.intp)
+        roots = groups.roots()
         raw = np.zeros_like(raw0)
         np.add.at(raw, roots, raw0)
         peak = np.zeros(n + 1)
@@ -708,8 +727,8 @@ def _merge_regions(
         if best is None:
             break
         _, a, b = best
-        parent[max(a, b)] = min(a, b)
-    roots = np.asarray([find(i) for i in range(n + 1)], dtype=np.int32)
+        groups.union(a, b)
+    roots = groups.roots()
     remap = np.zeros(n + 1, dtype=np.int32)
     for new, r in enumerate(np.unique(roots[1:]), start=1):
         remap[roots == r] = new
