@@ -158,6 +158,46 @@ def test_bright_disc_in_dark_surround_is_the_dish() -> None:
     assert not dish.mask[50, 60 + 39]
 
 
+def _dish_with_wall(wall: float) -> tuple[np.ndarray, np.ndarray]:
+    """A floor (0.9) of radius 80 px whose outer ``wall`` px are the wall's shade (0.5), in a dark
+    surround (0.1); and each pixel's distance from the centre."""
+    yy, xx = np.mgrid[:200, :200]
+    r = np.hypot(yy - 100, xx - 100)
+    lum = np.where(r < 80, 0.9, 0.1)
+    lum[(r >= 80 - wall) & (r < 80)] = 0.5
+    return lum, r
+
+
+def test_dish_search_reaches_a_narrow_wall() -> None:
+    # A wall 2 px wide: the floor beyond a fixed 7 % erosion (5.6 px) is searched, the wall not.
+    lum, r = _dish_with_wall(2)
+    measured = find_dish(lum, rim_fraction=0.07).mask
+    fixed = find_dish(lum, rim_fraction=0.07, measure_wall=False).mask
+    floor_strip = (r >= 74.5) & (r < 76.5)
+    assert measured[floor_strip].all() and not fixed[floor_strip].any()
+    assert not measured[r >= 78].any()
+
+
+def test_a_specimen_against_the_wall_is_searched() -> None:
+    # A dark beetle lying against a narrow wall: its direction alone would look like a wide wall,
+    # but the wall's width is the median over all directions, so the beetle is searched.
+    lum, _ = _dish_with_wall(2)
+    yy, xx = np.mgrid[:200, :200]
+    beetle = (yy - 100) ** 2 / 4**2 + (xx - 171) ** 2 / 6**2 < 1  # from r = 65 to 77, at the wall
+    lum[beetle] = 0.2
+    mask = find_dish(lum, rim_fraction=0.07).mask
+    assert mask[100, 175]  # r = 75: beyond a fixed erosion
+    assert not find_dish(lum, rim_fraction=0.07, measure_wall=False).mask[100, 175]
+
+
+def test_a_wall_wider_than_the_rim_keeps_the_fixed_erosion() -> None:
+    lum, r = _dish_with_wall(10)
+    measured = find_dish(lum, rim_fraction=0.07).mask
+    fixed = find_dish(lum, rim_fraction=0.07, measure_wall=False).mask
+    assert not measured[r >= 74].any()
+    assert abs(r[measured].max() - r[fixed].max()) < 1  # the same disc, to a pixel's rounding
+
+
 def test_plain_image_falls_back_to_whole_image_minus_border() -> None:
     dish = find_dish(np.full((50, 80), 0.7))
     assert not dish.found and dish.method == "fallback-border"

@@ -12,7 +12,9 @@ Pipeline (each step a pure function in :mod:`labpipe.detect.dish`, :mod:`~labpip
    otherwise exceed 2560 px (:func:`to_float_rgb`, :func:`downsample_mean`).
 2. Dish (:func:`~labpipe.detect.dish.find_dish`, on a <= 256 px luminance image): a bright disc in
    a dark surround, else a well-supported large circle (a well wall), else the whole image minus a
-   thin border (logged at debug level). The rim and its inner shade are excluded.
+   thin border (logged at debug level). The rim and its inner shade are excluded: a Petri dish's
+   wall is measured direction by direction and the search goes up to it
+   (:func:`~labpipe.detect.dish.wall_limits`), at most ``rim_fraction`` of the radius inside.
 3. Polarity (:func:`~labpipe.detect.significance.choose_polarity`): on light paper only darkening
    and colour count (anything brighter is glare); on a dark bottom a second pass finds pale
    animals on the image mirrored by ratio (:func:`mirror_for_pale`: an animal k times brighter
@@ -431,7 +433,8 @@ class ClassicalDetector:
         # Constants (see the module and function docstrings); all are in the version hash.
         self.min_work_px = 16.0
         self.border_fraction = 0.005
-        self.rim_fraction = 0.07  # of a found dish's radius: the glass wall and its inner shade
+        self.rim_fraction = 0.07  # of a found dish's radius: the glass wall and its inner shade (at most)
+        self.dish_wall = "measured"  # a dish's wall: "measured" (dish.wall_limits) or "fixed" (rim_fraction)
         self.min_background = 0.03
         self.chroma_weight = 1.5
         self.noise_block_fraction = 4.0  # noise map blocks, in smallest-specimen lengths
@@ -536,6 +539,7 @@ class ClassicalDetector:
                     "distinct_colour",
                     "printed_marks_min",
                     "pale_contrast",
+                    "dish_wall",
                     "grey_peak_extra",
                     "tint_reference",
                     "min_sharpness",
@@ -606,7 +610,12 @@ class ClassicalDetector:
         t = time.perf_counter()
         small_f = max(1, -(-max(wh, ww) // 256))
         small = downsample_mean(_channel_mean(work), small_f)
-        dish = find_dish(small, border_fraction=self.border_fraction, rim_fraction=self.rim_fraction)
+        dish = find_dish(
+            small,
+            border_fraction=self.border_fraction,
+            rim_fraction=self.rim_fraction,
+            measure_wall=self.dish_wall == "measured",
+        )
         if not dish.found:
             log.debug("no dish found: searching the whole image minus a border (%s)", dish.method)
         search = resize_mask(dish.mask, (wh, ww))

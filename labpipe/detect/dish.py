@@ -39,7 +39,7 @@ from skimage.transform import hough_circle
 
 _CIRCLE_SIDE = 256
 
-__all__ = ["Dish", "find_circle", "find_dish", "fit_circle", "resize_mask"]
+__all__ = ["Dish", "find_circle", "find_dish", "fit_circle", "resize_mask", "wall_limits"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ def find_dish(
     max_circle_residual: float = 0.05,
     border_fraction: float = 0.02,
     use_circle: bool = True,
+    measure_wall: bool = True,
 ) -> Dish:
     """Find the searchable dish interior in a small luminance image (rules 1-3 of the module).
 
@@ -84,7 +85,9 @@ def find_dish(
     luminance : (H, W) float array
         Luminance in any units (only ratios matter), ideally 100-500 px on the longer side.
     rim_fraction : float
-        Rim width as a fraction of the dish radius; the interior is eroded by this much.
+        Rim width as a fraction of the dish radius; the interior is eroded by this much. With
+        ``measure_wall``, the most it is eroded by: in each direction the search reaches the wall
+        where the floor visibly goes on (:func:`wall_limits`).
     min_area_fraction : float
         A bright component smaller than this share of the image is not a dish.
     min_contrast : float
@@ -98,6 +101,9 @@ def find_dish(
         Border dropped in the fallback, as a share of the shorter side.
     use_circle : bool
         Try rule 2 (the Hough circle) when rule 1 finds nothing.
+    measure_wall : bool
+        Measure where the wall's shading begins, direction by direction (:func:`wall_limits`),
+        instead of eroding by ``rim_fraction`` all round.
 
     Returns
     -------
@@ -120,7 +126,9 @@ def find_dish(
     h, w = lum.shape
     border = max(1, round(border_fraction * min(h, w)))
     fallback = Dish(_border_mask((h, w), border), found=False, method="fallback-border")
-    otsu = _otsu_disc(lum, rim_fraction, min_area_fraction, min_contrast, min_solidity, max_circle_residual)
+    otsu = _otsu_disc(
+        lum, rim_fraction, min_area_fraction, min_contrast, min_solidity, max_circle_residual, measure_wall
+    )
     if otsu is not None:
         return otsu
     circle = find_circle(lum) if use_circle else None
@@ -128,7 +136,7 @@ def find_dish(
         return fallback
     cy, cx, r = circle
     yy, xx = np.mgrid[:h, :w]
-    interior = (yy - cy) ** 2 + (xx - cx) ** 2 < (r * (1.0 - rim_fraction)) ** 2
+    interior = np.hypot(yy - cy, xx - cx) < r * (1.0 - rim_fraction)
     interior &= fallback.mask
     if interior.sum() < min_area_fraction * h * w:
         return fallback
@@ -173,6 +181,7 @@ def _otsu_disc(
     min_contrast: float,
     min_solidity: float,
     max_circle_residual: float,
+    measure_wall: bool = True,
 ) -> Dish | None:
     """Rule 1: the largest bright Otsu component, if it is a large, convex, bright disc."""
     h, w = lum.shape
@@ -207,14 +216,132 @@ def _otsu_disc(
     if fit is None or fit[3] > max_circle_residual * fit[2]:
         return None
     radius = float(np.sqrt(area / np.pi))
-    rim = max(1, round(rim_fraction * radius))
-    # Erode by the rim width: Euclidean distance to the outside (image edges are not rim).
+    cy, cx = ndi.center_of_mass(filled)
+    # Euclidean distance to the outside (image edges are not rim).
     dist = ndi.distance_transform_edt(np.pad(filled, 1, mode="edge"))[1:-1, 1:-1]
-    interior = dist > rim
+    if measure_wall:
+        # the component's blurred boundary (a pixel) is never searched; beyond that, the wall's
+        # shade is measured direction by direction
+        yy, xx = np.mgrid[:h, :w]
+        limit = wall_limits(lum, filled, (float(cy), float(cx)), max_rim=rim_fraction)
+        interior = (dist > 1) & (np.hypot(yy - cy, xx - cx) < limit[_sector_of(yy - cy, xx - cx, len(limit))])
+    else:
+        interior = dist > max(1, round(rim_fraction * radius))
     if not interior.any():
         return None
-    cy, cx = ndi.center_of_mass(filled)
     return Dish(interior, found=True, method="otsu-disc", center=(float(cy), float(cx)), radius=radius)
+
+
+def _sector_of(dy: np.ndarray, dx: np.ndarray, sectors: int) -> np.ndarray:
+    """Index 0..sectors-1 of the angular sector of offsets ``(dy, dx)`` from a centre."""
+    angle = np.arctan2(dy, dx) + np.pi
+    return np.minimum((angle * (sectors / (2 * np.pi))).astype(np.intp), sectors - 1)
+
+
+def wall_limits(
+    luminance: np.ndarray,
+    region: np.ndarray,
+    center: tuple[float, float],
+    *,
+    max_rim: float = 0.07,
+    sectors: int = 32,
+    tolerance: float = 0.05,
+    floor_range: tuple[float, float] = (0.5, 0.85),
+    run_fraction: float = 0.02,
+) -> np.ndarray:
+    """Per direction, how far from ``center`` the dish's floor is searched: up to its wall.
+
+    A dish or well wall, seen from above, is a band of its own shading (glare on the glass, a
+    dark inner shadow, refraction) between the floor and the surround. Eroding the dish by a
+    fixed share of its radius (``max_rim``) must cover the widest wall drawn, and hides a strip of
+    floor where the wall is narrower, and there specimens lie against it. So the wall is measured:
+
+    1. In each of ``sectors`` directions, the floor's level is the median luminance of ``region``
+       (the dish: the bright component, or the wall's circle) between ``floor_range`` of its
+       extent in that direction. The wall is walked through from the outside in, one pixel ring
+       at a time, up to the first ring whose median, and that of every ring for ``run_fraction``
+       of the extent (at least 3) inside it, is within ``tolerance`` (relative) of the floor's
+       level: a wall whose shading merely crosses the floor's level on its way from glare to
+       shadow is not floor. The wall's width there is the extent less that ring (one pixel of
+       blur included).
+    2. A specimen lying against the wall, or a crowd of them, makes one direction's wall look
+       wider: the dish's wall width is the median over the directions whose edge is the wall
+       (not the image's border, where the floor goes on: those are searched to the edge).
+    3. In every direction the search stops that far inside the dish's edge, and never deeper
+       than ``max_rim`` of the extent: where the wall is wider than ``max_rim``, as much is
+       searched as by the fixed erosion, and never less.
+
+    Returns
+    -------
+    (sectors,) float array of limit radii (pixels from ``center``), starting at the angle -pi
+    (:func:`_sector_of`); a pixel is searched when its distance is below its sector's limit.
+
+    Examples
+    --------
+    A floor at 1.0 in a dark surround, with a wall band 1 px wide all round: the search goes
+    to 53 px, where a fixed erosion of 7 % would stop at 51 px:
+
+    >>> yy, xx = np.mgrid[:121, :121]
+    >>> r = np.hypot(yy - 60, xx - 60)
+    >>> lum = np.where(r < 55, 1.0, 0.1)
+    >>> lum[(r >= 54) & (r < 55)] = 0.6
+    >>> lim = wall_limits(lum, r < 55, (60.0, 60.0), max_rim=0.07, sectors=8)
+    >>> sorted({round(v) for v in lim})
+    [53]
+
+    A wall 10 px wide is wider than ``max_rim``: the fixed erosion's limit is kept.
+
+    >>> lum[(r >= 45) & (r < 55)] = 0.6
+    >>> sorted({round(v) for v in wall_limits(lum, r < 55, (60.0, 60.0), max_rim=0.07, sectors=8)})
+    [51]
+    """
+    lum = np.asarray(luminance, dtype=np.float64)
+    reg = np.asarray(region, dtype=bool)
+    if lum.shape != reg.shape or lum.ndim != 2:
+        raise ValueError(f"luminance and region must be 2-D and of one shape; given {lum.shape}, {reg.shape}")
+    if sectors < 1 or not 0 <= max_rim < 1 or not tolerance > 0:
+        raise ValueError(
+            f"need sectors >= 1, 0 <= max_rim < 1, tolerance > 0; given {sectors}, {max_rim}, {tolerance}"
+        )
+    ys, xs = np.nonzero(reg)
+    if ys.size == 0:
+        raise ValueError("region is empty")
+    rho = np.hypot(ys - center[0], xs - center[1])
+    sector = _sector_of(ys - center[0], xs - center[1], sectors)
+    values = lum[ys, xs]
+    # the region's edge away from the image's border: where the dish ends at its wall
+    edge = reg & ~ndi.binary_erosion(reg, border_value=1)
+    ey, ex = np.nonzero(edge)
+    walled = np.bincount(_sector_of(ey - center[0], ex - center[1], sectors), minlength=sectors) > 0
+    outer = np.zeros(sectors)
+    width = np.full(sectors, np.nan)
+    for k in range(sectors):
+        mine = sector == k
+        if not mine.any():
+            continue
+        r_k, v_k = rho[mine], values[mine]
+        outer[k] = float(np.quantile(r_k, 0.99)) + 0.5
+        width[k] = max_rim * outer[k]
+        on_floor = (r_k >= floor_range[0] * outer[k]) & (r_k <= floor_range[1] * outer[k])
+        level = float(np.median(v_k[on_floor])) if on_floor.any() else 0.0
+        if level <= 0:
+            continue
+        ring = np.floor(r_k).astype(np.intp)
+        top = int(np.floor(outer[k]))
+        deepest = int(np.ceil((1.0 - max_rim) * outer[k]))
+        run = max(3, round(run_fraction * outer[k]))
+        floor_like = np.zeros(top + 1, dtype=bool)
+        for i in range(max(0, deepest - run), top + 1):
+            here = v_k[ring == i]
+            floor_like[i] = here.size > 0 and abs(float(np.median(here)) / level - 1.0) <= tolerance
+        for i in range(top, deepest - 1, -1):
+            if floor_like[max(0, i - run + 1) : i + 1].all():
+                width[k] = outer[k] - i  # rings up to ``i - 1`` are floor; ring ``i``: blur
+                break
+    measured = walled & ~np.isnan(width)
+    rim = float(np.median(width[measured])) if measured.any() else 0.0
+    limits = np.where(walled, outer - np.minimum(rim, max_rim * outer), outer - np.nan_to_num(width))
+    return np.where(outer > 0, limits, 0.0)
 
 
 def _top_circles(
