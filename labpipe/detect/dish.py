@@ -8,7 +8,8 @@ Three rules, tried in order:
 1. **Bright disc in a dark surround** (a Petri dish on a dark stage): Otsu's threshold [1]_ on the
    smoothed luminance, the largest bright component, holes filled (specimens lie inside it), kept
    when it is large, convex, clearly brighter than what surrounds it and bounded by a circle
-   (:func:`fit_circle`); eroded by the rim width.
+   (:func:`fit_circle`); searched up to its wall, whose width is measured around the dish
+   (:func:`wall_limits`), at most the rim width.
 2. **A large circle** (a microplate well seen from above, or a dish on a bright stage: the floor
    is no brighter than the surround, but the wall draws a circle): :func:`find_circle`, Canny
    edges [2]_ voting in a circular Hough transform [3]_, kept only when well supported; the disc
