@@ -190,6 +190,15 @@ def test_a_specimen_against_the_wall_is_searched() -> None:
     assert not find_dish(lum, rim_fraction=0.07, measure_wall=False).mask[100, 175]
 
 
+def test_a_dish_cut_by_the_image_border_is_searched_to_that_border() -> None:
+    # the image ends before the dish's right side: there the floor goes on and nothing is eroded;
+    # on the left the narrow wall is measured as everywhere else
+    lum, r = _dish_with_wall(2)
+    lum, r = lum[:, :170], r[:, :170]
+    mask = find_dish(lum, rim_fraction=0.07).mask
+    assert mask[100, 165:].all() and mask[100, 25] and not mask[100, 21]
+
+
 def test_a_wall_wider_than_the_rim_keeps_the_fixed_erosion() -> None:
     lum, r = _dish_with_wall(10)
     measured = find_dish(lum, rim_fraction=0.07).mask
