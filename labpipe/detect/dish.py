@@ -137,7 +137,7 @@ def find_dish(
         return fallback
     cy, cx, r = circle
     yy, xx = np.mgrid[:h, :w]
-    interior = np.hypot(yy - cy, xx - cx) < r * (1.0 - rim_fraction)
+    interior = (yy - cy) ** 2 + (xx - cx) ** 2 < (r * (1.0 - rim_fraction)) ** 2
     interior &= fallback.mask
     if interior.sum() < min_area_fraction * h * w:
         return fallback
@@ -182,7 +182,7 @@ def _otsu_disc(
     min_contrast: float,
     min_solidity: float,
     max_circle_residual: float,
-    measure_wall: bool = True,
+    measure_wall: bool,
 ) -> Dish | None:
     """Rule 1: the largest bright Otsu component, if it is a large, convex, bright disc."""
     h, w = lum.shape
@@ -314,8 +314,8 @@ def wall_limits(
     edge = reg & ~ndi.binary_erosion(reg, border_value=1)
     ey, ex = np.nonzero(edge)
     walled = np.bincount(_sector_of(ey - center[0], ex - center[1], sectors), minlength=sectors) > 0
-    outer = np.zeros(sectors)
-    width = np.full(sectors, np.nan)
+    outer = np.zeros(sectors)  # 0 for a direction the region does not reach: nothing searched
+    width = np.zeros(sectors)
     for k in range(sectors):
         mine = sector == k
         if not mine.any():
@@ -339,9 +339,8 @@ def wall_limits(
             if floor_like[max(0, i - run + 1) : i + 1].all():
                 width[k] = outer[k] - i  # rings up to ``i - 1`` are floor; ring ``i``: blur
                 break
-    measured = walled & ~np.isnan(width)
-    rim = float(np.median(width[measured])) if measured.any() else 0.0
-    limits = np.where(walled, outer - np.minimum(rim, max_rim * outer), outer - np.nan_to_num(width))
+    rim = float(np.median(width[walled])) if walled.any() else 0.0
+    limits = np.where(walled, outer - np.minimum(rim, max_rim * outer), outer - width)
     return np.where(outer > 0, limits, 0.0)
 
 
